@@ -1,0 +1,45 @@
+"""``cardiac-diffusion``: the command line of CardiacDiffusionLib.
+
+Each sub-command lives in its own module of this package exposing ``register(subparsers)``;
+that function adds its parser and sets ``func`` (called with the parsed args; returns an exit code).
+Bad input raises :class:`~CardiacDiffusionLib.errors.InputError`, printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import InputError
+
+#: modules of this package that register sub-commands, in help order
+COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cardiac-diffusion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"error: file not found: {error.filename or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

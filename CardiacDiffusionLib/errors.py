@@ -1,0 +1,5 @@
+"""Errors that reach the user as one clear line (the CLI prints ``error: <message>`` and exits 2)."""
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the input, the problem and what to do."""

@@ -1,0 +1,223 @@
+"""A stack of parallel 2D slices with their true positions (a SAX cine phase).
+
+Coordinates are patient LPS millimetres, as in DICOM and SimpleITK. Arrays are indexed
+``(slice, row, column)``, which is SimpleITK's ``GetArrayFromImage`` order ``(z, y, x)``:
+``row_dir`` is the direction of increasing column index (image x), ``col_dir`` of increasing
+row index (image y), and the normal is ``row_dir x col_dir``.
+
+Slices are kept at their measured positions: uneven gaps and in-plane shifts between slices
+(breath-hold misregistration) are measured and reported, never flattened into a regular grid
+without saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+#: Two gaps differing by less than this (mm) count as equal.
+GAP_TOLERANCE_MM = 0.05
+#: In-plane offsets between slice origins below this (mm) count as no shift.
+SHIFT_TOLERANCE_MM = 0.05
+
+
+@dataclass
+class SliceStack:
+    """Parallel 2D slices (``pixels`` shaped ``(n, rows, cols)``) sorted along their normal."""
+
+    pixels: np.ndarray
+    origins: np.ndarray  # (n, 3) LPS position of pixel (row 0, col 0) of each slice
+    row_dir: np.ndarray  # (3,) unit vector along increasing column index
+    col_dir: np.ndarray  # (3,) unit vector along increasing row index
+    pixel_spacing: tuple[float, float]  # (along row_dir, along col_dir) = (x, y) mm
+    labels: np.ndarray | None = None  # (n, rows, cols) project label values
+    thickness: float | None = None
+    source: str = "SAX stack"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pixels = np.asarray(self.pixels, dtype=np.float32)
+        self.origins = np.asarray(self.origins, dtype=np.float64).reshape(-1, 3)
+        self.row_dir = _unit(self.row_dir)
+        self.col_dir = _unit(self.col_dir)
+        if self.pixels.ndim != 3:
+            raise InputError(f"{self.source}: expected slices shaped (n, rows, cols), got {self.pixels.shape}")
+        if len(self.origins) != len(self.pixels):
+            raise InputError(f"{self.source}: {len(self.pixels)} slices but {len(self.origins)} slice positions")
+        if abs(float(self.row_dir @ self.col_dir)) > 1e-3:
+            raise InputError(f"{self.source}: row and column directions are not orthogonal")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels).astype(np.uint8)
+            if self.labels.shape != self.pixels.shape:
+                raise InputError(
+                    f"{self.source}: labels shaped {self.labels.shape} do not match the image {self.pixels.shape}"
+                )
+        order = np.argsort(self.positions, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            self.pixels = self.pixels[order]
+            self.origins = self.origins[order]
+            if self.labels is not None:
+                self.labels = self.labels[order]
+            for key in ("slice_meta",):
+                if key in self.meta:
+                    self.meta[key] = [self.meta[key][i] for i in order]
+
+    # ---- derived geometry -------------------------------------------------------------------
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_dir, self.col_dir)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 matrix whose columns are the x (row_dir), y (col_dir) and z (normal) axes."""
+        return np.stack([self.row_dir, self.col_dir, self.normal], axis=1)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Signed position of each slice along the normal (mm)."""
+        return self.origins @ self.normal
+
+    @property
+    def gaps(self) -> np.ndarray:
+        return np.diff(self.positions)
+
+    @property
+    def shifts(self) -> np.ndarray:
+        """In-plane offset (mm, along row_dir and col_dir) of each slice origin from the first slice's line."""
+        rel = self.origins - self.origins[0]
+        return np.stack([rel @ self.row_dir, rel @ self.col_dir], axis=1)
+
+    @property
+    def n(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        return self.pixels.shape[1], self.pixels.shape[2]
+
+    def is_uniform(self) -> bool:
+        gaps = self.gaps
+        return len(gaps) == 0 or float(np.ptp(gaps)) <= GAP_TOLERANCE_MM
+
+    def has_shifts(self) -> bool:
+        return bool(np.any(np.abs(self.shifts) > SHIFT_TOLERANCE_MM))
+
+    def geometry_report(self) -> dict:
+        """What a user should know about the stack's geometry, as plain JSON-able values."""
+        gaps = self.gaps
+        report = {
+            "slices": self.n,
+            "rows_cols": list(self.shape2d),
+            "pixel_spacing_mm": [float(s) for s in self.pixel_spacing],
+            "slice_gaps_mm": [round(float(g), 3) for g in gaps],
+            "uniform_gaps": self.is_uniform(),
+            "max_in_plane_shift_mm": round(float(np.abs(self.shifts).max()), 3) if self.n else 0.0,
+            "normal_lps": [round(float(v), 5) for v in self.normal],
+        }
+        warnings = []
+        if not report["uniform_gaps"]:
+            warnings.append(
+                f"uneven slice gaps {report['slice_gaps_mm']} mm: slices are kept at their true positions"
+            )
+        if self.has_shifts():
+            warnings.append(
+                f"slices shifted in-plane against each other by up to {report['max_in_plane_shift_mm']} mm "
+                "(breath-hold misregistration?)"
+            )
+        if np.any(gaps < 1e-3):
+            warnings.append("two slices share one position: check the series for duplicate slices")
+        report["warnings"] = warnings
+        return report
+
+    # ---- conversions --------------------------------------------------------------------------
+    def to_image(self, labels: bool = False) -> sitk.Image:
+        """The stack as one regular SimpleITK volume; refuses uneven gaps or shifted slices."""
+        if self.n < 2:
+            spacing_z = self.thickness or 1.0
+        else:
+            if not self.is_uniform() or self.has_shifts():
+                raise InputError(
+                    f"{self.source}: slices are unevenly spaced or shifted in-plane "
+                    f"({self.geometry_report()['warnings']}); it cannot be stored as one regular volume "
+                    "without resampling: reconstruct it instead"
+                )
+            spacing_z = float(np.mean(self.gaps))
+        if labels and self.labels is None:
+            raise InputError(f"{self.source}: has no labels")
+        array = self.labels if labels else self.pixels
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((float(self.pixel_spacing[0]), float(self.pixel_spacing[1]), spacing_z))
+        image.SetOrigin(tuple(float(v) for v in self.origins[0]))
+        image.SetDirection(tuple(self.direction.flatten().tolist()))
+        return image
+
+    @classmethod
+    def from_image(
+        cls, image: sitk.Image, labels: sitk.Image | None = None, source: str = "SAX volume"
+    ) -> "SliceStack":
+        """Split a 3D volume into its z slices (the stack axis is the image's third axis)."""
+        if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+            raise InputError(
+                f"{source}: expected a 3D stack of at least 2 slices, got size {image.GetSize()}; "
+                "give the whole SAX series, not a single slice"
+            )
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(f"{source}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
+        pixels = sitk.GetArrayFromImage(image).astype(np.float32)
+        if not np.all(np.isfinite(pixels)):
+            raise InputError(f"{source}: image holds NaN or infinite values; clean or mask them first")
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        spacing = image.GetSpacing()
+        origin = np.array(image.GetOrigin())
+        k = np.arange(image.GetSize()[2])
+        origins = origin[None, :] + (k * spacing[2])[:, None] * direction[:, 2][None, :]
+        label_array = None
+        if labels is not None:
+            if not same_grid(image, labels):
+                raise InputError(f"{source}: labels are not on the image's grid (size, spacing, origin or direction differ)")
+            label_array = sitk.GetArrayFromImage(labels)
+        stack = cls(
+            pixels=pixels,
+            origins=origins,
+            row_dir=direction[:, 0],
+            col_dir=direction[:, 1],
+            pixel_spacing=(spacing[0], spacing[1]),
+            labels=label_array,
+            thickness=spacing[2],
+            source=source,
+        )
+        return stack
+
+    def with_labels(self, labels: np.ndarray | None) -> "SliceStack":
+        return replace(self, labels=labels, meta=dict(self.meta))
+
+    def subset(self, indices) -> "SliceStack":
+        idx = np.asarray(indices)
+        return replace(
+            self,
+            pixels=self.pixels[idx],
+            origins=self.origins[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            meta={k: v for k, v in self.meta.items() if k != "slice_meta"},
+        )
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64).reshape(3)
+    norm = float(np.linalg.norm(v))
+    if norm < 1e-9:
+        raise InputError("a slice direction vector is zero: the image orientation is missing")
+    return v / norm
