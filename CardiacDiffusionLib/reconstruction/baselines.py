@@ -1,0 +1,138 @@
+"""Classical through-plane interpolation of a SAX stack: nearest, linear and shape-based.
+
+Every method predicts slices at target positions (mm along the stack normal) from the acquired
+slices around each target, using the slices' true positions, so uneven gaps work. Slices that
+are shifted in-plane against each other are first placed on the first slice's pixel grid at
+their true position (see :func:`aligned_arrays`).
+
+- ``nearest``: the nearer acquired slice (ties go to the lower slice).
+- ``linear``: intensities linearly interpolated; labels by linear interpolation of the one-hot
+  maps, which with two neighbours reduces to the nearer slice's labels.
+- ``shape``: intensities linear; labels by shape-based interpolation (Raya & Udupa 1990):
+  signed distance maps (mm) of each structure interpolated linearly, structure = SDF < 0.
+  The LV myocardium is interpolated as the epicardial shape (cavity + wall) minus the
+  interpolated cavity, so the ring stays a ring.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..geometry.stack import SliceStack
+
+#: A method maps (stack, target positions) to (images (m, rows, cols), labels (m, rows, cols) | None).
+Method = Callable[[SliceStack, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+
+#: Project labels painted in this order by shape-based interpolation; each entry is
+#: (label value painted, label values whose union is the interpolated shape).
+MR_SHAPE_LAYERS: tuple[tuple[int, tuple[int, ...]], ...] = ((3, (3,)), (2, (1, 2)), (1, (1,)))
+
+
+def aligned_arrays(stack: SliceStack) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels and labels of every slice on the first slice's in-plane grid.
+
+    A slice whose origin is shifted in-plane by (dx, dy) mm is moved by that amount (linear
+    for intensities, nearest for labels) so all slices share one pixel grid.
+    """
+    pixels = stack.pixels.copy()
+    labels = None if stack.labels is None else stack.labels.copy()
+    if not stack.has_shifts():
+        return pixels, labels
+    spacing = np.array(stack.pixel_spacing, float)
+    for k, (dx, dy) in enumerate(stack.shifts):
+        shift_rc = (dy / spacing[1], dx / spacing[0])  # (rows, cols)
+        pixels[k] = ndimage.shift(stack.pixels[k], shift_rc, order=1, mode="nearest")
+        if labels is not None:
+            labels[k] = ndimage.shift(stack.labels[k], shift_rc, order=0, mode="constant", cval=0)
+    return pixels, labels
+
+
+def bracket(positions: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each target: index of the acquired slice below, above, and the weight of the one above."""
+    positions = np.asarray(positions, float)
+    targets = np.asarray(targets, float)
+    tol = 1e-6
+    if targets.min() < positions[0] - tol or targets.max() > positions[-1] + tol:
+        raise InputError(
+            f"target positions {targets.min():.2f}..{targets.max():.2f} mm lie outside the acquired slices "
+            f"{positions[0]:.2f}..{positions[-1]:.2f} mm; slices are interpolated, not extrapolated"
+        )
+    upper = np.clip(np.searchsorted(positions, targets - tol, side="left"), 1, len(positions) - 1)
+    lower = upper - 1
+    gap = positions[upper] - positions[lower]
+    weight = np.clip((targets - positions[lower]) / gap, 0.0, 1.0)
+    return lower, upper, weight
+
+
+def _linear_images(pixels: np.ndarray, lower, upper, weight) -> np.ndarray:
+    w = weight[:, None, None].astype(np.float32)
+    return (1 - w) * pixels[lower] + w * pixels[upper]
+
+
+def nearest(stack: SliceStack, targets: np.ndarray):
+    pixels, labels = aligned_arrays(stack)
+    lower, upper, weight = bracket(stack.positions, targets)
+    pick = np.where(weight <= 0.5, lower, upper)
+    return pixels[pick], None if labels is None else labels[pick]
+
+
+def linear(stack: SliceStack, targets: np.ndarray):
+    pixels, labels = aligned_arrays(stack)
+    lower, upper, weight = bracket(stack.positions, targets)
+    images = _linear_images(pixels, lower, upper, weight)
+    if labels is None:
+        return images, None
+    # One-hot maps interpolated linearly then argmax: with two neighbours each pixel holds at most
+    # two classes weighted (1-w, w), so the nearer slice wins (ties: the lower slice).
+    pick = np.where(weight <= 0.5, lower, upper)
+    return images, labels[pick]
+
+
+def signed_distance(mask: np.ndarray, spacing: tuple[float, float], empty_value: float) -> np.ndarray:
+    """Signed distance (mm) of a 2D mask: negative inside, positive outside; ``empty_value`` if empty."""
+    if not mask.any():
+        return np.full(mask.shape, empty_value, dtype=np.float32)
+    sampling = (spacing[1], spacing[0])  # (rows, cols)
+    outside = ndimage.distance_transform_edt(~mask, sampling=sampling)
+    inside = ndimage.distance_transform_edt(mask, sampling=sampling)
+    return (outside - inside).astype(np.float32)
+
+
+def shape(stack: SliceStack, targets: np.ndarray, layers=MR_SHAPE_LAYERS):
+    pixels, labels = aligned_arrays(stack)
+    lower, upper, weight = bracket(stack.positions, targets)
+    images = _linear_images(pixels, lower, upper, weight)
+    if labels is None:
+        return images, None
+    rows, cols = stack.shape2d
+    # An absent structure is "far outside": a slice's shape then shrinks towards it.
+    far = float(np.hypot(rows * stack.pixel_spacing[1], cols * stack.pixel_spacing[0]))
+    needed = np.unique(np.concatenate([lower, upper]))
+    out = np.zeros((len(targets), rows, cols), dtype=np.uint8)
+    w = weight[:, None, None].astype(np.float32)
+    for value, members in layers:
+        sdf = {k: signed_distance(np.isin(labels[k], members), stack.pixel_spacing, far) for k in needed}
+        below = np.stack([sdf[k] for k in lower])
+        above = np.stack([sdf[k] for k in upper])
+        out[((1 - w) * below + w * above) < 0] = value
+    return images, out
+
+
+METHODS: dict[str, Method] = {"nearest": nearest, "linear": linear, "shape": shape}
+
+
+def register_method(name: str, method: Method) -> None:
+    """Add a reconstruction method (a learned one registers itself here)."""
+    METHODS[name] = method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS and name == "dmcvr":
+        from ..dmcvr import reconstruction  # noqa: F401  (registers "dmcvr")
+    if name not in METHODS:
+        raise InputError(f"unknown reconstruction method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
