@@ -1,0 +1,355 @@
+"""Readers on real data: Sunnybrook DICOM + expert contours, ACDC HDF5; round trips; bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.geometry.stack import SliceStack
+from CardiacDiffusionLib.io import (
+    acdc_split,
+    contour_mask,
+    contour_points_lps,
+    dicom_phases,
+    list_acdc,
+    read_acdc,
+    read_contour,
+    read_dicom_stack,
+    read_image,
+    read_labels,
+    read_stack,
+    sunnybrook_labels,
+    write_image,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SUNNYBROOK = SHARED / "data" / "sunnybrook-SC-HF-I-1"
+DICOM_DIR = SUNNYBROOK / "dicom"
+CONTOURS = SUNNYBROOK / "contours"
+ACDC = SHARED / "data" / "acdc"
+
+needs_sunnybrook = pytest.mark.skipif(not DICOM_DIR.is_dir(), reason=f"shared Sunnybrook data missing: {DICOM_DIR}")
+needs_acdc = pytest.mark.skipif(not ACDC.is_dir(), reason=f"shared ACDC data missing: {ACDC}")
+
+
+def _header(path) -> pydicom.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def _phase_files(phase_number: int) -> list[Path]:
+    """Sunnybrook files of one cardiac phase (1-based, 8 or 19) from the instance-number rule in SOURCE.txt."""
+    files = [p for p in DICOM_DIR.glob("*.dcm") if (int(p.stem) - 1) % 20 + 1 == phase_number]
+    return sorted(files, key=lambda p: int(p.stem))
+
+
+@pytest.fixture(scope="module")
+def phase19() -> SliceStack:
+    return read_dicom_stack(DICOM_DIR, phase=1, name="sunnybrook")
+
+
+# ---- Sunnybrook DICOM geometry -------------------------------------------------------------------
+@needs_sunnybrook
+def test_sunnybrook_true_geometry(phase19):
+    stack = phase19
+    assert stack.n == 12 and stack.shape2d == (256, 256)
+    np.testing.assert_allclose(stack.gaps, 10.0, atol=0.01)
+    assert stack.pixel_spacing == (1.367188, 1.367188)
+    assert stack.thickness == 10.0
+    first = _header(DICOM_DIR / "59.dcm")
+    iop = np.array(first.ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    np.testing.assert_allclose(stack.normal, normal / np.linalg.norm(normal), atol=1e-6)
+    assert abs(stack.normal[2]) < 0.9  # oblique, not an axial stack
+    instances = [m["instance_number"] for m in stack.meta["slice_meta"]]
+    assert all((n - 1) % 20 + 1 == 19 for n in instances)
+    assert sorted(instances) == [int(p.stem) for p in _phase_files(19)]
+    for origin, meta in zip(stack.origins, stack.meta["slice_meta"]):
+        header = _header(meta["path"])
+        assert int(header.InstanceNumber) == meta["instance_number"]
+        np.testing.assert_allclose(origin, np.array(header.ImagePositionPatient, float), atol=1e-9)
+    # slices run monotonically through the heart: instance slice index (N-1)//20 follows the position
+    slice_ids = [(n - 1) // 20 for n in instances]
+    assert slice_ids == sorted(slice_ids) or slice_ids == sorted(slice_ids, reverse=True)
+    report = stack.geometry_report()
+    assert report["uniform_gaps"] and report["warnings"] == [] and report["max_in_plane_shift_mm"] < 0.01
+
+
+@needs_sunnybrook
+def test_sunnybrook_phases():
+    phases = dicom_phases(DICOM_DIR)
+    assert [p["phase"] for p in phases] == [0, 1]
+    assert phases[0]["trigger_time_ms"] < phases[1]["trigger_time_ms"]
+    default = read_dicom_stack(DICOM_DIR)  # the first phase (lowest trigger time) = file phase 8
+    assert all((m["instance_number"] - 1) % 20 + 1 == 8 for m in default.meta["slice_meta"])
+    by_time = read_dicom_stack(DICOM_DIR, trigger_time=phases[1]["trigger_time_ms"] + 20)
+    assert by_time.meta["phase"] == 1
+    with pytest.raises(InputError, match=r"phase 2 does not exist.*0\.\.1"):
+        read_dicom_stack(DICOM_DIR, phase=2)
+
+
+@needs_sunnybrook
+def test_sunnybrook_matches_simpleitk_series_reader(phase19):
+    files = [m["path"] for m in phase19.meta["slice_meta"]]  # sorted along the normal
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reference = reader.Execute()
+    image = phase19.to_image()
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reference))
+    via_read_image = read_image(DICOM_DIR, phase=1)  # a DICOM folder through the generic reader
+    np.testing.assert_allclose(via_read_image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+
+
+@needs_sunnybrook
+def test_anisotropic_pixel_spacing_order_matches_simpleitk(tmp_path):
+    # PixelSpacing is (between rows, between columns): x spacing is its second value
+    for p in _phase_files(19)[:4]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p)
+        ds.PixelSpacing = ["1.0", "2.0"]
+        ds.save_as(tmp_path / p.name)
+    stack = read_dicom_stack(tmp_path)
+    assert stack.pixel_spacing == (2.0, 1.0)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([m["path"] for m in stack.meta["slice_meta"]])
+    reference = reader.Execute()
+    np.testing.assert_allclose(stack.to_image().GetSpacing(), reference.GetSpacing(), atol=1e-3)
+
+
+@needs_sunnybrook
+def test_uneven_gaps_and_shifts_are_reported_not_flattened(tmp_path):
+    files = _phase_files(19)
+    gap_dir = tmp_path / "gap"
+    gap_dir.mkdir()
+    for p in files[:5] + files[6:]:  # drop one middle slice
+        shutil.copy(p, gap_dir / p.name)
+    stack = read_dicom_stack(gap_dir)
+    report = stack.geometry_report()
+    assert stack.n == 11 and not report["uniform_gaps"]
+    assert sorted(report["slice_gaps_mm"])[-1] == pytest.approx(20.0, abs=0.01)
+    with pytest.raises(InputError, match="unevenly spaced"):
+        stack.to_image()
+
+    shift_dir = tmp_path / "shift"
+    shift_dir.mkdir()
+    for p in files:
+        shutil.copy(p, shift_dir / p.name)
+    moved = shift_dir / files[3].name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(moved)
+        row_dir = np.array(ds.ImageOrientationPatient[:3], float)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ds.ImagePositionPatient, float) + 3.0 * row_dir]
+        ds.save_as(moved)
+    (shift_dir / "README.txt").write_text("not a DICOM file")
+    shifted = read_dicom_stack(shift_dir)
+    assert shifted.n == 12 and shifted.has_shifts()
+    assert shifted.geometry_report()["max_in_plane_shift_mm"] == pytest.approx(3.0, abs=0.01)
+    assert any("ignored" in w for w in shifted.meta["warnings"])  # the README was skipped, and said so
+
+
+@needs_sunnybrook
+def test_mixed_orientations_and_no_dicom_are_refused(tmp_path):
+    files = _phase_files(19)
+    for p in files[:3]:
+        shutil.copy(p, tmp_path / p.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(files[5])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.save_as(tmp_path / "axial.dcm")
+    with pytest.raises(InputError, match=r"mixed-folder: the folder mixes 2 image orientations"):
+        read_dicom_stack(tmp_path, name="mixed-folder")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match=r"--sax: no DICOM images found"):
+        read_stack(empty, name="--sax")
+
+
+# ---- Sunnybrook contours ------------------------------------------------------------------------
+def test_contour_mask_pixel_centre_convention():
+    # x = column, y = row; a pixel is inside when its centre (integer coordinates) is
+    square = np.array([[1.5, 0.5], [5.5, 0.5], [5.5, 3.5], [1.5, 3.5]])
+    mask = contour_mask(square, (6, 8))
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 3, 2, 5)
+    assert mask.sum() == 3 * 4
+
+
+@needs_sunnybrook
+def test_sunnybrook_contours_land_on_the_right_slices(phase19):
+    labels, contoured = sunnybrook_labels(phase19, CONTOURS)
+    o_instances = sorted(int(p.name.split("-")[2]) for p in (CONTOURS / "o-contours").glob("*.txt"))
+    assert sorted(c["instance"] for c in contoured) == o_instances  # phase 19: i- and o-contours on 9 slices
+    assert all(c["o"] for c in contoured)
+    spacing = phase19.pixel_spacing
+    for c in contoured:
+        k = c["slice"]
+        assert phase19.meta["slice_meta"][k]["instance_number"] == c["instance"]
+        pixels = phase19.pixels[k]
+        blood, ring = pixels[labels[k] == 1].mean(), pixels[labels[k] == 2].mean()
+        assert blood > 1.8 * ring, (c, blood, ring)  # seen 2.2-3.2x (e.g. 247 vs 89)
+        area = (labels[k] == 1).sum() * spacing[0] * spacing[1]
+        assert 300 < area < 5000, (c, area)  # seen 813-2858 mm^2 in this dilated LV
+    uncontoured = [k for k in range(phase19.n) if k not in {c["slice"] for c in contoured}]
+    assert not labels[uncontoured].any()
+
+    phase8 = read_dicom_stack(DICOM_DIR, phase=0)
+    labels8, contoured8 = sunnybrook_labels(phase8, CONTOURS)
+    assert [c["instance"] for c in contoured8] == [48, 68, 88, 108, 128, 148, 168, 188, 208]
+    assert set(np.unique(labels8)) == {0, 1}  # no o-contours at phase 8
+
+
+@needs_sunnybrook
+def test_contour_points_in_patient_space_match_simpleitk(phase19):
+    image = phase19.to_image()
+    k = next(i for i, m in enumerate(phase19.meta["slice_meta"]) if m["instance_number"] == 139)
+    points = read_contour(CONTOURS / "i-contours" / "IM-0001-0139-icontour-manual.txt")
+    assert points.shape[1] == 2 and len(points) > 50
+    lps = contour_points_lps(points, phase19, k)
+    expected = [image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k))) for x, y in points]
+    np.testing.assert_allclose(lps, expected, atol=1e-3)
+    np.testing.assert_allclose((lps - phase19.origins[k]) @ phase19.normal, 0.0, atol=1e-9)
+
+
+# ---- ACDC ---------------------------------------------------------------------------------------
+@needs_acdc
+def test_acdc_reads_and_converts_labels():
+    path = ACDC / "patient001_frame01.h5"
+    stack = read_acdc(path)
+    with h5py.File(path, "r") as f:
+        raw = f["label"][()]
+        image = f["image"][()]
+    np.testing.assert_array_equal(stack.pixels, image)
+    for acdc_value, project_value in ((1, 3), (2, 2), (3, 1), (0, 0)):
+        assert (stack.labels == project_value).sum() == (raw == acdc_value).sum() > 0
+    assert stack.meta["spacing_known"] is False
+    assert any("no spacing" in w and "nominal" in w for w in stack.meta["warnings"])
+    assert stack.meta["patient"] == 1 and stack.meta["frame"] == 1
+    np.testing.assert_allclose(stack.normal, [0, 0, 1])
+
+    measured = read_acdc(path, spacing=(1.5625, 10.0))
+    assert measured.meta["spacing_known"] and measured.meta["warnings"] == []
+    assert measured.pixel_spacing == (1.5625, 1.5625)
+    np.testing.assert_allclose(measured.gaps, 10.0)
+    assert read_stack(path).n == stack.n  # the generic stack reader dispatches .h5 to ACDC
+
+
+@needs_acdc
+def test_acdc_listing_and_validation_split():
+    entries = list_acdc(ACDC)
+    assert len(entries) == 160 and entries[0][:2] == (1, 1)
+    train, val = acdc_split(ACDC)
+    assert {p for p, _, _ in val} == set(range(61, 81))
+    assert not {p for p, _, _ in train} & set(range(61, 81))
+    assert len(train) + len(val) == 160 and len(val) == 40
+
+
+# ---- volumes: round trips and bad inputs ---------------------------------------------------------
+def _oblique_image(array: np.ndarray) -> sitk.Image:
+    row = np.array([-0.104592, 0.346381, -0.932245])
+    col = np.array([-0.733192, -0.660188, -0.163037])
+    row /= np.linalg.norm(row)
+    col -= row * (row @ col)
+    col /= np.linalg.norm(col)
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection(np.stack([row, col, np.cross(row, col)], axis=1).flatten().tolist())
+    image.SetOrigin((162.673, 35.6185, 144.459))
+    image.SetSpacing((1.367188, 1.25, 9.99997))
+    return image
+
+
+@pytest.mark.parametrize("suffix, tol", [(".nrrd", 1e-12), (".mha", 1e-12), (".nii.gz", 1e-5)])
+def test_round_trip_keeps_geometry(tmp_path, suffix, tol):
+    # NRRD and MHA store geometry as float64 text; NIfTI's header is float32 (hence 1e-5 mm)
+    rng = np.random.default_rng(0)
+    image = _oblique_image(rng.random((4, 5, 6)).astype(np.float32))
+    path = write_image(image, tmp_path / "deep" / f"image{suffix}")
+    back = read_image(path)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=tol)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=tol)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=tol)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+    labels = _oblique_image(rng.integers(0, 4, (4, 5, 6)).astype(np.uint8))
+    acdc_path = write_image(labels, tmp_path / f"labels{suffix}")
+    converted = sitk.GetArrayFromImage(read_labels(acdc_path, convention="acdc"))
+    np.testing.assert_array_equal(converted, np.array([0, 3, 2, 1])[sitk.GetArrayFromImage(labels)])
+    stack = read_stack(path, labels_path=write_image(labels, tmp_path / f"project{suffix}"))
+    np.testing.assert_array_equal(stack.labels, sitk.GetArrayFromImage(labels))
+
+
+def test_nifti_gz_is_compressed(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((20, 64, 64), np.float32))
+    plain = write_image(image, tmp_path / "a.nii").stat().st_size
+    assert write_image(image, tmp_path / "a.nii.gz").stat().st_size < plain / 20
+
+
+@needs_sunnybrook
+def test_dicom_stack_survives_nifti_round_trip(tmp_path, phase19):
+    path = write_image(phase19.to_image(), tmp_path / "sax.nii.gz")
+    again = read_stack(path)
+    np.testing.assert_allclose(again.origins, phase19.origins, atol=1e-3)
+    np.testing.assert_allclose(again.normal, phase19.normal, atol=1e-5)
+    np.testing.assert_array_equal(again.pixels, phase19.pixels)
+
+
+def test_bad_inputs_name_the_input(tmp_path):
+    with pytest.raises(InputError, match=r"^--sax: file not found: .*nope\.nii\.gz$"):
+        read_image(tmp_path / "nope.nii.gz", name="--sax")
+
+    sitk.WriteImage(sitk.Image([8, 6], sitk.sitkFloat32), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match=r"^--lax: .*flat\.nii\.gz is a 2D image"):
+        read_image(tmp_path / "flat.nii.gz", name="--lax")
+    single = write_image(_oblique_image(np.zeros((1, 6, 8), np.float32)), tmp_path / "single.nrrd")
+    assert read_image(single).GetSize() == (8, 6, 1)  # one plane with 3D geometry is a fine image...
+    with pytest.raises(InputError, match=r"^--sax: .*single\.nrrd holds 1 slice; a SAX stack needs at least 2"):
+        read_stack(single, name="--sax")  # ...but not a stack
+
+    bad_labels = write_image(_oblique_image(np.array([0, 1, 7], np.uint8).reshape(1, 1, 3)), tmp_path / "l.nrrd")
+    with pytest.raises(InputError, match=r"^--labels .*unknown label values \[7\]"):
+        read_labels(bad_labels, name="--labels")
+
+    nan = np.ones((3, 4, 5), np.float32)
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match=r"^--sax: .*holds 1 NaN or infinite voxels"):
+        read_image(write_image(_oblique_image(nan), tmp_path / "nan.mha"), name="--sax")
+
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really a gzip")
+    with pytest.raises(InputError, match=r"^--sax: cannot read .*broken\.nii\.gz"):
+        read_image(tmp_path / "broken.nii.gz", name="--sax")
+    with pytest.raises(InputError, match=r"unsupported file type 'scan\.png'"):
+        (tmp_path / "scan.png").write_bytes(b"png")
+        read_image(tmp_path / "scan.png", name="--sax")
+
+    other_grid = _oblique_image(np.zeros((3, 4, 5), np.uint8))
+    other_grid.SetOrigin((0.0, 0.0, 0.0))
+    image_path = write_image(_oblique_image(np.zeros((3, 4, 5), np.float32)), tmp_path / "img.nrrd")
+    with pytest.raises(InputError, match=r"^--sax labels: .*not on the image's grid"):
+        read_stack(image_path, labels_path=write_image(other_grid, tmp_path / "og.nrrd"), name="--sax")
+
+
+def test_4d_file_needs_a_phase(tmp_path):
+    volumes = [sitk.GetImageFromArray(np.full((3, 4, 5), t, np.float32)) for t in range(4)]
+    path = write_image(sitk.JoinSeries(volumes), tmp_path / "cine.nii.gz")
+    with pytest.raises(InputError, match=r"^--sax: .*cine\.nii\.gz is 4D with 4 cardiac phases; choose one"):
+        read_image(path, name="--sax")
+    third = read_image(path, phase=2)
+    assert third.GetSize() == (5, 4, 3) and float(sitk.GetArrayFromImage(third).mean()) == 2.0
+    with pytest.raises(InputError, match=r"phase 9 does not exist"):
+        read_image(path, phase=9)

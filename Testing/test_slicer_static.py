@@ -1,0 +1,266 @@
+"""Static checks of the files only Slicer runs: module scripts, .ui panels, CMake lists.
+
+Slicer's Qt side cannot run here, so what would break at load time in Slicer is checked by
+reading the files: syntax, classes, widget names used by the code, parameter-node bindings,
+widget types the parameterNodeWrapper can connect, and that CMake packages every file.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES_DIR = ROOT / "CardiacDiffusion"
+MODULES = sorted(
+    p.parent.name for p in MODULES_DIR.glob("*/CMakeLists.txt") if (p.parent / f"{p.parent.name}.py").exists()
+)
+
+#: widget classes parameterNodeWrapper's GUI connectors accept, by field type (Slicer's guiConnectors.py;
+#: note ctkDoubleSpinBox is NOT among them)
+CONNECTABLE = {
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "int": {"QSpinBox", "QSlider"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "choice": {"QComboBox"},
+    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+}
+
+
+def test_there_is_a_module():
+    assert "Reconstruction" in MODULES
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _tree(module: str) -> ast.Module:
+    return ast.parse((MODULES_DIR / module / f"{module}.py").read_text())
+
+
+def _classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def _parameter_node_class(tree: ast.Module) -> ast.ClassDef:
+    for node in _classes(tree).values():
+        if any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list):
+            return node
+    raise AssertionError("no @parameterNodeWrapper class")
+
+
+def _aliases(tree: ast.Module) -> dict[str, ast.expr]:
+    return {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    }
+
+
+def _field_kind(annotation: ast.expr, aliases: dict[str, ast.expr]) -> tuple[str, set[str]]:
+    """('float'|'int'|'bool'|'str'|'choice'|'node', node class names) of a field annotation."""
+    if isinstance(annotation, ast.Name) and annotation.id in aliases:
+        return _field_kind(aliases[annotation.id], aliases)
+    if isinstance(annotation, ast.Name):
+        if annotation.id.startswith("vtkMRML"):
+            return "node", {annotation.id}
+        return annotation.id, set()
+    if isinstance(annotation, ast.Subscript):
+        head = ast.unparse(annotation.value)
+        items = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else [annotation.slice]
+        if head in ("Annotated", "typing.Annotated"):
+            kind, types = _field_kind(items[0], aliases)
+            if any(isinstance(a, ast.Call) and ast.unparse(a.func) == "Choice" for a in items[1:]):
+                return "choice", types
+            return kind, types
+        if head in ("Union", "typing.Union", "Optional", "typing.Optional"):
+            kinds = [_field_kind(item, aliases) for item in items if ast.unparse(item) != "None"]
+            assert {k for k, _ in kinds} == {"node"}, ast.unparse(annotation)
+            return "node", set().union(*(t for _, t in kinds))
+    raise AssertionError(f"unsupported parameter annotation {ast.unparse(annotation)}")
+
+
+def _fields(module: str) -> dict[str, tuple[str, set[str]]]:
+    tree = _tree(module)
+    aliases = _aliases(tree)
+    cls = _parameter_node_class(tree)
+    return {
+        node.target.id: _field_kind(node.annotation, aliases)
+        for node in cls.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def _ui(module: str) -> ET.Element:
+    return ET.parse(MODULES_DIR / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def _widgets(ui: ET.Element) -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ui.iter("widget")}
+
+
+def _string_property(widget: ET.Element, name: str) -> str | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop.findtext("string")
+    return None
+
+
+def _cmake_list(text: str, variable: str, module: str) -> list[str]:
+    match = re.search(rf"set\(\s*{variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} is not set"
+    return [item.replace("${MODULE_NAME}", module) for item in match.group(1).split()]
+
+
+# ---- the module script ------------------------------------------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_module_script_compiles_and_defines_the_four_classes(module, tmp_path):
+    py_compile.compile(str(MODULES_DIR / module / f"{module}.py"), cfile=str(tmp_path / "m.pyc"), doraise=True)
+    classes = _classes(_tree(module))
+    bases = {
+        module: "ScriptedLoadableModule",
+        f"{module}Widget": "ScriptedLoadableModuleWidget",
+        f"{module}Logic": "ScriptedLoadableModuleLogic",
+        f"{module}Test": "ScriptedLoadableModuleTest",
+    }
+    for name, base in bases.items():
+        assert name in classes, f"{module}.py defines no class {name}"
+        assert base in [ast.unparse(b) for b in classes[name].bases], f"{name} does not derive from {base}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_metadata(module):
+    body = _classes(_tree(module))[module].body
+    init = next(f for f in body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    assigned = {ast.unparse(n.targets[0]): n.value for n in ast.walk(init) if isinstance(n, ast.Assign)}
+    assert ast.literal_eval(assigned["self.parent.categories"]) == ["Cardiac"]
+    for key in ("title", "contributors", "helpText", "acknowledgementText"):
+        assert f"self.parent.{key}" in assigned, key
+    if module == "Reconstruction":
+        text = ast.unparse(assigned["self.parent.acknowledgementText"])
+        assert "DMCVR" in text and "MICCAI 2023" in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_library_names_imported_by_the_module_exist(module):
+    for node in ast.walk(_tree(module)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("CardiacDiffusionLib"):
+            imported = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(imported, alias.name):  # a submodule: `from package import module`
+                    importlib.import_module(f"{node.module}.{alias.name}")
+
+
+# ---- the .ui panel against the code ------------------------------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_every_ui_widget_used_in_code_exists(module):
+    widgets = _widgets(_ui(module))
+    used = {
+        node.attr
+        for node in ast.walk(_tree(module))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert used, "the widget uses no self.ui.<widget>"
+    assert used <= set(widgets), f"missing in the .ui: {sorted(used - set(widgets))}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_names_match_fields_and_widget_types(module):
+    fields = _fields(module)
+    bound = {}
+    for name, widget in _widgets(_ui(module)).items():
+        parameter = _string_property(widget, "SlicerParameterName")
+        if parameter is not None:
+            assert parameter not in bound, f"{parameter} is bound to two widgets"
+            bound[parameter] = widget
+    assert set(bound) <= set(fields), f"not parameter-node fields: {sorted(set(bound) - set(fields))}"
+    assert set(fields) <= set(bound), f"fields without a widget: {sorted(set(fields) - set(bound))}"
+    for parameter, widget in bound.items():
+        kind, node_types = fields[parameter]
+        assert widget.get("class") in CONNECTABLE[kind], (
+            f"{parameter}: a {kind} field cannot be connected to a {widget.get('class')}"
+        )
+        if kind == "node":
+            types_property = [p for p in widget.findall("property") if p.get("name") == "nodeTypes"]
+            ui_types = {s.text for p in types_property for s in p.iter("string")}
+            assert ui_types == node_types, f"{parameter}: .ui nodeTypes {ui_types} != field types {node_types}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_node_combo_boxes_receive_the_scene(module):
+    ui = _ui(module)
+    root = ui.find("widget")
+    assert root.get("class") == "qMRMLWidget"
+    combos = {n for n, w in _widgets(ui).items() if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {
+        c.findtext("receiver")
+        for c in ui.iter("connection")
+        if c.findtext("sender") == root.get("name")
+        and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert combos and combos <= connected, f"no scene for {sorted(combos - connected)}"
+    declared = {c.findtext("class") for c in ui.iter("customwidget")}
+    used = {w.get("class") for w in ui.iter("widget")}
+    assert {c for c in used if c.startswith(("qMRML", "ctk"))} <= declared
+
+
+def test_reconstruction_choices_match_the_cli():
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import METHODS
+
+    cli = ast.parse((ROOT / "CardiacDiffusionLib" / "cli" / "reconstruct.py").read_text())
+    cli_methods = next(
+        ast.literal_eval(n.value)
+        for n in cli.body
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "METHODS"
+    )
+    assert set(METHODS) == set(cli_methods)
+
+
+# ---- CMake ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_lists_every_file(module):
+    folder = MODULES_DIR / module
+    text = (folder / "CMakeLists.txt").read_text()
+    scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS", module)
+    resources = _cmake_list(text, "MODULE_PYTHON_RESOURCES", module)
+    on_disk_py = {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if "Testing" not in p.relative_to(folder).parts
+    }
+    on_disk_resources = {p.relative_to(folder).as_posix() for p in (folder / "Resources").rglob("*") if p.is_file()}
+    assert set(scripts) == on_disk_py
+    assert set(resources) == on_disk_resources
+    assert f"Resources/UI/{module}.ui" in resources and f"Resources/Icons/{module}.png" in resources
+    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S)
+    assert call and "WITH_GENERIC_TESTS" in call.group(1).split()
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
+
+
+def test_modules_are_added_to_the_build():
+    text = (MODULES_DIR / "CMakeLists.txt").read_text()
+    added = set(re.findall(r"^\s*add_subdirectory\((\w+)\)", text, re.M))
+    assert set(MODULES) <= added
+    assert "ctkMacroCompilePythonScript" in text and "CardiacDiffusionLib" in text  # the Lib ships beside them
+
+
+def test_extension_metadata():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    fields = dict(re.findall(r'set\((EXTENSION_\w+)\s+("[^"]*"|[^)\s]+)\s*\)', text))
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        value = fields.get(f"EXTENSION_{key}", "").strip('"')
+        assert value and value != "NA" or key == "DEPENDS" and value, f"EXTENSION_{key} is empty"
+    assert "PyTorch" in fields["EXTENSION_DEPENDS"].strip('"').split()
+    assert fields["EXTENSION_CATEGORY"].strip('"') == "Cardiac"
+    for key in ("HOMEPAGE", "ICONURL"):
+        assert fields[f"EXTENSION_{key}"].strip('"').startswith("https://")
+    assert re.search(r"add_subdirectory\(CardiacDiffusion\)", text)
+    assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
