@@ -1,0 +1,267 @@
+"""Read a cine short-axis DICOM series (one file per slice and phase) into a :class:`SliceStack`.
+
+Files are grouped by slice position (``ImagePositionPatient`` projected on the normal of
+``ImageOrientationPatient``) and, within a slice, ordered by ``TriggerTime`` (then ``InstanceNumber``):
+phase ``k`` is the k-th file of every slice. Each slice keeps its own measured origin, so uneven gaps
+and in-plane shifts show up in ``stack.geometry_report()`` instead of being flattened.
+
+We read headers with pydicom rather than SimpleITK's ImageSeriesReader because the series reader
+builds one regular volume from a file list: it neither splits phases nor keeps per-slice origins.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..errors import InputError
+from ..geometry.stack import GAP_TOLERANCE_MM, SliceStack
+
+#: two orientations whose direction cosines differ by more than this are different series
+ORIENTATION_TOLERANCE = 1e-3
+
+
+@dataclass
+class DicomFile:
+    """The header fields of one single-frame DICOM image that geometry and phase sorting need."""
+
+    path: Path
+    instance: int | None
+    sop_uid: str
+    position: np.ndarray  # ImagePositionPatient (LPS mm, centre of the first pixel)
+    orientation: np.ndarray  # ImageOrientationPatient: row direction then column direction
+    spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns)
+    thickness: float | None
+    trigger_time: float | None
+    shape: tuple[int, int]
+
+    def meta(self) -> dict:
+        return {
+            "instance_number": self.instance,
+            "sop_instance_uid": self.sop_uid,
+            "path": str(self.path),
+            "trigger_time_ms": self.trigger_time,
+        }
+
+
+@dataclass
+class CineSeries:
+    """Files of one orientation, grouped per slice position (ascending along the normal) then by phase."""
+
+    slices: list[list[DicomFile]]
+    name: str
+    ignored: int = 0  # non-DICOM or non-image files skipped
+
+    @property
+    def phase_counts(self) -> list[int]:
+        return [len(s) for s in self.slices]
+
+    @property
+    def n_phases(self) -> int:
+        return min(self.phase_counts)
+
+    def trigger_times(self) -> list[float | None]:
+        """Median trigger time (ms) of each phase over the slices, ``None`` where not recorded."""
+        times = []
+        for k in range(self.n_phases):
+            values = [s[k].trigger_time for s in self.slices if s[k].trigger_time is not None]
+            times.append(float(np.median(values)) if values else None)
+        return times
+
+    def phase_index(self, phase: int | None = None, trigger_time: float | None = None) -> int:
+        """0-based phase from an index or the nearest trigger time (ms); default the first (ED)."""
+        if trigger_time is not None:
+            times = self.trigger_times()
+            known = [(abs(t - trigger_time), k) for k, t in enumerate(times) if t is not None]
+            if not known:
+                raise InputError(f"{self.name}: the files record no TriggerTime; choose the phase by index")
+            return min(known)[1]
+        phase = 0 if phase is None else int(phase)
+        if not 0 <= phase < self.n_phases:
+            raise InputError(
+                f"{self.name}: phase {phase} does not exist; every slice has phases 0..{self.n_phases - 1} "
+                f"(files per slice: {self.phase_counts})"
+            )
+        return phase
+
+
+def scan_dicom(source, name: str = "DICOM series") -> CineSeries:
+    """Headers of every DICOM image in a folder (not its subfolders) or a list of files, grouped."""
+    paths = _paths(source, name)
+    files, ignored = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom validates lazily, e.g. vendor UIDs with leading zeros
+        for path in paths:
+            header = _header(path)
+            if header is None:
+                ignored += 1
+                continue
+            files.append(_dicom_file(header, path, name))
+    if not files:
+        raise InputError(
+            f"{name}: no DICOM images found in {source} ({len(paths)} files looked at, subfolders not searched); "
+            "give the folder that holds the .dcm files of one series"
+        )
+    _check_same_orientation(files, name)
+    _check_same_grid(files, name)
+    normal = np.cross(files[0].orientation[:3], files[0].orientation[3:])
+    files.sort(key=lambda f: float(f.position @ normal))
+    slices: list[list[DicomFile]] = []
+    last = None
+    for f in files:
+        pos = float(f.position @ normal)
+        if last is None or pos - last > GAP_TOLERANCE_MM:
+            slices.append([])
+        slices[-1].append(f)
+        last = pos
+    for group in slices:
+        group.sort(key=lambda f: (f.trigger_time if f.trigger_time is not None else np.inf, f.instance or 0))
+    return CineSeries(slices=slices, name=name, ignored=ignored)
+
+
+def dicom_phases(source, name: str = "DICOM series") -> list[dict]:
+    """The phases available: ``[{"phase": k, "trigger_time_ms": t}, ...]``."""
+    series = scan_dicom(source, name)
+    return [{"phase": k, "trigger_time_ms": t} for k, t in enumerate(series.trigger_times())]
+
+
+def read_dicom_stack(
+    source, phase: int | None = None, trigger_time: float | None = None, name: str = "DICOM series"
+) -> SliceStack:
+    """One phase of a cine series as a :class:`SliceStack` (rescale slope/intercept applied).
+
+    ``phase`` is a 0-based index, ``trigger_time`` (ms) picks the nearest phase; default phase 0.
+    ``stack.meta`` holds ``slice_meta`` (instance number, SOP instance UID, path, trigger time per slice),
+    ``phase``, ``phases``, ``trigger_times_ms`` and ``warnings`` about the series.
+    """
+    series = scan_dicom(source, name)
+    k = series.phase_index(phase, trigger_time)
+    chosen = [s[k] for s in series.slices]
+    pixels = np.stack([_pixels(f, name) for f in chosen])
+    first = chosen[0]
+    warnings_ = []
+    if len(set(series.phase_counts)) > 1:
+        warnings_.append(f"slices hold different numbers of phases {series.phase_counts}; phases beyond "
+                         f"{series.n_phases} are not offered")
+    if series.ignored:
+        warnings_.append(f"{series.ignored} non-image or non-DICOM files ignored")
+    thickness = first.thickness
+    stack = SliceStack(
+        pixels=pixels,
+        origins=np.stack([f.position for f in chosen]),
+        row_dir=first.orientation[:3],
+        col_dir=first.orientation[3:],
+        # PixelSpacing is (row spacing = along col_dir, column spacing = along row_dir)
+        pixel_spacing=(first.spacing[1], first.spacing[0]),
+        thickness=thickness,
+        source=name,
+        meta={
+            "slice_meta": [f.meta() for f in chosen],
+            "phase": k,
+            "phases": series.n_phases,
+            "trigger_times_ms": series.trigger_times(),
+            "warnings": warnings_,
+            "path": str(source),
+        },
+    )
+    return stack
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def _paths(source, name: str) -> list[Path]:
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p) for p in source]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise InputError(f"{name}: file not found: {missing[0]}")
+        return paths
+    folder = Path(source)
+    if not folder.exists():
+        raise InputError(f"{name}: file not found: {folder}")
+    if folder.is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def _header(path: Path):
+    """The header of a DICOM image file, or ``None`` for anything else (non-DICOM, DICOMDIR, reports)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
+        return None
+    if "Rows" not in header or "Columns" not in header:
+        return None
+    return header
+
+
+def _dicom_file(h, path: Path, name: str) -> DicomFile:
+    if int(h.get("NumberOfFrames", 1) or 1) > 1:
+        raise InputError(
+            f"{name}: {path.name} is a multi-frame (enhanced) DICOM; export the series as single-frame files"
+        )
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in h]
+    if missing:
+        raise InputError(
+            f"{name}: {path.name} has no {', '.join(missing)}; it cannot be placed in 3D (is it a derived or "
+            "secondary-capture image?)"
+        )
+    orientation = np.asarray([float(v) for v in h.ImageOrientationPatient])
+    if orientation.shape != (6,):
+        raise InputError(f"{name}: {path.name} has a malformed ImageOrientationPatient {list(orientation)}")
+    orientation[:3] /= np.linalg.norm(orientation[:3])
+    orientation[3:] /= np.linalg.norm(orientation[3:])
+    trigger = h.get("TriggerTime")
+    thickness = h.get("SliceThickness")
+    return DicomFile(
+        path=path,
+        instance=int(h.InstanceNumber) if h.get("InstanceNumber") is not None else None,
+        sop_uid=str(h.get("SOPInstanceUID", "")),
+        position=np.asarray([float(v) for v in h.ImagePositionPatient]),
+        orientation=orientation,
+        spacing=(float(h.PixelSpacing[0]), float(h.PixelSpacing[1])),
+        thickness=float(thickness) if thickness not in (None, "") else None,
+        trigger_time=float(trigger) if trigger not in (None, "") else None,
+        shape=(int(h.Rows), int(h.Columns)),
+    )
+
+
+def _check_same_orientation(files: list[DicomFile], name: str) -> None:
+    kinds: list[np.ndarray] = []
+    for f in files:
+        if not any(np.allclose(f.orientation, o, atol=ORIENTATION_TOLERANCE) for o in kinds):
+            kinds.append(f.orientation)
+    if len(kinds) > 1:
+        listed = "; ".join(str(np.round(o, 3).tolist()) for o in kinds[:4])
+        raise InputError(
+            f"{name}: the folder mixes {len(kinds)} image orientations (ImageOrientationPatient {listed}), "
+            "e.g. short- and long-axis series; put each series in its own folder"
+        )
+
+
+def _check_same_grid(files: list[DicomFile], name: str) -> None:
+    grids = {(f.shape, tuple(np.round(f.spacing, 4))) for f in files}
+    if len(grids) > 1:
+        raise InputError(
+            f"{name}: the images differ in size or pixel spacing ({sorted(grids)}); "
+            "a stack needs one in-plane grid: put each series in its own folder"
+        )
+
+
+def _pixels(f: DicomFile, name: str) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(f.path)
+            array = ds.pixel_array.astype(np.float32)
+    except Exception as error:  # pydicom raises many types for unsupported transfer syntaxes
+        raise InputError(f"{name}: cannot decode the pixels of {f.path.name} ({error})") from None
+    if array.ndim != 2:
+        raise InputError(f"{name}: {f.path.name} is not a grey-level single-frame image (pixels {array.shape})")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return array * slope + intercept

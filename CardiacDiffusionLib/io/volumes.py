@@ -1,0 +1,179 @@
+"""Read and write volumes (NIfTI, NRRD, MHA, DICOM folders) as SimpleITK images in LPS mm.
+
+Every reader checks what a user can get wrong (missing file, corrupt file, NaNs, a 2D or 4D file
+where a 3D one is needed, unknown label values) and raises :class:`InputError` naming the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..geometry.stack import SliceStack
+from ..labels import convert_labels
+
+#: file name endings SimpleITK reads for us
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def read_image(path, name: str = "image", phase: int | None = None) -> sitk.Image:
+    """A 3D scalar image (a single plane is 3D with one slice); a DICOM folder gives ``phase``'s volume.
+
+    4D files need ``phase`` (0-based); 2D files are refused because they carry no position in the patient.
+    """
+    path = _existing(path, name)
+    if path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
+        from .dicom import read_dicom_stack
+
+        return read_dicom_stack(path, phase=phase, name=name).to_image()
+    if _suffix(path) not in VOLUME_SUFFIXES:
+        raise InputError(
+            f"{name}: unsupported file type {path.name!r}; give NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), "
+            "MHA (.mha/.mhd) or a DICOM folder"
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
+        raise InputError(f"{name}: cannot read {path} ({reason}); is the file complete and not corrupt?") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{name}: {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
+            "give a scalar (grey-level or label) image"
+        )
+    if image.GetDimension() == 4:
+        image = _pick_phase(image, phase, name, path)
+    elif image.GetDimension() == 2:
+        raise InputError(
+            f"{name}: {path} is a 2D image with no position in the patient; save it as a 3D image with one "
+            "slice (size X x Y x 1, with origin and direction) or give the DICOM file"
+        )
+    elif image.GetDimension() != 3:
+        raise InputError(f"{name}: {path} has {image.GetDimension()} dimensions; expected a 3D image")
+    _check_finite(image, name, path)
+    return image
+
+
+def read_labels(path, convention: str = "project", name: str = "labels", phase: int | None = None) -> sitk.Image:
+    """An integer label map converted from ``convention`` to the project's (1 LV, 2 MYO, 3 RV), as uint8."""
+    image = read_image(path, name=name, phase=phase)
+    array = sitk.GetArrayFromImage(image)
+    converted = convert_labels(array, convention, "project", name=f"{name} ({path})")
+    out = sitk.GetImageFromArray(converted.astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
+def read_stack(
+    path,
+    labels_path=None,
+    convention: str = "project",
+    name: str = "SAX stack",
+    phase: int | None = None,
+) -> SliceStack:
+    """A SAX stack of >= 2 slices from a DICOM folder, an ACDC HDF5 file or a 3D volume, optionally labelled.
+
+    DICOM slices keep their true positions (uneven gaps and shifts are reported by
+    ``stack.geometry_report()``). Labels from ``labels_path`` must lie on the stack's grid.
+    """
+    path = _existing(path, name)
+    if _suffix(path) in (".h5", ".hdf5"):
+        from .acdc import read_acdc
+
+        stack = read_acdc(path, name=name)
+    elif path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
+        from .dicom import read_dicom_stack
+
+        stack = read_dicom_stack(path, phase=phase, name=name)
+    else:
+        image = read_image(path, name=name, phase=phase)
+        _need_slices(image.GetSize()[2], name, path)
+        stack = SliceStack.from_image(image, source=name)
+        stack.meta["path"] = str(path)
+    _need_slices(stack.n, name, path)
+    if labels_path is not None:
+        labels = read_labels(labels_path, convention=convention, name=f"{name} labels", phase=phase)
+        stack = stack.with_labels(_labels_on_stack(labels, stack, name, labels_path))
+    return stack
+
+
+def write_image(image: sitk.Image, path) -> Path:
+    """Write ``image`` (creating the parent folder); NIfTI .nii.gz, NRRD and MHA are compressed."""
+    path = Path(path)
+    if _suffix(path) not in VOLUME_SUFFIXES:
+        raise InputError(f"cannot write {path}: use .nii.gz, .nii, .nrrd or .mha")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=_suffix(path) != ".nii")
+    return path
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _existing(path, name: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{name}: file not found: {path}")
+    return path
+
+
+def _need_slices(n: int, name: str, path: Path) -> None:
+    if n < 2:
+        raise InputError(
+            f"{name}: {path} holds {n} slice; a SAX stack needs at least 2 parallel slices "
+            "(give the whole short-axis series, not a single plane)"
+        )
+
+
+def _pick_phase(image: sitk.Image, phase: int | None, name: str, path: Path) -> sitk.Image:
+    phases = image.GetSize()[3]
+    if phase is None and phases == 1:
+        phase = 0
+    if phase is None:
+        raise InputError(
+            f"{name}: {path} is 4D with {phases} cardiac phases; choose one (phase 0..{phases - 1}) "
+            "or save that phase as a 3D file"
+        )
+    if not 0 <= phase < phases:
+        raise InputError(f"{name}: phase {phase} does not exist in {path}; it has phases 0..{phases - 1}")
+    size = list(image.GetSize())
+    size[3] = 0  # Extract collapses this axis and keeps the 3D part of origin/spacing/direction
+    return sitk.Extract(image, size, [0, 0, 0, phase])
+
+
+def _check_finite(image: sitk.Image, name: str, path: Path) -> None:
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return
+    bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+    if bad:
+        raise InputError(f"{name}: {path} holds {bad} NaN or infinite voxels; fill or mask them before use")
+
+
+def _labels_on_stack(labels: sitk.Image, stack: SliceStack, name: str, labels_path) -> np.ndarray:
+    """The label array, slice by slice in the stack's order, if ``labels`` lies on the stack's slices."""
+    on_slices = SliceStack.from_image(labels, source=f"{name} labels")  # sorted along the normal like ``stack``
+    tol = 1e-2  # mm, and direction cosines
+    matches = (
+        on_slices.pixels.shape == stack.pixels.shape
+        and np.allclose(on_slices.row_dir, stack.row_dir, atol=tol)
+        and np.allclose(on_slices.col_dir, stack.col_dir, atol=tol)
+        and np.allclose(on_slices.pixel_spacing, stack.pixel_spacing, atol=tol)
+        and np.allclose(on_slices.origins[0], stack.origins[0], atol=tol)
+    )
+    if matches and stack.is_uniform() and not stack.has_shifts():
+        # a regular stack must match slice by slice; an irregular one cannot be a regular volume anyway,
+        # so there the first slice, the in-plane grid and the slice count have to do
+        matches = np.allclose(on_slices.origins, stack.origins, atol=tol)
+    if not matches:
+        raise InputError(
+            f"{name} labels: {labels_path} is not on the image's grid (size {labels.GetSize()}, origin, spacing "
+            "or direction differ); give labels drawn on this series or resample them to it first"
+        )
+    return on_slices.pixels.astype(np.uint8)
