@@ -1,0 +1,56 @@
+"""``cardiac-diffusion models list|add|verify``: the shipped and the user's trained models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..models.store import WORKFLOWS, add_model, list_models, user_registry_path, verify_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list, register and verify trained models")
+    actions = p.add_subparsers(dest="models_command", required=True)
+    ls = actions.add_parser("list", help="shipped and user models")
+    ls.add_argument("--json", action="store_true", help="print the entries as JSON")
+    ls.set_defaults(func=run_list)
+    add = actions.add_parser("add", help=f"register a trained model (.safetensors) in {user_registry_path()}")
+    add.add_argument("--name", required=True)
+    add.add_argument("--workflow", required=True, choices=WORKFLOWS)
+    add.add_argument("--file", required=True, help="model file written by training (model.safetensors)")
+    add.add_argument("--card", help="YAML/JSON model card: version, description, input, labels, training, metrics")
+    add.add_argument("--force", action="store_true", help="replace a user model of the same name")
+    add.set_defaults(func=run_add)
+    verify = actions.add_parser("verify", help="check a model's sha256, file and architecture")
+    verify.add_argument("model", help="registered name or .safetensors path")
+    verify.set_defaults(func=run_verify)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no models registered (add one with: cardiac-diffusion models add --name ... --workflow ... --file ...)")
+        return 0
+    rows = [("name", "workflow", "version", "architecture", "source", "file")]
+    rows += [(m["name"], m["workflow"], str(m["version"]), m["architecture"], m["source"], m["path"]) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    entry = add_model(args.name, args.workflow, args.file, card=args.card, force=args.force)
+    sha = entry["sha256"][:16]
+    print(f"registered {entry['name']} ({entry['architecture']}, sha256 {sha}...) in {user_registry_path()}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    summary = verify_model(args.model)
+    checked = "sha256 ok, " if summary["sha256_checked"] else "not registered: sha256 not checked, "
+    print(f"{args.model}: {checked}{summary['architecture']} rebuilt strictly, {summary['parameters']} parameters")
+    return 0

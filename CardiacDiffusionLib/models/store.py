@@ -1,0 +1,358 @@
+"""The model store: safetensors weights that rebuild their own module, checked before use, never unpickled.
+
+A model file is safetensors with metadata ``format``, ``architecture`` (a name in the
+architecture registry), ``config`` (JSON given to that builder) and ``meta`` (JSON: training
+command, steps, ...). Loading checks, in order: the sha256 recorded in a registry, that the file
+is a readable safetensors model (a pickle is refused unread), and that the config rebuilds a
+module with exactly the file's keys and shapes (strict) - each failure an InputError.
+
+Registries: ``Resources/models.json`` (shipped, never edited by code) and the user's
+``$CARDIAC_DIFFUSION_HOME/models.json`` (default ``~/.cardiac-diffusion``), written by
+:func:`add_model` (``cardiac-diffusion models add``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import InputError
+
+MODEL_FORMAT = "cardiac-diffusion-model/1"
+WORKFLOWS = ("dmcvr", "sadir", "ldm")
+REQUIRED = ("name", "workflow", "version", "file", "sha256", "architecture")
+CARD_KEYS = ("version", "description", "input", "labels", "training", "metrics", "url", "license")
+
+#: architecture name -> "module:builder", imported on first use; builder(config: dict) -> nn.Module
+BUILTIN_ARCHITECTURES: dict[str, str] = {
+    "dmcvr": "CardiacDiffusionLib.dmcvr.model:DMCVRModel",
+    "toy_mlp": "CardiacDiffusionLib.training.toy:build_toy_mlp",
+}
+_ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
+Builders = dict[str, Callable[[dict], nn.Module]]
+
+
+class LoadedModel(NamedTuple):
+    module: nn.Module
+    architecture: str
+    config: dict
+    meta: dict
+    entry: dict | None  # the registry entry (None for an unregistered file)
+
+
+# -- architectures
+def register_architecture(name: str, builder: Callable[[dict], nn.Module]) -> None:
+    """Make ``architecture: name`` rebuild modules with ``builder(config)``."""
+    _ARCHITECTURES[name] = builder
+
+
+def _builder(name: str, builders: Builders | None) -> Callable[[dict], nn.Module]:
+    if builders and name in builders:
+        return builders[name]
+    if name in _ARCHITECTURES:
+        return _ARCHITECTURES[name]
+    if name in BUILTIN_ARCHITECTURES:
+        module, _, attr = BUILTIN_ARCHITECTURES[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    known = sorted({*_ARCHITECTURES, *BUILTIN_ARCHITECTURES, *(builders or {})})
+    raise InputError(f"architecture {name!r}: unknown; known architectures are {known}")
+
+
+def build_architecture(name: str, config: dict, builders: Builders | None = None) -> nn.Module:
+    builder = _builder(name, builders)
+    try:
+        return builder(config)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError) as error:
+        raise InputError(f"architecture {name}: its config does not build a module ({error})") from None
+
+
+def _shape_differences(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} {found[k]} vs {expected[k]}" for k in sorted(set(expected) & set(found)) if found[k] != expected[k]]
+    out = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            out.append(f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})")
+    return out
+
+
+def _state_shapes(module: nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# -- files
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(
+    module: nn.Module, path: str | Path, config: dict, architecture: str, meta: dict | None = None,
+    check: bool = True, builders: Builders | None = None,
+) -> str:  # fmt: skip
+    """Write ``module``'s weights with the config that rebuilds it; return the file's sha256.
+
+    With ``check`` the config is rebuilt first and must give the same keys and shapes.
+    """
+    state = module.state_dict()
+    if check:
+        problems = _shape_differences(_state_shapes(build_architecture(architecture, config, builders)),
+                                      {k: tuple(v.shape) for k, v in state.items()})  # fmt: skip
+        if problems:
+            raise InputError(
+                f"save_model {path}: config does not rebuild this {architecture} module: {'; '.join(problems)}"
+            )
+    tensors, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        if value.data_ptr() in seen and value.numel():  # tied weights: safetensors refuses shared memory
+            value = value.clone()
+        seen.add(value.data_ptr())
+        tensors[key] = value
+    metadata = {"format": MODEL_FORMAT, "architecture": architecture, "config": json.dumps(config),
+                "meta": json.dumps(meta or {})}  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, dict, dict, dict[str, tuple]]:
+    """(architecture, config, meta, {key: shape}) from a model file's header; the weights are not read."""
+    path = Path(path)
+    label = label or str(path)
+    if not path.is_file():
+        raise InputError(f"model {label}: file {path} not found")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip or a raw pickle
+        raise InputError(
+            f"model {label}: {path} is a pickle (torch.save) file; pickles can run code and are never loaded: "
+            "convert it to safetensors with models.store.save_model where you trust its origin"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as error:  # noqa: BLE001 - any parse failure of the header
+        raise InputError(
+            f"model {label}: {path} is corrupt or truncated, not a readable safetensors file ({error}); "
+            "re-download or re-train it"
+        ) from None
+    if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
+        raise InputError(
+            f"model {label}: {path} has no architecture/config in its metadata; save it with models.store.save_model"
+        )
+    try:
+        config, meta = json.loads(metadata.get("config", "{}")), json.loads(metadata.get("meta", "{}"))
+    except ValueError:
+        raise InputError(f"model {label}: {path} has a damaged config in its metadata; re-download it") from None
+    return metadata["architecture"], config, meta, shapes
+
+
+def _check_sha256(path: Path, expected: str, label: str) -> None:
+    actual = sha256_file(path)
+    if actual.lower() != expected.lower():
+        raise InputError(
+            f"model {label}: sha256 mismatch (file {actual[:16]}..., registry {expected[:16]}...): {path} is damaged "
+            "or was changed; re-download/re-train it, do not use it"
+        )
+
+
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "cpu", builders: Builders | None = None,
+    sha256: str | None = None,
+) -> LoadedModel:  # fmt: skip
+    """A registered model by name, or a model file, rebuilt and checked, in eval mode on ``device``.
+
+    The sha256 is checked when known (registry entry of the name or of the file, or ``sha256``).
+    """
+    entry, path = _locate(name_or_path)
+    label = entry["name"] if entry else str(path)
+    expected = sha256 or (entry or {}).get("sha256")
+    if expected:
+        if not path.is_file():
+            raise InputError(f"model {label}: file {path} not found; re-download it or fix the registry entry")
+        _check_sha256(path, expected, label)
+    architecture, config, meta, shapes = read_model_header(path, label)
+    if entry and entry.get("architecture") not in (None, architecture):
+        raise InputError(f"model {label}: registry says architecture {entry['architecture']}, the file {architecture}")
+    module = build_architecture(architecture, config, builders)
+    problems = _shape_differences(_state_shapes(module), shapes)
+    if problems:
+        raise InputError(
+            f"model {label}: architecture mismatch, the weights do not fit {architecture} with the stored config: "
+            f"{'; '.join(problems)}"
+        )
+    try:
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as error:  # noqa: BLE001 - data part damaged although the header parsed
+        raise InputError(f"model {label}: {path} could not be read ({error}); re-download or re-train it") from None
+    return LoadedModel(module.to(device).eval(), architecture, config, meta, entry)
+
+
+# -- registries
+def shipped_registry_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "Resources" / "models.json"
+
+
+def user_home() -> Path:
+    return Path(os.environ.get("CARDIAC_DIFFUSION_HOME") or Path.home() / ".cardiac-diffusion")
+
+
+def user_registry_path() -> Path:
+    return user_home() / "models.json"
+
+
+def check_entry(entry: Any, where: str) -> dict:
+    """A registry entry with the required fields and a known workflow, or an InputError."""
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: each model entry must be an object")
+    missing = [k for k in REQUIRED if not entry.get(k)]
+    if missing:
+        raise InputError(f"{where}: model {entry.get('name', '?')!r} lacks {missing}")
+    if entry["workflow"] not in WORKFLOWS:
+        raise InputError(f"{where}: model {entry['name']!r} has workflow {entry['workflow']!r}; use one of {WORKFLOWS}")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", str(entry["sha256"])):
+        raise InputError(f"{where}: model {entry['name']!r} sha256 is not 64 hex digits")
+    return entry
+
+
+def read_registry(path: str | Path) -> list[dict]:
+    """The entries of a models.json (none when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise InputError(f"model registry {path}: not valid JSON ({error}); fix or delete it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise InputError(f"model registry {path}: expected {{\"models\": [...]}}")
+    return [check_entry(e, f"model registry {path}") for e in data["models"]]
+
+
+def _resolve_file(entry: dict, registry: Path) -> Path:
+    """An entry's file: absolute, else next to its registry, else in the user's models folder."""
+    file = Path(entry["file"]).expanduser()
+    if file.is_absolute():
+        return file
+    for base in (registry.parent, user_home() / "models"):
+        if (base / file).is_file():
+            return base / file
+    return registry.parent / file
+
+
+def list_models() -> list[dict]:
+    """Shipped then user models, each with ``source`` and the resolved ``path``."""
+    out = []
+    for source, registry in (("shipped", shipped_registry_path()), ("user", user_registry_path())):
+        for entry in read_registry(registry):
+            out.append({**entry, "source": source, "path": str(_resolve_file(entry, registry))})
+    return out
+
+
+def find_model(name: str) -> dict:
+    models = list_models()
+    for entry in models:
+        if entry["name"] == name:
+            return entry
+    known = [e["name"] for e in models]
+    raise InputError(
+        f"model {name!r}: not registered (known: {known or 'none'}); give a .safetensors path or register it with "
+        "'cardiac-diffusion models add'"
+    )
+
+
+def _locate(name_or_path: str | Path) -> tuple[dict | None, Path]:
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == ".safetensors" or path.is_file() or os.sep in text:
+        resolved = path.resolve()
+        for entry in list_models():  # a registered file keeps its hash check when given by path
+            if Path(entry["path"]).resolve() == resolved:
+                return entry, path
+        return None, path
+    entry = find_model(text)
+    return entry, Path(entry["path"])
+
+
+def _read_card(card: str | Path) -> dict:
+    path = Path(card)
+    if not path.is_file():
+        raise InputError(f"--card {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict):
+        raise InputError(f"--card {path}: expected a YAML/JSON mapping with keys among {CARD_KEYS}")
+    unknown = sorted(set(data) - set(CARD_KEYS))
+    if unknown:
+        raise InputError(f"--card {path}: unknown keys {unknown}; allowed keys are {CARD_KEYS}")
+    return data
+
+
+def add_model(
+    name: str, workflow: str, file: str | Path, card: str | Path | None = None, force: bool = False,
+    builders: Builders | None = None,
+) -> dict:  # fmt: skip
+    """Check a user's model file (readable, rebuilds strictly) and register it in the user registry."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    if workflow not in WORKFLOWS:
+        raise InputError(f"--workflow {workflow!r}: use one of {', '.join(WORKFLOWS)}")
+    path = Path(file).expanduser().resolve()
+    if any(e["name"] == name for e in read_registry(shipped_registry_path())):
+        raise InputError(f"--name {name}: a shipped model has this name; choose another --name")
+    sha = sha256_file(path) if path.is_file() else ""
+    loaded = load_model(path, builders=builders, sha256=sha or None)
+    registry = user_registry_path()
+    entries = read_registry(registry)
+    if any(e["name"] == name for e in entries) and not force:
+        raise InputError(f"--name {name}: already registered in {registry}; use --force to replace it")
+    command = loaded.meta.get("training_command")
+    entry = {"name": name, "workflow": workflow, "version": "user", "file": str(path), "sha256": sha,
+             "architecture": loaded.architecture, "training": {"command": command} if command else {},
+             "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    if card:
+        entry.update(_read_card(card))
+    entries = [e for e in entries if e["name"] != name] + [check_entry(entry, "--card")]
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = registry.with_name(registry.name + ".tmp")
+    tmp.write_text(json.dumps({"models": entries}, indent=2) + "\n")
+    os.replace(tmp, registry)
+    return entry
+
+
+def verify_model(name_or_path: str | Path, builders: Builders | None = None) -> dict:
+    """Load a model on the CPU with every check; a short summary when it passes."""
+    loaded = load_model(name_or_path, builders=builders)
+    entry, path = _locate(name_or_path)
+    return {
+        "name": entry["name"] if entry else None,
+        "file": str(path),
+        "sha256_checked": bool(entry),
+        "architecture": loaded.architecture,
+        "parameters": sum(p.numel() for p in loaded.module.parameters()),
+    }

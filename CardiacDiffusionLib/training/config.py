@@ -1,0 +1,141 @@
+"""Training configuration: a YAML/JSON file merged over defaults, then ``key.sub=value`` overrides.
+
+Sections: ``task`` (registered name or ``package.module:Factory``), ``model`` and ``data`` (free
+form, given to the task), ``optim``, ``schedule``, ``train`` (checked against :data:`DEFAULTS`:
+a misspelt key is an error, not a silent default) and ``device``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {
+    "task": None,
+    "model": {},
+    "data": {},
+    "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "grad_clip": 0.0},
+    "schedule": {"name": "constant", "warmup_steps": 0, "min_factor": 0.0},  # constant | cosine | linear
+    "train": {
+        "steps": 1000,
+        "batch_size": 8,
+        "seed": 0,
+        "ema_decay": 0.9999,  # 0 disables EMA; the exported model holds the EMA weights when on
+        "precision": "auto",  # auto (bf16 on CUDA if supported, else fp16) | fp32 | bf16 | fp16; fp32 off GPU
+        "checkpoint_every": 500,
+        "keep_checkpoints": 2,
+        "validate_every": 0,
+        "num_workers": 0,
+        "find_unused_parameters": False,  # DDP only
+        "init_from": None,  # model name or .safetensors to start from (fine-tuning, DMCVR's second stage)
+    },
+    "device": "auto",
+}
+FREE_SECTIONS = ("model", "data")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_value(text: str) -> Any:
+    """``1e-4`` -> 0.0001, ``true`` -> True, ``[1, 2]`` -> list, anything else the string (JSON, then YAML)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.steps=10", "optim.lr=1e-3"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise InputError(f"override {item!r}: expected key.sub=value, e.g. train.steps=1000")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {item!r}: {part} is set to a value and to sub-keys")
+        node[leaf] = parse_value(value)
+    return out
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Numbers written as strings (YAML reads ``1e-4`` as a string) become numbers."""
+    if isinstance(default, bool) or default is None or not isinstance(value, str):
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(f"config {where}: {value!r} is not a number") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return value
+
+
+def merge(base: dict, update: dict, where: str = "", strict: bool = True) -> dict:
+    """Deep copy of ``base`` updated by ``update``; with ``strict`` unknown keys are an InputError."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else str(key)
+        if strict and key not in base:
+            raise InputError(f"config {path}: unknown key; known keys are {sorted(base)}")
+        free = not where and key in FREE_SECTIONS
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, path, strict=strict and not free)
+        else:
+            out[key] = _coerce(value, base.get(key), path) if strict else copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML or JSON mapping, or an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as error:
+        raise InputError(f"--config {path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a mapping of sections (task, model, data, optim, train)")
+    return data
+
+
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | dict | None = None) -> dict:
+    """Defaults <- config file (or dict) <- overrides, checked."""
+    data = read_config_file(path) if isinstance(path, (str, Path)) else (path or {})
+    config = merge(DEFAULTS, data)
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    config = merge(config, extra)
+    check_config(config)
+    return config
+
+
+def check_config(config: dict) -> None:
+    if not config.get("task"):
+        raise InputError("config: no task; set task: <name> (e.g. task: toy) or task=<name> on the command line")
+    o, s, t = config["optim"], config["schedule"], config["train"]
+    if o["name"] not in OPTIMIZERS:
+        raise InputError(f"config optim.name: {o['name']!r}; use one of {', '.join(OPTIMIZERS)}")
+    if s["name"] not in SCHEDULES:
+        raise InputError(f"config schedule.name: {s['name']!r}; use one of {', '.join(SCHEDULES)}")
+    if t["precision"] not in PRECISIONS:
+        raise InputError(f"config train.precision: {t['precision']!r}; use one of {', '.join(PRECISIONS)}")
+    for key in ("steps", "batch_size", "checkpoint_every"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 1")
+    if not 0 <= float(t["ema_decay"]) < 1:
+        raise InputError(f"config train.ema_decay: {t['ema_decay']}; expected 0 (off) or a value in (0, 1)")

@@ -1,0 +1,59 @@
+"""The loss log (one JSON object per step in ``train_log.jsonl``) and its curve (``loss.png``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class LossLog:
+    """Append-only JSONL of training records; :meth:`truncate` drops steps redone after a resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, step: int) -> None:
+        """Keep the records of steps <= ``step`` (the checkpoint resumed from)."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self, png: str | Path, title: str = "training loss") -> Path | None:
+        """Loss per step (and a smoothed line; log scale when all positive) as a PNG; None without records."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state touched
+
+        train = [r for r in self.records() if r.get("stage", "train") == "train" and r.get("loss") is not None]
+        if not train:
+            return None
+        steps = np.array([r["step"] for r in train])
+        loss = np.array([r["loss"] for r in train], dtype=float)
+        fig = Figure(figsize=(6, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+        if len(loss) >= 10:
+            smooth = np.copy(loss)
+            for i in range(1, len(loss)):  # exponential moving average
+                smooth[i] = 0.9 * smooth[i - 1] + 0.1 * loss[i]
+            ax.plot(steps, smooth, lw=1.5, label="smoothed (EMA 0.9)")
+        if np.all(loss > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png)
+        return Path(png)

@@ -1,0 +1,371 @@
+"""The training loop, the one in the tree: a :class:`~.task.Task` says what to train, :func:`train` does it.
+
+It owns the optimiser and LR schedule, EMA weights, mixed precision on GPU, DDP under torchrun,
+seeding, checkpoints (resume after an interruption continues bit for bit on CPU: model, EMA,
+optimiser, scheduler, grad scaler, step, RNG states and data order), the loss log and curve,
+progress, and cancel (SIGINT/SIGTERM: checkpoint, then return ``status="cancelled"``).
+
+Out folder: ``config.json``, ``checkpoints/step_*.safetensors``, ``train_log.jsonl``,
+``loss.png`` and, when done, ``model.safetensors`` (EMA weights when EMA is on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..errors import InputError
+from ..utils.device import prepare_device
+from . import dist as D
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .config import load_config, read_config_file
+from .losslog import LossLog
+from .progress import Progress
+from .task import Task, get_task
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" or "cancelled"
+    step: int
+    out_dir: Path
+    checkpoint: Path | None
+    model_path: Path | None
+    loss: float | None
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled per epoch from the seed, split over ranks) that can start mid-epoch."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0  # index into this epoch's order (batches done x batch size)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start :])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
+
+
+class _LossModule(nn.Module):
+    """The model with the task's loss as forward, so DDP sees (and syncs) whatever the loss calls."""
+
+    def __init__(self, task: Task, model: nn.Module):
+        super().__init__()
+        self.task, self.model = task, model
+
+    def forward(self, batch: Any):
+        return self.task.loss(self.model, batch)
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set ``requested`` (a second Ctrl-C stops at once); handlers restored on exit."""
+
+    def __init__(self):
+        self.requested, self._old = False, {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals only work there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_factor(schedule: dict, total: int):
+    """LR multiplier after ``n`` scheduler steps: linear warm-up, then constant/cosine/linear decay."""
+    warm, lo, kind = int(schedule["warmup_steps"]), float(schedule["min_factor"]), schedule["name"]
+
+    def factor(n: int) -> float:
+        if n < warm:
+            return (n + 1) / warm
+        p = min(1.0, (n - warm) / max(1, total - warm))
+        if kind == "cosine":
+            return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
+        if kind == "linear":
+            return lo + (1 - lo) * (1 - p)
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    lr, wd = float(optim["lr"]), float(optim["weight_decay"])
+    if optim["name"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=wd, betas=tuple(optim["betas"]))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype on CUDA (None: full fp32, always off the GPU)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [to_device(v, device) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
+
+
+def _split_loss(out: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, float]]:
+    if isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError("task.loss returned a dict without 'loss'")
+        return out["loss"], {k: float(v) for k, v in out.items() if k != "loss"}
+    return out, {}
+
+
+def train(
+    task: Task | str | None,
+    config: dict | str | Path,
+    out_dir: str | Path,
+    progress: str = "bar",
+    resume: bool = True,
+    command: str | None = None,
+) -> TrainResult:
+    """Train ``task`` (or ``config["task"]``) as ``config`` says, into ``out_dir``; resume from its last checkpoint.
+
+    ``config``: a dict or a file, completed by :func:`~.config.load_config`. ``progress``: bar | json | none.
+    """
+    report = Progress(progress, enabled=os.environ.get("RANK", "0") == "0")  # torchrun: rank 0 reports
+    info = D.DistInfo()
+    try:
+        raw = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+        if task is not None and not raw.get("task"):
+            raw["task"] = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__name__}"
+        cfg = load_config(raw)
+        task = get_task(task if task is not None else cfg["task"])
+        device = prepare_device(cfg["device"])
+        info = D.init_distributed(device)
+        device = D.local_device(device, info)
+        with _StopOnSignal() as stop:
+            return _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
+    except Exception as error:
+        report.event("error", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
+    finally:
+        report.close()
+        D.cleanup(info)
+
+
+def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainResult:
+    t = cfg["train"]
+    ckpt_dir = out / "checkpoints"
+    seed_everything(int(t["seed"]))
+    model = task.build_model(cfg["model"]).to(device)
+    trainable = list(task.parameters(model))
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    optimizer = build_optimizer(trainable, cfg["optim"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg["schedule"], t["steps"]))
+    dtype = autocast_dtype(t["precision"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    decay = float(t["ema_decay"])
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+
+    dataset = task.build_dataset(cfg["data"])
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, int(t["seed"]))
+    per_epoch = len(sampler) // t["batch_size"]
+    if per_epoch < 1:
+        raise InputError(
+            f"data: {len(dataset)} items are fewer than train.batch_size ({t['batch_size']}) x "
+            f"{info.world_size} process(es); lower train.batch_size or add data"
+        )
+
+    step = epoch = in_epoch = 0
+    log = LossLog(out / "train_log.jsonl")
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None and not resume:
+        raise InputError(f"--out {out}: holds a training run ({last.name}); resume it or choose another --out")
+    if last is not None:
+        state = load_checkpoint(last)
+        try:
+            model.load_state_dict(state["model"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise InputError(
+                f"--out {out}: its checkpoint {last.name} does not fit this config ({str(error).splitlines()[0]}); "
+                "resume with the run's config.json or choose another --out"
+            ) from None
+        step, epoch, in_epoch = state["step"], state["epoch"], state["in_epoch"]
+        set_rng_state(state["rng"])
+        if info.rank > 0:  # the checkpoint holds rank 0's streams; others derive theirs
+            torch.manual_seed(int(t["seed"]) + 1_000_003 * info.rank + step)
+    else:
+        if t["init_from"]:  # weights of a stored model (checked like any model), same architecture
+            from ..models.store import load_model
+
+            try:  # the EMA copies the weights at its first update
+                model.load_state_dict(load_model(t["init_from"]).module.state_dict())
+            except RuntimeError as error:
+                raise InputError(f"train.init_from {t['init_from']}: does not fit the task's model ({error})") from None
+        if info.rank > 0:  # same initial weights on every rank (seeded above), different noise after
+            seed_everything(int(t["seed"]) + 1_000_003 * info.rank)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        log.truncate(step)  # steps after the checkpoint are redone; their old lines go
+
+    net = _LossModule(task, model)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(net, device_ids=ids, find_unused_parameters=bool(t["find_unused_parameters"]))
+
+    def save() -> Path | None:
+        if not info.is_main:
+            return None
+        state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "model": model.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                 "config": cfg}  # fmt: skip
+        path = save_checkpoint(checkpoint_path(ckpt_dir, step), state)
+        prune_checkpoints(ckpt_dir, int(t["keep_checkpoints"]))
+        log.plot(out / "loss.png")
+        report.event("checkpoint", step=step, path=str(path), message=f"checkpoint at step {step}: {path}")
+        return path
+
+    report.start(t["steps"], step, device=str(device), world_size=info.world_size,
+                 precision=str(dtype).replace("torch.", "") if dtype else "fp32", out=str(out))  # fmt: skip
+    t0, loss_value, saved, cancelled = time.perf_counter(), None, None, False
+    model.train()
+    while step < t["steps"] and not cancelled:
+        sampler.set_epoch(epoch)
+        sampler.start = in_epoch * t["batch_size"]
+        loader = DataLoader(
+            dataset, batch_size=t["batch_size"], sampler=sampler, drop_last=True, num_workers=int(t["num_workers"]),
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(int(t["seed"]) + epoch),
+        )  # the generator seeds workers without drawing from the global RNG (which resume restores)
+        for batch in loader:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss, terms = _split_loss(net(to_device(batch, device)))
+            scaler.scale(loss).backward()
+            if float(cfg["optim"]["grad_clip"]) > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, float(cfg["optim"]["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step, in_epoch = step + 1, in_epoch + 1
+            loss_value = D.all_mean(float(loss.detach()), info, device)
+            if not math.isfinite(loss_value):
+                raise InputError(
+                    f"training: loss is {loss_value} at step {step}; lower optim.lr or use train.precision=fp32"
+                )
+            if info.is_main:
+                log.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                            "time_s": round(time.perf_counter() - t0, 4), **terms})  # fmt: skip
+                report.step(step, loss_value, **terms)
+            if t["validate_every"] and step % t["validate_every"] == 0 and info.is_main:
+                _validate(task, ema.module if ema is not None else model, step, log, report)
+                model.train()
+            cancelled = D.any_flag(stop.requested, info, device)  # every rank stops at the same step
+            if step % t["checkpoint_every"] == 0 or step == t["steps"] or cancelled:
+                saved = save() or saved
+            if cancelled:
+                break
+            if step >= t["steps"]:
+                break
+        else:
+            epoch, in_epoch = epoch + 1, 0
+        if in_epoch >= per_epoch:  # the loop above stopped at an epoch end
+            epoch, in_epoch = epoch + 1, 0
+
+    if cancelled and step < t["steps"]:
+        report.event("cancelled", step=step, total=t["steps"], checkpoint=str(saved),
+                     message=f"cancelled at step {step}; checkpoint saved, run the same command to resume")  # fmt: skip
+        return TrainResult("cancelled", step, out, saved, None, loss_value)
+    model_path = None
+    if info.is_main:
+        if saved is None:  # resumed a finished run
+            saved = save()
+        model_path = _export(task, cfg, ema.module if ema is not None else model, out, step, loss_value, command)
+    report.event("done", step=step, total=t["steps"], loss=loss_value, model=str(model_path) if model_path else None,
+                 message=f"done: {step} steps, model {model_path}")  # fmt: skip
+    return TrainResult("done", step, out, saved, model_path, loss_value)
+
+
+def _validate(task: Task, module: nn.Module, step: int, log: LossLog, report: Progress) -> None:
+    module.eval()
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in task.validate(module, step).items()}
+    if metrics:
+        log.append({"step": step, "stage": "val", **metrics})
+        report.event("validate", step=step, **metrics)
+
+
+def _export(task, cfg, module, out, step, loss, command) -> Path | None:
+    if task.architecture is None:
+        return None
+    from ..models.store import save_model
+
+    meta = {"task": str(cfg["task"]), "steps": step, "final_loss": loss, "ema": bool(cfg["train"]["ema_decay"]),
+            "training_command": command or " ".join(sys.argv)}  # fmt: skip
+    path = out / "model.safetensors"
+    save_model(module, path, task.model_config(cfg["model"]), architecture=task.architecture, meta=meta)
+    return path

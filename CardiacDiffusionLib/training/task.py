@@ -1,0 +1,84 @@
+"""What a workflow gives the runner: a small :class:`Task` (model, dataset, loss, optional validation).
+
+The runner owns the loop (optimiser, schedule, EMA, precision, devices, checkpoints, progress);
+a task only says what to train. Tasks are found by name (:func:`register_task`, or the lazy
+table :data:`BUILTIN_TASKS`) or by an import path ``package.module:Factory``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+
+
+class Task:
+    """Base class; override :meth:`build_model`, :meth:`build_dataset` and :meth:`loss`."""
+
+    #: model-store architecture name of the trained module (see models.store); None: no export
+    architecture: str | None = None
+
+    def build_model(self, config: dict) -> nn.Module:
+        """The module to train, from the ``model`` section."""
+        raise NotImplementedError
+
+    def build_dataset(self, config: dict) -> Dataset:
+        """The training dataset (map-style: ``len`` and ``[i]``), from the ``data`` section."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Scalar loss of a batch (already on the device), or a dict with ``loss`` and other terms to log.
+
+        Runs under autocast on GPU. Draw randomness from torch/numpy/python's global generators
+        (the runner seeds, saves and restores them), not from private unseeded ones.
+        """
+        raise NotImplementedError
+
+    def parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """Parameters to optimise (the others are frozen); all by default."""
+        return model.parameters()
+
+    def validate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Metrics of the model (EMA weights when EMA is on), run without gradients every ``validate_every``."""
+        return {}
+
+    def model_config(self, config: dict) -> dict:
+        """Config stored with the exported model; must rebuild it through the model store."""
+        return config
+
+
+#: task name -> "module:Factory", imported on first use
+BUILTIN_TASKS: dict[str, str] = {"toy": "CardiacDiffusionLib.training.toy:ToyTask"}
+_TASKS: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task]) -> None:
+    """Make ``task: name`` in a config create ``factory()``."""
+    _TASKS[name] = factory
+
+
+def _import(path: str, what: str) -> Any:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as error:
+        raise InputError(f"{what} {path!r}: cannot import it ({error})") from None
+
+
+def get_task(name: str | Task) -> Task:
+    """A task instance from a name, an import path ``module:Factory`` or an instance."""
+    if isinstance(name, Task):
+        return name
+    if name in _TASKS:
+        return _TASKS[name]()
+    if name in BUILTIN_TASKS:
+        return _import(BUILTIN_TASKS[name], "task")()
+    if ":" in str(name):
+        return _import(name, "task")()
+    known = sorted({*_TASKS, *BUILTIN_TASKS})
+    raise InputError(f"config task: unknown task {name!r}; known tasks are {known} (or give package.module:Factory)")

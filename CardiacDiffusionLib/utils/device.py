@@ -1,0 +1,161 @@
+"""Device policy, in one place: which device to use, how many CPU threads, and what to do on out-of-memory.
+
+``--device auto|cpu|cuda|mps`` (or ``cuda:N``) everywhere; ``auto`` picks CUDA, then MPS, then CPU.
+Inference runs batches of slices/volumes through :func:`run_batched`, which halves the batch on
+an out-of-memory error down to 1 and then stops with an :class:`InputError` saying what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+from ..errors import InputError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+T = TypeVar("T")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` option every sub-command shares."""
+    parser.add_argument(
+        "--device", default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
+    )  # fmt: skip
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for ``name``, or an InputError when it cannot be used here."""
+    text = str(name or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise InputError(f"--device {name}: unknown device; use one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch built for CPU" if torch.version.cuda is None else "no CUDA GPU or driver found"
+            raise InputError(
+                f"CUDA not available on this machine ({why}): use --device cpu or install a CUDA build of torch"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+    if kind == "mps" and not _mps_available():
+        raise InputError("MPS (Apple GPU) not available on this machine: use --device cpu")
+    return torch.device(text)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads not counted)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = set()
+    try:  # Linux: unique (physical id, core id) pairs; psutil is not a dependency
+        physical = "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    physical = value.strip()
+                elif key.strip() == "core id":
+                    cores.add((physical, value.strip()))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+def configure_cpu_threads() -> int:
+    """Set torch's intra-op threads: OMP_NUM_THREADS when the user set it, else the physical cores."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def prepare_device(name: str | torch.device | None = "auto") -> torch.device:
+    """:func:`resolve_device`, with the CPU thread count set when it is the CPU."""
+    device = resolve_device(name)
+    if device.type == "cpu":
+        configure_cpu_threads()
+    return device
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and the MPS/CPU 'out of memory' RuntimeErrors."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _free_cache(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and _mps_available():
+        torch.mps.empty_cache()
+
+
+def _oom_message(device: torch.device, what: str) -> str:
+    return (
+        f"out of memory at batch size 1 on {device}: use --device cpu or fewer --steps/smaller {what} "
+        "(or close other programs using the GPU)"
+    )
+
+
+def with_oom_retry(
+    run: Callable[[int], T], batch_size: int, device: str | torch.device = "cpu", what: str = "images"
+) -> T:
+    """``run(batch_size)``; on out-of-memory free the cache and retry with half the batch, down to 1."""
+    device = torch.device(device)
+    size = max(1, int(batch_size))
+    while True:
+        try:
+            return run(size)
+        except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            _free_cache(device)
+            if size == 1:
+                raise InputError(_oom_message(device, what)) from None
+            size //= 2
+
+
+def run_batched(
+    fn: Callable[[Sequence | torch.Tensor], Sequence | torch.Tensor],
+    items: Sequence | torch.Tensor,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    what: str = "images",
+) -> list | torch.Tensor:
+    """``fn`` over ``items`` in batches, results in order; halves the batch on out-of-memory.
+
+    ``items``: a tensor (batched along dim 0) or a sequence; ``fn`` gets a slice of it and returns
+    a tensor (concatenated along dim 0) or a sequence (joined). Batches done are kept; once a
+    smaller batch fits it is kept for the rest. At batch size 1 an out-of-memory is an InputError.
+    """
+    device = torch.device(device)
+    size, start, outputs = max(1, int(batch_size)), 0, []
+    while start < len(items):
+        try:
+            out = fn(items[start : start + size])
+        except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_out_of_memory(error):
+                raise
+            _free_cache(device)
+            if size == 1:
+                raise InputError(_oom_message(device, what)) from None
+            size //= 2
+            continue
+        outputs.append(out)
+        start += size
+    if outputs and isinstance(outputs[0], torch.Tensor):
+        return torch.cat(outputs, dim=0)
+    return [x for out in outputs for x in out]
