@@ -1,0 +1,22 @@
+"""Argument helpers shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..labels import CONVENTIONS
+
+
+def add_label_convention(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label-convention",
+        choices=sorted(CONVENTIONS),
+        default="project",
+        help="label values of the inputs: project/mnms/ukbb (1=LV, 2=MYO, 3=RV) or acdc (1=RV, 2=MYO, 3=LV)",
+    )
+
+
+def lax_inputs(paths: list[str], convention: str, read_labels) -> dict:
+    """LAX label images keyed by file name (as they appear in lax_dice.json)."""
+    return {Path(p).name: read_labels(p, convention=convention, name=f"--lax-labels {p}") for p in paths}

@@ -1,0 +1,30 @@
+"""``cardiac-diffusion lax-dice``: Dice of a label volume on LAX label images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..io.volumes import read_labels
+from ..reconstruction.lax_check import format_table, lax_dice_table
+from .common import add_label_convention, lax_inputs
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lax-dice", help="Dice per label of a 3D label volume on LAX label images")
+    p.add_argument("--labels", required=True, help="3D label volume (e.g. reconstruction_labels.nii.gz)")
+    p.add_argument("--lax-labels", nargs="+", required=True, help="LAX label images")
+    p.add_argument("--out", help="write the table as JSON here")
+    add_label_convention(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    volume = read_labels(args.labels, convention="project", name="--labels")
+    table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
+    print(format_table(table))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(table, indent=2))
+    return 0

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install CardiacDiffusionLib into it, torch==2.13.0 first so pip
+# takes the local CPU wheel instead of pulling a CUDA build. Idempotent: re-installs only when
+# pyproject.toml or the requested extras changed. Usage: scripts/setup_env.sh [EXTRAS]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRAS="${1:-}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${EXTRAS}"
+stamp="$VENV/.cardiac-diffusion-installed"
+if [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then
+  echo "[setup] $VENV is up to date (extras: ${EXTRAS:-none})"
+  exit 0
+fi
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "[setup] installing torch==2.13.0 (CPU build) first"
+  "${PIP[@]}" install -q torch==2.13.0
+fi
+spec="$ROOT"
+[ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"
+echo "[setup] installing CardiacDiffusionLib${EXTRAS:+[$EXTRAS]} and its dependencies"
+"${PIP[@]}" install -q -e "$spec"
+echo "$want" >"$stamp"
+echo "[setup] done"
