@@ -213,7 +213,10 @@ def load_model(
 
 # -- registries
 def shipped_registry_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "Resources" / "models.json"
+    """``Resources/models.json`` of a checkout, or ``CardiacDiffusionResources/`` beside the Lib in Slicer."""
+    root = Path(__file__).resolve().parents[2]
+    installed = root / "CardiacDiffusionResources" / "models.json"
+    return installed if installed.is_file() else root / "Resources" / "models.json"
 
 
 def user_home() -> Path:

@@ -11,7 +11,8 @@ their true position (see :func:`aligned_arrays`).
 - ``shape``: intensities linear; labels by shape-based interpolation (Raya & Udupa 1990):
   signed distance maps (mm) of each structure interpolated linearly, structure = SDF < 0.
   The LV myocardium is interpolated as the epicardial shape (cavity + wall) minus the
-  interpolated cavity, so the ring stays a ring.
+  interpolated cavity, so the ring stays a ring. Next to a slice without the structure it
+  tapers to a point at that slice (see :func:`_end_sdf`).
 """
 
 from __future__ import annotations
@@ -102,23 +103,34 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float], empty_value:
     return (outside - inside).astype(np.float32)
 
 
+def _end_sdf(present: np.ndarray) -> np.ndarray:
+    """SDF standing in for a slice where a structure is absent, next to one where it is present.
+
+    The present slice's SDF plus twice its deepest inside distance (and a hair, so the empty
+    slice stays empty): interpolating towards it shrinks the structure to a point half-way to the
+    empty slice, where nearest-neighbour would cut it, instead of cutting it off one pixel past the
+    present slice, which a constant "far outside" value does.
+    """
+    return present - 2 * present.min() + 1e-3
+
+
 def shape(stack: SliceStack, targets: np.ndarray, layers=MR_SHAPE_LAYERS):
     pixels, labels = aligned_arrays(stack)
     lower, upper, weight = bracket(stack.positions, targets)
     images = _linear_images(pixels, lower, upper, weight)
     if labels is None:
         return images, None
-    rows, cols = stack.shape2d
-    # An absent structure is "far outside": a slice's shape then shrinks towards it.
-    far = float(np.hypot(rows * stack.pixel_spacing[1], cols * stack.pixel_spacing[0]))
+    out = np.zeros((len(targets), *stack.shape2d), dtype=np.uint8)
     needed = np.unique(np.concatenate([lower, upper]))
-    out = np.zeros((len(targets), rows, cols), dtype=np.uint8)
-    w = weight[:, None, None].astype(np.float32)
     for value, members in layers:
-        sdf = {k: signed_distance(np.isin(labels[k], members), stack.pixel_spacing, far) for k in needed}
-        below = np.stack([sdf[k] for k in lower])
-        above = np.stack([sdf[k] for k in upper])
-        out[((1 - w) * below + w * above) < 0] = value
+        masks = {k: np.isin(labels[k], members) for k in needed}
+        sdf = {k: signed_distance(masks[k], stack.pixel_spacing, np.inf) for k in needed}
+        for i, (lo, up, w) in enumerate(zip(lower, upper, weight)):
+            if not (masks[lo].any() or masks[up].any()):
+                continue
+            below = sdf[lo] if masks[lo].any() else _end_sdf(sdf[up])
+            above = sdf[up] if masks[up].any() else _end_sdf(sdf[lo])
+            out[i][((1 - w) * below + w * above) < 0] = value
     return images, out
 
 

@@ -13,6 +13,9 @@ from .runner import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", nargs="?", help="a shipped recipe (see workflows.available(), e.g. dmcvr) or its YAML")
+    p.add_argument("--data", help="training data folder (sets data.root of every stage)")
+    p.add_argument("--stage", help="train only this stage of the workflow (earlier stages must be done)")
     p.add_argument("--config", help="YAML/JSON config (sections task, model, data, optim, schedule, train, device)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, loss.png, model.safetensors")
     p.add_argument("--progress", choices=MODES, default="bar",
@@ -20,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto|cpu|cuda|mps (overrides the config's device)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.steps=1000 optim.lr=1e-4")  # fmt: skip
+                   help="config overrides, e.g. train.steps=1000 optim.lr=1e-4; STAGE:key=value for one stage")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,19 +33,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workflow and "=" in args.workflow:  # argparse took the first override for the workflow
+        args.overrides, args.workflow = [args.workflow, *args.overrides], None
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    if args.workflow:
+        return run_workflow(args, overrides)
     if not args.config and not any(o.startswith("task=") for o in overrides):
         raise InputError("train: give --config FILE or at least task=<name> (e.g. task=toy)")
     from .config import load_config
 
     config = load_config(args.config, overrides)
     result = train(None, config, args.out, progress=args.progress, resume=not args.no_resume,
-                   command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))  # fmt: skip
+                   command=_command())
     if result.status == "cancelled":
         print(f"cancelled at step {result.step}; resume with the same command", file=sys.stderr)
         return 130
     if args.progress != "json":
         print(f"done: {result.step} steps, final loss {result.loss:.4g}; model {result.model_path}", file=sys.stderr)
+    return 0
+
+
+def _command() -> str:
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train every stage of a recipe in order, each into OUT/<stage> (OUT itself for one stage)."""
+    from .workflows import stage_configs
+
+    if args.config:
+        raise InputError("train: give a workflow name or --config, not both")
+    stages = stage_configs(args.workflow, args.out, overrides, args.data)
+    if args.stage and args.stage not in {s.name for s in stages}:
+        raise InputError(f"train {args.workflow}: no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
+    for stage in stages:
+        if args.stage and stage.name != args.stage:
+            continue
+        out = Path(args.out) if len(stages) == 1 else Path(args.out) / stage.name
+        if len(stages) > 1 and args.progress != "json":
+            print(f"[train {args.workflow}] stage {stage.name} -> {out}", file=sys.stderr)
+        result = train(None, stage.config, out, progress=args.progress, resume=not args.no_resume, command=_command())
+        if result.status == "cancelled":
+            print(f"cancelled in stage {stage.name} at step {result.step}; resume with the same command", file=sys.stderr)
+            return 130
+        if args.progress != "json":
+            print(f"stage {stage.name} done: {result.step} steps, loss {result.loss:.4g}; model {result.model_path}", file=sys.stderr)
     return 0
 
 

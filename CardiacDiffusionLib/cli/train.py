@@ -1,0 +1,3 @@
+"""``cardiac-diffusion train``: the shared training runner (see training/cli.py)."""
+
+from ..training.cli import register  # noqa: F401
