@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the output, mm (default 1)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (dmcvr only)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (dmcvr only)")
+    p.add_argument("--phase", type=int, help="cine input: cardiac phase index (default: the first, ED)")
+    p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
+                   help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     add_label_convention(p)
     p.set_defaults(func=run)
@@ -31,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax")
+    stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
+                       phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     report = stack.geometry_report()
-    for warning in report["warnings"]:
+    for warning in [*stack.meta.get("warnings", []), *report["warnings"]]:
         print(f"warning: {warning}")
     options = {}
     if args.method == "dmcvr":

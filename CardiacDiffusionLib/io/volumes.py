@@ -74,17 +74,19 @@ def read_stack(
     convention: str = "project",
     name: str = "SAX stack",
     phase: int | None = None,
+    spacing: tuple[float, float] | None = None,
 ) -> SliceStack:
     """A SAX stack of >= 2 slices from a DICOM folder, an ACDC HDF5 file or a 3D volume, optionally labelled.
 
     DICOM slices keep their true positions (uneven gaps and shifts are reported by
     ``stack.geometry_report()``). Labels from ``labels_path`` must lie on the stack's grid.
+    ``spacing`` (in-plane mm, slice gap mm) is for ACDC HDF5 files, which carry none.
     """
     path = _existing(path, name)
     if _suffix(path) in (".h5", ".hdf5"):
         from .acdc import read_acdc
 
-        stack = read_acdc(path, name=name)
+        stack = read_acdc(path, spacing=spacing, name=name)
     elif path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
         from .dicom import read_dicom_stack
 
@@ -152,6 +154,11 @@ def _check_finite(image: sitk.Image, name: str, path: Path) -> None:
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return
     bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+    if not bad and _suffix(path) in (".nii", ".nii.gz"):
+        # ITK's NIfTI reader turns NaN voxels into 0 without a word; count them in the file itself.
+        import nibabel
+
+        bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj))))
     if bad:
         raise InputError(f"{name}: {path} holds {bad} NaN or infinite voxels; fill or mask them before use")
 

@@ -95,7 +95,12 @@ def acquire_sax(
     row, col = sax_frame(ed)
     normal = ed.long_axis
     half = pixel_mm * (matrix - 1) / 2.0
-    centres = ed.base_center + levels[:, None] * normal + 10.0 * ed.rv_direction
+    # The field of view is centred 10 mm towards the RV and, like any real plan, not on the LV axis to
+    # sub-pixel precision: without the (0.3, 0.2) pixel offset an even matrix puts the LAX planes,
+    # which contain that axis, exactly half-way between two pixel rows, and nearest-neighbour
+    # resampling onto them becomes a coin toss decided by rounding errors (seen: NIfTI vs DICOM).
+    offset = 10.0 * ed.rv_direction + pixel_mm * (0.3 * ed.rv_direction + 0.2 * np.cross(normal, ed.rv_direction))
+    centres = ed.base_center + levels[:, None] * normal + offset
     origins = centres - half * (row + col)
     # breath-hold displacement of the heart per slice, in-plane, uniform in a disc
     rng = np.random.default_rng([seed, _SHIFTS])
