@@ -27,5 +27,6 @@ spec="$ROOT"
 [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"
 echo "[setup] installing CardiacDiffusionLib${EXTRAS:+[$EXTRAS]} and its dependencies"
 "${PIP[@]}" install -q -e "$spec"
-echo "$want" >"$stamp"
+# one line per extras set installed against this pyproject.toml (a changed pyproject starts afresh)
+if [ -f "$stamp" ] && grep -q -- "^${want%%-*}-" "$stamp"; then echo "$want" >>"$stamp"; else echo "$want" >"$stamp"; fi
 echo "[setup] done"
