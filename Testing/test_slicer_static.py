@@ -208,7 +208,7 @@ def test_node_combo_boxes_receive_the_scene(module):
         and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
-    assert combos and combos <= connected, f"no scene for {sorted(combos - connected)}"
+    assert combos <= connected, f"no scene for {sorted(combos - connected)}"  # a module may have none
     declared = {c.findtext("class") for c in ui.iter("customwidget")}
     used = {w.get("class") for w in ui.iter("widget")}
     assert {c for c in used if c.startswith(("qMRML", "ctk"))} <= declared

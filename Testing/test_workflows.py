@@ -34,3 +34,11 @@ def test_train_workflow_runs_stages_in_order(tmp_path, capsys):
     second = [json.loads(l) for l in (tmp_path / "second" / "train_log.jsonl").read_text().splitlines()]
     # the second stage starts from the first stage's weights: its first loss is near the first's last
     assert second[0]["loss"] < 0.5 * first[0]["loss"]
+
+
+def test_overrides_after_options(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "toy", "--out", str(out), "--progress", "none", "first:train.steps=4", "second:train.steps=2"]) == 0
+    assert json.loads((out / "second" / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    with pytest.raises(SystemExit):
+        main(["train", "toy", "--out", str(out), "--bogus"])

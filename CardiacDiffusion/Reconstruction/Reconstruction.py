@@ -24,13 +24,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CardiacDiffusionLib.slicer_adapter import mrml
-from CardiacDiffusionLib.slicer_adapter.reconstruction import (
-    DEVICES,
-    METHODS,
-    ReconstructionJob,
-    missing_packages,
-)
+from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
+from CardiacDiffusionLib.slicer_adapter.reconstruction import DEVICES, METHODS, ReconstructionJob
 
 LabelNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 
@@ -160,11 +155,18 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         self.ui.progressBar.value = 0
         with slicer.util.tryWithErrorDisplay(_("Could not start the reconstruction."), waitCursor=True):
-            if not self.logic.ensureDependencies(p.method):
+            if not self.logic.ensureDependencies():  # first use: offer to install what is missing
                 return
+            device = p.device
+            if p.method == "dmcvr":
+                device, note = dependencies.check_device(p.device)
+                if note:  # no CUDA: say so clearly and run on the CPU
+                    self.ui.logTextEdit.appendPlainText(note)
+                    slicer.util.showStatusMessage(note, 15000)
+                    logging.warning(note)
             self._job = self.logic.run(
                 p.saxVolume, p.saxLabels, [p.laxLabels1, p.laxLabels2, p.laxLabels3], method=p.method,
-                spacing=p.spacing, steps=p.steps or None, device=p.device, wait=False,
+                spacing=p.spacing, steps=p.steps or None, device=device, wait=False,
                 progress_callback=self.onProgress, output_volume=p.outputVolume,
                 output_segmentation=p.outputSegmentation,
             )  # fmt: skip
@@ -244,35 +246,20 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         if text:
             logging.info(text if fraction is None else f"{100 * fraction:3.0f}% {text}")
 
-    def ensureDependencies(self, method: str, ask: bool = True) -> bool:
-        """Install what ``method`` needs in Slicer's Python (torch via the PyTorch extension)."""
-        missing = missing_packages(method)
-        if not missing:
-            return True
-        names = ", ".join(name for name, _requirement in missing)
-        if ask and not slicer.util.confirmOkCancelDisplay(
-            _("The {method} method needs Python packages that are not installed yet: {names}. "
-              "Install them now? This may take several minutes.").format(method=method, names=names)
-        ):  # fmt: skip
-            return False
-        if any(name == "torch" for name, _requirement in missing):
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError as error:
-                raise RuntimeError(
-                    _("The {method} method needs the PyTorch extension: install 'PyTorch' in the Extensions "
-                      "Manager, restart Slicer and try again.").format(method=method)
-                ) from error
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
-                raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
-        others = [requirement for _name, requirement in missing if requirement]  # never torch/SimpleITK
-        if others:
-            slicer.util.pip_install(others)
-        still = [name for name, _requirement in missing_packages(method) if importlib.util.find_spec(name) is None]
-        if still:
-            raise RuntimeError(_("Still missing after installation: {names}").format(names=", ".join(still)))
-        return True
+    def ensureDependencies(self, ask: bool = True) -> bool:
+        """First use: install missing Python packages after the user's OK (never torch, numpy, SimpleITK, vtk).
+
+        torch comes from the PyTorch extension: when it is missing and the extension is there, its
+        installer is offered (it picks the CUDA or CPU build); without the extension the error says
+        to install it. Returns False when the user declined.
+        """
+        if importlib.util.find_spec("torch") is None and importlib.util.find_spec("PyTorchUtils") is not None:
+            import PyTorchUtils
+
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask) is None:
+                return False
+        confirm = slicer.util.confirmOkCancelDisplay if ask else (lambda message: True)
+        return dependencies.ensure(dependencies.slicer_pip_install, confirm)
 
     @staticmethod
     def showResult(result) -> None:
@@ -289,7 +276,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
 # ReconstructionTest
 #
 class ReconstructionTest(ScriptedLoadableModuleTest):
-    """Self test on an MR phantom made in-process (no download, no PyTorch: method 'shape')."""
+    """Self test on an MR phantom subject made here (no download): method 'shape' in a child process."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -298,36 +285,66 @@ class ReconstructionTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_shape_on_phantom()
 
+    @staticmethod
+    def _state(node) -> tuple:
+        """What 'unchanged' means for an input volume: ID, name, modification times, geometry, voxels."""
+        import hashlib
+
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        voxels = hashlib.sha1(slicer.util.arrayFromVolume(node).tobytes()).hexdigest()
+        geometry = tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4))
+        return node.GetID(), node.GetName(), node.GetMTime(), node.GetImageData().GetMTime(), geometry, voxels
+
     def test_shape_on_phantom(self):
-        self.delayDisplay("Scanning an MR phantom (SAX stack + 3 LAX planes)")
-        from CardiacDiffusionLib.phantoms.mr import MRPhantom
-        from CardiacDiffusionLib.phantoms.scanner import LAX_VIEWS, acquire_lax, acquire_sax
+        if importlib.util.find_spec("torch") is None:  # the Lib's command line imports torch
+            self.skipTest("torch is not installed: install it in the PyTorch Utils module")
+        import tempfile
 
-        phantom = MRPhantom(seed=3)
-        stack = acquire_sax(phantom, pixel_mm=2.5, matrix=64, sub_planes=3)
-        scene = slicer.mrmlScene
-        sax = mrml.volume_node_from_image(scene, stack.to_image(), "SAX")
-        sax_labels = mrml.volume_node_from_image(scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
-        lax_images = {view: acquire_lax(phantom, view, pixel_mm=2.5, matrix=64, sub_planes=3)[1] for view in LAX_VIEWS}
-        lax = [mrml.volume_node_from_image(scene, image, view, labelmap=True) for view, image in lax_images.items()]
-        nodes_before = scene.GetNumberOfNodes()
+        import numpy as np
 
-        self.delayDisplay("Reconstructing (shape) in a child process")
-        result = ReconstructionLogic().run(sax, sax_labels, lax, method="shape", spacing=2.0, wait=True)
-
-        volume = mrml.image_from_volume_node(result.volume)
-        self.assertAlmostEqual(volume.GetSpacing()[2], 2.0, places=6)
-        self.assertEqual(volume.GetSize()[:2], stack.to_image().GetSize()[:2])
-        names = {result.segmentation.GetSegmentation().GetNthSegment(i).GetName()
-                 for i in range(result.segmentation.GetSegmentation().GetNumberOfSegments())}  # fmt: skip
-        self.assertEqual(names, {"LV cavity", "LV myocardium", "RV cavity"})
-        self.assertEqual(set(result.lax_dice), {"2ch", "3ch", "4ch"})
-        for view, row in result.lax_dice.items():
-            self.assertGreater(row["LV"], 0.8, f"LV Dice on {view}")
-        # the child computed what the Lib computes in-process on the same data
+        from CardiacDiffusionLib.io.volumes import read_labels, read_stack
+        from CardiacDiffusionLib.phantoms.scanner import LAX_VIEWS, make_subject, write_subject
         from CardiacDiffusionLib.reconstruction.lax_check import lax_dice_table
         from CardiacDiffusionLib.reconstruction.volume import reconstruct
 
-        self.assertEqual(result.lax_dice, lax_dice_table(reconstruct(stack, "shape", 2.0).labels, lax_images))
-        self.assertGreater(scene.GetNumberOfNodes(), nodes_before)
+        scene = slicer.mrmlScene
+        with tempfile.TemporaryDirectory(prefix="CardiacDiffusion-selftest-") as folder:
+            self.delayDisplay("Scanning an MR phantom subject (SAX stack, 2ch/3ch/4ch LAX) and loading it")
+            files = write_subject(make_subject(seed=0, matrix=64, pixel_mm=2.5), folder, dicom=False)
+            sax = mrml.load_volume(scene, files["sax_image"], "SAX")
+            saxLabels = mrml.load_volume(scene, files["sax_labels"], "SAX labels", labelmap=True)
+            lax = [mrml.load_volume(scene, files[f"lax_{v}_labels"], v, labelmap=True) for v in LAX_VIEWS]
+            # the Lib on the same files, in this process: what the child process must reproduce
+            expected = lax_dice_table(
+                reconstruct(read_stack(files["sax_image"], files["sax_labels"]), "shape", 2.0).labels,
+                {v: read_labels(files[f"lax_{v}_labels"]) for v in LAX_VIEWS},
+            )
+        inputs = [sax, saxLabels, *lax]
+        before = [self._state(node) for node in inputs]
+        nodesBefore = scene.GetNumberOfNodes()
+
+        self.delayDisplay("Reconstructing (shape) in a child process")
+        result = ReconstructionLogic().run(sax, saxLabels, lax, method="shape", spacing=2.0, wait=True)
+
+        volume, saxImage = mrml.image_from_volume_node(result.volume), mrml.image_from_volume_node(sax)
+        np.testing.assert_allclose(volume.GetOrigin(), saxImage.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(volume.GetDirection(), saxImage.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(volume.GetSpacing(), saxImage.GetSpacing()[:2] + (2.0,), atol=1e-5)
+        segmentation = result.segmentation.GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        self.assertEqual(names, {"LV cavity", "LV myocardium", "RV cavity"})
+        self.assertEqual(set(result.lax_dice), set(LAX_VIEWS))
+        for view, row in result.lax_dice.items():
+            for label, dice in row.items():
+                if expected[view][label] is None:  # e.g. no RV in the 2ch view
+                    self.assertIsNone(dice, f"{label} on {view}")
+                    continue
+                self.assertGreater(dice, 0.8, f"{label} Dice on {view}")
+                self.assertAlmostEqual(dice, expected[view][label], delta=0.01, msg=f"{label} on {view}")
+        # inputs unchanged; the results are new nodes
+        self.assertEqual([self._state(node) for node in inputs], before)
+        for output in (result.volume, result.segmentation, result.table):
+            self.assertNotIn(output.GetID(), [node.GetID() for node in inputs])
+        self.assertGreater(scene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("Test passed")

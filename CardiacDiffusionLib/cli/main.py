@@ -14,7 +14,7 @@ import sys
 from ..errors import InputError
 
 #: modules of this package that register sub-commands, in help order
-COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "train", "models")
+COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "lma", "train", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides of commands that take them come after the options too."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         return int(args.func(args) or 0)
     except InputError as error:

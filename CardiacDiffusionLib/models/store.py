@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import InputError
 
 MODEL_FORMAT = "cardiac-diffusion-model/1"
-WORKFLOWS = ("dmcvr", "sadir", "ldm")
+WORKFLOWS = ("dmcvr", "sadir", "ldm", "lma")
 REQUIRED = ("name", "workflow", "version", "file", "sha256", "architecture")
 CARD_KEYS = ("version", "description", "input", "labels", "training", "metrics", "url", "license")
 
@@ -39,6 +39,7 @@ CARD_KEYS = ("version", "description", "input", "labels", "training", "metrics",
 BUILTIN_ARCHITECTURES: dict[str, str] = {
     "dmcvr": "CardiacDiffusionLib.dmcvr.model:DMCVRModel",
     "toy_mlp": "CardiacDiffusionLib.training.toy:build_toy_mlp",
+    "tos_net": "CardiacDiffusionLib.activation.regressor:build_tos_net",
 }
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
 Builders = dict[str, Callable[[dict], nn.Module]]

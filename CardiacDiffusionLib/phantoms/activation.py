@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..activation.tos import detect_tos, frame_times  # noqa: F401  (one implementation, re-exported)
 from ..errors import InputError
 
 #: AHA ring segments in sector order (each spans 60 degrees from the anterior RV insertion).
@@ -62,10 +63,15 @@ class ActivationPhantom:
         ripple = sum(a * np.cos(k * angle + p) for a, k, p in self.ripple) * (1 - 0.3 * h)
         return self.t_early + (self.t_late - self.t_early) * lobe * level + ripple
 
-    def sector_tos(self, n_slices: int, n_sectors: int = 18, heights=None) -> np.ndarray:
-        """TOS (ms) at the sector centres, shaped ``(n_slices, n_sectors)``, slices base to apex."""
+    def sector_tos(self, n_slices: int, n_sectors: int = 18, heights=None, angle_offsets=None) -> np.ndarray:
+        """TOS (ms) at the sector centres, shaped ``(n_slices, n_sectors)``, slices base to apex.
+
+        ``angle_offsets`` (radians, one per slice): where each slice's own anterior RV insertion lies
+        in this field's angle (DENSE counts sectors per slice from that slice's insertion point).
+        """
         h = default_heights(n_slices) if heights is None else _heights(heights, n_slices)
-        return self.tos_at(sector_angles(n_sectors)[None, :], h[:, None])
+        offsets = np.zeros(n_slices) if angle_offsets is None else _heights(angle_offsets, n_slices, "angle offsets")
+        return self.tos_at(sector_angles(n_sectors)[None, :] + offsets[:, None], h[:, None])
 
     # ---- strain ------------------------------------------------------------------------------
     def strain_matrices(
@@ -76,6 +82,7 @@ class ActivationPhantom:
         frame_ms: float = 17.0,
         heights=None,
         noise: float = 0.004,
+        angle_offsets=None,
     ) -> np.ndarray:
         """Mid-wall Ecc shaped ``(n_slices, n_sectors, n_frames)``; shortening is negative.
 
@@ -85,9 +92,9 @@ class ActivationPhantom:
         """
         if n_frames < 8 or frame_ms <= 0:
             raise InputError(f"strain matrices: need >= 8 frames and frame_ms > 0, got {n_frames}, {frame_ms}")
-        tos = self.sector_tos(n_slices, n_sectors, heights)[..., None]
+        tos = self.sector_tos(n_slices, n_sectors, heights, angle_offsets)[..., None]
         t = frame_times(n_frames, frame_ms)
-        angles = sector_angles(n_sectors)[None, :, None]
+        angles = sector_angles(n_sectors)[None, :, None]  # peak-strain ripple stays in slice angles
         peak = self.peak_strain * (1 + 0.05 * np.cos(angles - self.peak_phase))
         stretch = self.stretch * np.clip((tos - 50) / 80, 0, 1)
         to_peak = np.clip(300 - 0.6 * (tos - 20), 170, 320)  # late segments peak later (post-systolic)
@@ -126,52 +133,16 @@ def sector_angles(n_sectors: int = 18) -> np.ndarray:
     return (np.arange(n_sectors) + 0.5) * 2 * np.pi / n_sectors
 
 
-def frame_times(n_frames: int, frame_ms: float) -> np.ndarray:
-    """Time after the R wave (ms) of each strain frame: the first frame is one frame in."""
-    return frame_ms * (np.arange(n_frames) + 1.0)
-
-
 def default_heights(n_slices: int) -> np.ndarray:
     """Evenly spaced short-axis levels from near the base (0.2) to near the apex (0.8)."""
     return np.linspace(0.2, 0.8, n_slices) if n_slices > 1 else np.array([0.5])
 
 
-def _heights(heights, n_slices: int) -> np.ndarray:
+def _heights(heights, n_slices: int, what: str = "heights") -> np.ndarray:
     h = np.asarray(heights, float).ravel()
     if len(h) != n_slices:
-        raise InputError(f"activation phantom: {len(h)} heights given for {n_slices} slices; give one per slice")
+        raise InputError(f"activation phantom: {len(h)} {what} given for {n_slices} slices; give one per slice")
     return h
-
-
-def detect_tos(strain, frame_ms: float) -> np.ndarray:
-    """Classical onset of shortening (ms) per curve of ``strain`` shaped ``(..., n_frames)``.
-
-    After the highest point before peak shortening, find where the curve has fallen 15 % and 50 % of
-    the way to the peak and extrapolate that line back to the starting level; clamped between that
-    highest point and the 15 % crossing.
-    """
-    s = np.asarray(strain, float)
-    t = frame_times(s.shape[-1], frame_ms)
-    out = np.empty(s.shape[:-1])
-    for index in np.ndindex(out.shape):
-        curve = s[index]
-        peak = int(np.argmin(curve))
-        top = int(np.argmax(curve[: peak + 1]))
-        amplitude = curve[top] - curve[peak]
-        if amplitude <= 0:
-            out[index] = t[0]
-            continue
-        t15, t50 = (_crossing(t, curve, top, peak, curve[top] - f * amplitude) for f in (0.15, 0.5))
-        out[index] = np.clip(t15 - (t50 - t15) * 0.15 / 0.35, t[top], t15)
-    return out
-
-
-def _crossing(t, curve, start: int, stop: int, level: float) -> float:
-    """First time in frames start..stop where the curve goes below level (linear interpolation)."""
-    k = start + int(np.argmax(curve[start : stop + 1] < level))
-    if k == start:
-        return float(t[start])
-    return float(t[k - 1] + (t[k] - t[k - 1]) * (curve[k - 1] - level) / (curve[k - 1] - curve[k]))
 
 
 def lv_cylindrical_coords(points, base, apex, rv_insertion_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,9 @@ def bracket(positions: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.
     upper = np.clip(np.searchsorted(positions, targets - tol, side="left"), 1, len(positions) - 1)
     lower = upper - 1
     gap = positions[upper] - positions[lower]
-    weight = np.clip((targets - positions[lower]) / gap, 0.0, 1.0)
+    # rounded so that positions equal up to float noise (a geometry written and read back) give the
+    # same weights: at exactly 0.5 nearest and shape-based ties are then decided the same way
+    weight = np.clip(np.round((targets - positions[lower]) / gap, 6), 0.0, 1.0)
     return lower, upper, weight
 
 

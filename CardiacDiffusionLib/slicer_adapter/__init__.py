@@ -2,6 +2,9 @@
 
 ``mrml`` converts MRML nodes to and from SimpleITK images, segmentations, models, tables and
 markups; ``process`` runs a long job as a child process with JSON-line progress and cancel;
-``reconstruction`` is the Reconstruction module's logic. ``slicer`` is imported only inside
+``job`` is the export -> CLI child -> load pattern the module logics share; ``reconstruction``,
+``activation`` and ``synthetic`` are the Reconstruction, ActivationMap and SyntheticData modules'
+logic; ``dependencies`` finds and installs missing packages on first use (never torch, numpy,
+SimpleITK or vtk). ``slicer`` is imported only inside
 functions, so this package imports in plain Python; the tests run it on slicer-core.
 """

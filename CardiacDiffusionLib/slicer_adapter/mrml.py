@@ -200,6 +200,8 @@ def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
     node = scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName(name or Path(path).name.split(".")[0]))
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
+    # one file only: otherwise lax_2ch/3ch/4ch.nii.gz in one folder are read as a numbered series
+    storage.SetSingleFile(True)
     if not storage.ReadData(node):
         scene.RemoveNode(node)
         raise InputError(f"{path}: could not be read as a volume")

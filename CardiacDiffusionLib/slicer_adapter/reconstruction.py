@@ -32,25 +32,6 @@ _CHILD_START, _CHILD_END = 0.05, 0.9
 
 ProgressCallback = Callable[[Optional[float], str], None]
 
-#: (import name, pip requirement) the child process needs, by method; torch comes from Slicer's
-#: PyTorch extension (requirement None), never from pip
-BASE_PACKAGES = (("numpy", "numpy>=1.24"), ("scipy", "scipy>=1.10"), ("SimpleITK", None))
-DMCVR_PACKAGES = (
-    ("torch", None),
-    ("monai", "monai>=1.4"),
-    ("einops", "einops>=0.7"),
-    ("safetensors", "safetensors>=0.4"),
-    ("yaml", "pyyaml>=6"),
-)
-
-
-def missing_packages(method: str) -> list[tuple[str, str | None]]:
-    """``(import name, requirement)`` of the packages ``method`` needs that are not importable here."""
-    import importlib.util
-
-    needed = BASE_PACKAGES + (DMCVR_PACKAGES if method == "dmcvr" else ())
-    return [(name, requirement) for name, requirement in needed if importlib.util.find_spec(name) is None]
-
 
 def python_executable() -> str:
     """``PythonSlicer`` when running in Slicer (``sys.executable`` is the application there)."""

@@ -84,7 +84,9 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m CardiacDiffusionLib.training", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    from ..cli.main import parse
+
+    args = parse(parser, argv)
     try:
         return run(args)
     except InputError as error:

@@ -1,0 +1,241 @@
+"""The LMA workflow: labelled SAX slices + strain (or a TOS table) -> myocardium, painted mesh, bullseye.
+
+``run_lma`` (library) and ``write_outputs`` (files, used by ``cardiac-diffusion lma``):
+
+1. LV frame from the labels: long axis, LV centres, anterior RV insertion per slice (or given points);
+2. TOS per sector: the onset detector or the learned regressor on strain ``(slices, 18, frames)``,
+   or a clinician's CSV (slice, sector, tos_ms);
+3. the 3D myocardium: shape-based interpolation of the slices (``shape``) or the SADIR atlas
+   deformation (``sadir``, when that workflow is installed);
+4. its surface painted with ``TOS_ms`` and ``late_activation``; AHA segments, bullseye and the
+   suggested LV lead segment (decision support); QA flags throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+from ..errors import InputError
+from ..geometry.stack import SliceStack
+from . import qa
+from .bullseye import DISCLAIMER, segment_of, segment_table, suggest_lead, write_bullseye_png, write_segments_csv
+from .mapping import (
+    LATE_ARRAY, TOS_ARRAY, mesh_points, myocardium_mesh, paint, sector_points, sector_polydata, write_stl, write_vtp,
+)  # fmt: skip
+from .sectors import MYO, LVFrame, lv_frame
+from .tos import check_strain, check_tos_range, read_tos_csv, tos_from_strain, write_tos_csv
+
+METHODS = ("shape", "sadir")
+
+
+@dataclass
+class LMAResult:
+    labels: sitk.Image  # myocardium (value 2) in the stack's physical frame
+    mesh: vtk.vtkPolyData  # LPS mm, point data TOS_ms and late_activation
+    frame: LVFrame  # of the slices with TOS
+    tos: np.ndarray  # (n_tos_slices, 18) ms
+    sector_points: np.ndarray  # (n_tos_slices, 18, 3) mid-wall LPS points
+    segments: list[dict]
+    lead: dict
+    lma: dict = field(default_factory=dict)
+
+
+def _tos_input(frame: LVFrame, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags):
+    """(stack indices of the TOS slices, TOS (n, 18), source description)."""
+    given = [x is not None for x in (strain, tos_csv, tos)]
+    if sum(given) != 1:
+        raise InputError("LMA: give exactly one of strain matrices (--strain) or a TOS table (--tos-csv)")
+    if strain is not None:
+        indices = frame.slices if strain_slices is None else np.asarray(strain_slices, int)
+        s = check_strain(strain, n_slices=len(indices))
+        flags += qa.strain_flags(s)
+        values = tos_from_strain(s, frame_ms, tos_method)
+        source = {"kind": "strain", "method": tos_method, "frame_ms": frame_ms, "shape": list(s.shape)}
+    else:
+        table = read_tos_csv(tos_csv) if tos_csv is not None else {int(k): np.asarray(v, float) for k, v in tos.items()}
+        if tos is not None:
+            for k, v in table.items():
+                if v.shape != (18,):
+                    raise InputError(f"TOS slice {k}: expected 18 sector values, got shape {v.shape}")
+                check_tos_range(v, f"TOS slice {k}")
+        indices = np.array(sorted(table), int)
+        values = np.stack([table[k] for k in indices])
+        source = {"kind": "table", "file": str(tos_csv) if tos_csv else None}
+    missing = [int(k) for k in indices if k not in set(frame.slices.tolist())]
+    if missing:
+        raise InputError(
+            f"TOS slices {missing}: no LV myocardium there in the SAX labels (slices with myocardium: "
+            f"{frame.slices.tolist()}); slice numbers are 0-based stack indices, base to apex"
+        )
+    qa.require_slices(len(indices), "TOS")
+    order = np.argsort([float(np.flatnonzero(frame.slices == k)[0]) for k in indices])
+    return indices[order], values[order], source
+
+
+def _myocardium(stack: SliceStack, method: str, spacing: float, sadir_options: dict | None):
+    """(myocardium label image with value 2, deformation info dict or None)."""
+    if method == "shape":
+        from ..reconstruction.volume import reconstruct
+
+        labels = reconstruct(stack, "shape", spacing).labels
+        myo = sitk.Cast(labels == MYO, sitk.sitkUInt8) * MYO
+        return myo, None
+    if method != "sadir":
+        raise InputError(f"--method {method!r}: use one of {METHODS}")
+    from .. import sadir
+
+    reconstruct_myocardium = getattr(sadir, "reconstruct_myocardium", None)
+    if reconstruct_myocardium is None:
+        try:
+            from ..sadir.reconstruct import reconstruct_myocardium
+        except ImportError:
+            raise InputError(
+                "--method sadir: the SADIR reconstruction (sadir.reconstruct_myocardium) is not available in this "
+                "installation; use --method shape"
+            ) from None
+    return _sadir_output(reconstruct_myocardium(stack, **(sadir_options or {})))
+
+
+def _first(out, keys):
+    for key in keys:
+        value = out.get(key) if isinstance(out, dict) else getattr(out, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _sadir_output(out) -> tuple[sitk.Image, dict]:
+    """Myocardium (value 2) and deformation info from what ``reconstruct_myocardium`` returns.
+
+    Accepted: a label image, or a dict/object with one under ``labels``/``myocardium`` and optionally
+    ``displacement`` (B, 3, D, H, W voxels) or ``jacobian_min`` for the QA check.
+    """
+    image = out if isinstance(out, sitk.Image) else _first(out, ("labels", "myocardium"))
+    if not isinstance(image, sitk.Image):
+        raise InputError("--method sadir: the SADIR reconstruction returned no label image")
+    info = {} if image is out else {
+        "displacement": _first(out, ("displacement",)),
+        "jacobian_min": _first(out, ("jacobian_min", "min_jacobian_determinant")),
+        "slice_dice": _first(out, ("slice_dice",)),
+        "topology": _first(out, ("topology",)),
+        "flags": list(_first(out, ("flags",)) or []),
+    }  # fmt: skip
+    values = sitk.GetArrayViewFromImage(image)
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        myo = image > 0.5  # a soft mask
+    elif values.max() <= 1:
+        myo = image > 0  # a binary mask
+    else:
+        myo = image == MYO  # project labels
+    return sitk.Cast(myo, sitk.sitkUInt8) * MYO, info
+
+
+def run_lma(
+    stack: SliceStack, strain=None, tos_csv=None, tos: dict | None = None, frame_ms: float = 17.0,
+    tos_method: str = "detector", strain_slices=None, rv_insertion=None, base=None, apex=None, scar=None,
+    late_percentile: float | None = 75.0, late_threshold_ms: float | None = None, method: str = "shape",
+    spacing: float = 1.0, include_apical: bool = False, smoothing_iterations: int = 20,
+    sadir_options: dict | None = None,
+) -> LMAResult:  # fmt: skip
+    """Run the LMA workflow on a labelled SAX ``stack`` (see the module docstring).
+
+    ``strain``: ``(n, 18, frames)``, one matrix per slice holding myocardium (or per ``strain_slices``,
+    0-based stack indices); ``tos_csv``/``tos``: ``{slice: 18 values}``. ``scar``: AHA segments to exclude.
+    """
+    if stack.labels is None:
+        raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")
+    qa.require_slices(stack.n, stack.source)
+    full = lv_frame(stack, rv_insertion, base, apex)
+    qa.require_slices(len(full.slices), f"{stack.source}: slices holding LV myocardium")
+    flags: list[dict] = []
+    indices, values, source = _tos_input(full, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags)
+    frame = full.subset(indices)
+    flags += qa.alignment_flags(stack, full) + qa.coverage_flags(full, frame) + qa.tos_flags(values)
+    myo, deformation = _myocardium(stack, method, spacing, sadir_options)
+    if deformation:
+        flags += qa.jacobian_flags(deformation.get("displacement"), deformation.get("jacobian_min"))
+        flags += [qa.flag("sadir", str(message)) for message in deformation.get("flags", [])
+                  if "jacobian" not in str(message).lower()]  # fmt: skip
+    mesh = myocardium_mesh(myo, smoothing_iterations=smoothing_iterations)
+    late = paint(mesh, frame, values, late_percentile, late_threshold_ms)
+    angle, height = frame.coords(mesh_points(mesh))
+    tos_points = _array(mesh, TOS_ARRAY)
+    table = segment_table(segment_of(angle, height), tos_points, _array(mesh, LATE_ARRAY).astype(bool),
+                          late["threshold_ms"], scar)  # fmt: skip
+    lead = suggest_lead(table, include_apical)
+    if lead["segment"] is None:
+        flags.append(qa.flag("no_lead_segment", "no free-wall segment without scar has TOS values"))
+    lma = {
+        "workflow": "late mechanical activation (LMA)",
+        "label": "decision support",
+        "disclaimer": DISCLAIMER,
+        "coordinates": "LPS mm (mesh points and all 3D points)",
+        "reconstruction": {"method": method, "spacing_mm": spacing, **_sadir_summary(deformation)},
+        "tos_source": source,
+        "tos_slices": [int(k) for k in indices],
+        "tos_ms": [[round(float(v), 2) for v in row] for row in values],
+        "frame": frame.summary(),
+        "late_activation": late,
+        "mesh": {"points": mesh.GetNumberOfPoints(), "cells": mesh.GetNumberOfCells(),
+                 "point_arrays": [TOS_ARRAY, LATE_ARRAY],
+                 "stl_note": "STL holds the geometry only (no TOS_ms): use the VTP for the painted map"},  # fmt: skip
+        "segments": table,
+        "lead": lead,
+        "qa": flags,
+        "stack": stack.geometry_report(),
+    }
+    points = sector_points(stack, frame)
+    return LMAResult(myo, mesh, frame, values, points, table, lead, lma)
+
+
+def _sadir_summary(info: dict | None) -> dict:
+    if not info:
+        return {}
+    out = {k: info.get(k) for k in ("jacobian_min", "slice_dice", "topology") if info.get(k) is not None}
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in out.items()}
+
+
+def _array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    return vtk_to_numpy(mesh.GetPointData().GetArray(name)).astype(float)
+
+
+OUTPUTS = {
+    "labels": "myocardium_labels.nii.gz", "vtp": "myocardium_tos.vtp", "stl": "myocardium.stl",
+    "bullseye": "bullseye.png", "segments": "segments.csv", "sector_tos": "sector_tos.csv",
+    "sector_points": "sector_points.vtp", "json": "lma.json",
+}  # fmt: skip
+
+
+def write_outputs(result: LMAResult, out_dir) -> dict[str, Path]:
+    """Write every output of :data:`OUTPUTS` under ``out_dir``; returns their paths."""
+    from ..io.volumes import write_image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / v for k, v in OUTPUTS.items()}
+    write_image(result.labels, paths["labels"])
+    write_vtp(result.mesh, paths["vtp"])
+    write_stl(result.mesh, paths["stl"])
+    write_bullseye_png(paths["bullseye"], result.segments, result.lead)
+    write_segments_csv(paths["segments"], result.segments, result.lead)
+    write_tos_csv(paths["sector_tos"], dict(zip(result.frame.slices.tolist(), result.tos)))
+    write_vtp(sector_polydata(result.sector_points, result.tos), paths["sector_points"])
+    lma = dict(result.lma, outputs={k: v for k, v in OUTPUTS.items()})
+    paths["json"].write_text(json.dumps(lma, indent=2, default=_json_default))
+    return paths
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)

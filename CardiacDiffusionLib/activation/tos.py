@@ -1,0 +1,153 @@
+"""Time to onset of circumferential shortening (TOS, ms) per sector: strain checks, the classical
+onset detector, the learned regressor's entry point and clinician TOS tables (CSV).
+
+Strain matrices are DENSE-like mid-wall Ecc (fractions, shortening negative) shaped
+``(n_slices, 18, n_frames)``; sectors count from the anterior RV insertion in AHA order (septum
+first), frame ``k`` (0-based) lies ``(k + 1) * frame_ms`` after the R wave, so no onset can be
+measured before ``frame_ms``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+N_SECTORS = 18
+#: Physiological TOS range (ms after the R wave). Onset of shortening happens within systole:
+#: normal hearts ~20-60 ms, LBBB late walls ~120-250 ms (Xing et al.'s DENSE data stay below ~250 ms
+#: with 17 ms frames); past ~300 ms the LV is relaxing, so such a value is a typo or a failed fit.
+TOS_RANGE_MS = (0.0, 300.0)
+MIN_FRAMES = 8
+
+
+def frame_times(n_frames: int, frame_ms: float) -> np.ndarray:
+    """Time after the R wave (ms) of each strain frame: the first frame is one frame in."""
+    return frame_ms * (np.arange(n_frames) + 1.0)
+
+
+def check_strain(strain, n_slices: int | None = None, name: str = "strain") -> np.ndarray:
+    """``strain`` as float ``(n_slices, 18, n_frames)``, or an InputError naming what is wrong."""
+    s = np.asarray(strain, dtype=float)
+    if s.ndim == 2 and s.shape[0] == N_SECTORS:
+        s = s[None]  # one slice
+    if s.ndim != 3 or s.shape[1] != N_SECTORS or s.shape[2] < MIN_FRAMES:
+        raise InputError(
+            f"{name}: expected strain matrices shaped (slices, {N_SECTORS} sectors, >= {MIN_FRAMES} frames), "
+            f"got {s.shape}; give one mid-wall Ecc curve per sector, sectors from the anterior RV insertion"
+        )
+    if n_slices is not None and s.shape[0] != n_slices:
+        raise InputError(
+            f"{name}: {s.shape[0]} slices of strain for {n_slices} slices of the SAX stack; give one strain "
+            "matrix per slice holding myocardium (or name the slices with strain_slices / --strain-slices)"
+        )
+    if not np.all(np.isfinite(s)):
+        raise InputError(f"{name}: holds NaN or infinite values; fill or drop those sectors first")
+    if np.abs(s).max() > 1.5:
+        raise InputError(f"{name}: values up to {np.abs(s).max():.3g} look like percent; give strain as fractions")
+    return s
+
+
+def detect_tos(strain, frame_ms: float) -> np.ndarray:
+    """Classical onset of shortening (ms) per curve of ``strain`` shaped ``(..., n_frames)``.
+
+    After the highest point before peak shortening, find where the curve has fallen 15 % and 50 % of
+    the way to the peak and extrapolate that line back to the starting level; clamped between that
+    highest point and the 15 % crossing.
+    """
+    s = np.asarray(strain, float)
+    t = frame_times(s.shape[-1], frame_ms)
+    out = np.empty(s.shape[:-1])
+    for index in np.ndindex(out.shape):
+        curve = s[index]
+        peak = int(np.argmin(curve))
+        top = int(np.argmax(curve[: peak + 1]))
+        amplitude = curve[top] - curve[peak]
+        if amplitude <= 0:
+            out[index] = t[0]
+            continue
+        t15, t50 = (_crossing(t, curve, top, peak, curve[top] - f * amplitude) for f in (0.15, 0.5))
+        out[index] = np.clip(t15 - (t50 - t15) * 0.15 / 0.35, t[top], t15)
+    return out
+
+
+def _crossing(t, curve, start: int, stop: int, level: float) -> float:
+    """First time in frames start..stop where the curve goes below level (linear interpolation)."""
+    k = start + int(np.argmax(curve[start : stop + 1] < level))
+    if k == start:
+        return float(t[start])
+    return float(t[k - 1] + (t[k] - t[k - 1]) * (curve[k - 1] - level) / (curve[k - 1] - curve[k]))
+
+
+def tos_from_strain(strain, frame_ms: float = 17.0, method: str = "detector", model=None) -> np.ndarray:
+    """TOS (ms) shaped ``(n_slices, 18)`` from checked strain matrices, by ``detector`` or ``regressor``."""
+    if frame_ms <= 0:
+        raise InputError(f"frame_ms: must be positive, got {frame_ms}")
+    s = check_strain(strain)
+    if method == "detector":
+        return detect_tos(s, frame_ms)
+    if method == "regressor":
+        from .regressor import predict_tos
+
+        return predict_tos(s, frame_ms, model=model)
+    raise InputError(f"TOS method {method!r}: use 'detector' or 'regressor'")
+
+
+def check_tos_range(tos, name: str = "TOS") -> None:
+    """InputError when a TOS value lies outside :data:`TOS_RANGE_MS` (for values a person typed)."""
+    tos = np.asarray(tos, float)
+    low, high = TOS_RANGE_MS
+    bad = np.isfinite(tos) & ((tos < low) | (tos > high))
+    if bad.any():
+        raise InputError(
+            f"{name}: {int(bad.sum())} value(s) outside the physiological range {low:g}-{high:g} ms "
+            f"(e.g. {tos[bad].ravel()[0]:g}); TOS is ms after the R wave, check the units and the table"
+        )
+
+
+def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
+    """``{slice index: TOS (18,)}`` from a CSV with columns ``slice, sector, tos_ms``.
+
+    ``slice`` is the 0-based index of the slice in the SAX stack (sorted base to apex along the
+    stack normal); ``sector`` is 1..18 from the anterior RV insertion (septum first). Every slice
+    listed needs all 18 sectors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name}: file not found: {path}")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"slice", "sector", "tos_ms"}
+    if not rows or not need <= {k.strip().lower() for k in rows[0]}:
+        raise InputError(f"{name}: {path} needs a header with columns slice, sector, tos_ms and at least one row")
+    table: dict[int, np.ndarray] = {}
+    for i, row in enumerate(rows, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+        try:
+            k, sector, tos = int(row["slice"]), int(row["sector"]), float(row["tos_ms"])
+        except ValueError:
+            raise InputError(f"{name}: {path} line {i}: slice and sector must be integers, tos_ms a number") from None
+        if not 1 <= sector <= N_SECTORS or k < 0:
+            raise InputError(f"{name}: {path} line {i}: sector must be 1..{N_SECTORS} and slice >= 0")
+        table.setdefault(k, np.full(N_SECTORS, np.nan))[sector - 1] = tos
+    for k, values in table.items():
+        if np.isnan(values).any():
+            missing = (np.flatnonzero(np.isnan(values)) + 1).tolist()
+            raise InputError(f"{name}: slice {k} lacks sectors {missing}; give all {N_SECTORS} sectors per slice")
+        check_tos_range(values, f"{name} slice {k}")
+    return dict(sorted(table.items()))
+
+
+def write_tos_csv(path, tos_by_slice: dict[int, np.ndarray]) -> Path:
+    """Write ``{slice: TOS (18,)}`` in the format :func:`read_tos_csv` reads."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice", "sector", "tos_ms"])
+        for k, values in tos_by_slice.items():
+            for s, v in enumerate(values, start=1):
+                w.writerow([k, s, f"{float(v):.2f}"])
+    return path

@@ -1,0 +1,119 @@
+"""``cardiac-diffusion lma``: late mechanical activation map from labelled SAX slices and strain or TOS."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .common import add_label_convention
+
+
+def _point(text: str) -> np.ndarray:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a point as x,y,z in LPS mm")
+    return np.array(values)
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0-based slice indices as i,j,k") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "lma", help="late mechanical activation: TOS painted on the 3D myocardium, AHA bullseye, lead segment"
+    )
+    p.add_argument("--slices", required=True, help="SAX labels (NIfTI/NRRD), or the SAX image with --slice-labels")
+    p.add_argument("--slice-labels", help="labels of --slices (same grid): 1 LV cavity, 2 myocardium, 3 RV cavity")
+    tos = p.add_mutually_exclusive_group(required=True)
+    tos.add_argument("--strain", help="mid-wall Ecc strain .npy shaped (slices, 18, frames), fractions")
+    tos.add_argument("--tos-csv", help="TOS table: columns slice (0-based stack index), sector (1-18), tos_ms")
+    p.add_argument("--frame-ms", type=float, default=17.0, help="strain frame interval, ms (default 17, cine DENSE)")
+    p.add_argument("--tos-method", choices=("detector", "regressor"), default="detector",
+                   help="TOS from strain: onset detector (default) or the shipped learned regressor")  # fmt: skip
+    p.add_argument("--strain-slices", type=_indices,
+                   help="stack slice of each strain row, e.g. 2,5,8 (default: slices holding myocardium)")  # fmt: skip
+    p.add_argument("--rv-insertion", type=_point, nargs="+", metavar="X,Y,Z",
+                   help="anterior RV insertion point(s), LPS mm (default: found from the RV label)")  # fmt: skip
+    p.add_argument("--base", type=_point, metavar="X,Y,Z", help="LV base point (default: estimated from the slices)")
+    p.add_argument("--apex", type=_point, metavar="X,Y,Z", help="LV apex point (default: estimated from the slices)")
+    p.add_argument("--scar", type=int, nargs="+", default=[], metavar="SEG",
+                   help="AHA segments with scar (never suggested)")  # fmt: skip
+    late = p.add_mutually_exclusive_group()
+    late.add_argument("--late-percentile", type=float, default=75.0,
+                      help="late region: TOS >= this percentile of the mesh's TOS (default 75)")  # fmt: skip
+    late.add_argument("--late-threshold", type=float, help="late region: TOS >= this many ms (instead of a percentile)")
+    p.add_argument("--method", choices=("shape", "sadir"), default="shape", help="3D myocardium reconstruction")
+    p.add_argument("--sadir-model", help="--method sadir: model name or .safetensors (default: the shipped one)")
+    p.add_argument("--device", default="auto", help="--method sadir: auto|cpu|cuda|mps")
+    p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the myocardium volume, mm")
+    p.add_argument("--include-apical", action="store_true", help="let apical free-wall segments be suggested too")
+    p.add_argument("--out", required=True, help="output folder")
+    add_label_convention(p)
+    p.set_defaults(func=run)
+
+
+def read_labelled_stack(slices: str, slice_labels: str | None, convention: str):
+    """The SAX stack with labels: an image plus its labels, or a label image alone (as image and labels)."""
+    from ..geometry.stack import SliceStack
+    from ..io.volumes import read_labels, read_stack
+
+    if slice_labels:
+        return read_stack(slices, labels_path=slice_labels, convention=convention, name="--slices")
+    if Path(slices).is_dir():
+        raise InputError("--slices: a DICOM series has no labels; add --slice-labels with the SAX labels")
+    labels = read_labels(slices, convention=convention, name="--slices (labels)")
+    return SliceStack.from_image(labels, labels=labels, source="--slices")
+
+
+def _load_strain(path: str) -> np.ndarray:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--strain: file not found: {file}")
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"--strain: {file} is not a numpy .npy array ({error}); save it with numpy.save") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..activation.pipeline import run_lma, write_outputs
+
+    stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention)
+    result = run_lma(
+        stack,
+        strain=_load_strain(args.strain) if args.strain else None,
+        tos_csv=args.tos_csv,
+        frame_ms=args.frame_ms,
+        tos_method=args.tos_method,
+        strain_slices=args.strain_slices,
+        rv_insertion=args.rv_insertion,
+        base=args.base,
+        apex=args.apex,
+        scar=args.scar,
+        late_percentile=None if args.late_threshold is not None else args.late_percentile,
+        late_threshold_ms=args.late_threshold,
+        method=args.method,
+        spacing=args.spacing,
+        include_apical=args.include_apical,
+        sadir_options={"device": args.device, **({"model": args.sadir_model} if args.sadir_model else {})}
+        if args.method == "sadir" else None,
+    )
+    paths = write_outputs(result, args.out)
+    for item in result.lma["qa"]:
+        print(f"{item['severity']}: {item['message']}")
+    lead = result.lead
+    if lead["segment"] is not None:
+        print(f"decision support: suggested LV lead segment {lead['segment']} ({lead['name']}, "
+              f"median TOS {lead['tos_median_ms']:.0f} ms); not a diagnosis")  # fmt: skip
+    print(f"lma: wrote {', '.join(p.name for p in paths.values())} to {args.out}")
+    return 0

@@ -1,0 +1,148 @@
+"""A module job without Qt: export input nodes to files, run one CLI sub-command as a child, load outputs.
+
+Subclasses give the sub-command (``command``), write their inputs in :meth:`CLIJob._export` (returning
+the CLI arguments) and turn the output folder into NEW nodes in :meth:`CLIJob._load`. Nothing is
+added to the scene before the child succeeded, so a cancelled or failed job leaves the scene as it
+was; the temporary folder is removed in every case (unless ``keep_files``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import InputError
+from .process import ChildProcess, Message
+from .reconstruction import child_environment, python_executable
+
+ProgressCallback = Callable[[Optional[float], str], None]
+#: share of the progress bar taken by the child process (the rest: export before, loading after)
+CHILD_START, CHILD_END = 0.05, 0.9
+
+
+class CLIJob:
+    """Base of the module jobs; see the module docstring. ``start`` -> ``poll``/``wait`` -> result."""
+
+    #: the command-line entry point run with ``python -m``
+    cli_module = "CardiacDiffusionLib.cli.main"
+    #: the sub-command and a short name for messages; set by subclasses
+    command = ""
+    title = "job"
+
+    def __init__(self, scene, python: str | None = None, keep_files: bool = False):
+        self.scene = scene
+        self.python = python or python_executable()
+        self.keep_files = keep_files
+        self.folder: Path | None = None
+        self.child: ChildProcess | None = None
+        self.result = None
+        self.log: list[str] = []
+        self._callback: ProgressCallback | None = None
+
+    # ---- for subclasses -------------------------------------------------------------------------
+    def _export(self, folder: Path) -> list[str]:
+        """Write the inputs under ``folder``; the CLI arguments after the sub-command (no ``--out``)."""
+        raise NotImplementedError
+
+    def _load(self, out: Path):
+        """New nodes from the child's output folder ``out``; the job's result."""
+        raise NotImplementedError
+
+    # ---- steps ----------------------------------------------------------------------------------
+    def start(self, progress_callback: ProgressCallback | None = None) -> "CLIJob":
+        """Export the inputs and start the child process (returns at once)."""
+        self._callback = progress_callback
+        self.folder = Path(tempfile.mkdtemp(prefix=f"CardiacDiffusion-{self.command}-"))
+        try:
+            self._report(0.0, f"exporting inputs to {self.folder}")
+            arguments = self._export(self.folder)
+            command = [self.python, "-m", self.cli_module, self.command, *arguments, "--out", str(self.folder / "out")]
+            self._report(CHILD_START, f"running {self.title}")
+            self.child = ChildProcess(command, env=child_environment(), name=self.title)
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def poll(self) -> bool:
+        """Forward the child's messages; when it has finished load the outputs. True when done."""
+        if self.result is not None:
+            return True
+        self.child.poll(self._on_message)
+        if not self.child.finished:
+            return False
+        self.finish()
+        return True
+
+    def wait(self, timeout: float | None = None):
+        """Block until the job is done (the console/batch path); ``None`` on timeout."""
+        if self.child.wait(timeout, self._on_message) is None:
+            return None
+        return self.finish()
+
+    def cancel(self) -> None:
+        """Kill the child and its children; the scene is left as it was."""
+        if self.child is not None:
+            self.child.cancel()
+        self._cleanup()
+        self._report(None, "cancelled")
+
+    def finish(self):
+        """Load the child's outputs as new nodes (raises ``ProcessFailed`` if the child failed)."""
+        if self.result is not None:
+            return self.result
+        try:
+            self.child.poll(self._on_message)
+            if self.child.cancelled:
+                raise InputError(f"the {self.title} was cancelled")
+            self.child.check()
+            self._report(CHILD_END, "loading results")
+            self.result = self._load(self.folder / "out")
+        finally:
+            self._cleanup()
+        self._report(1.0, "done")
+        return self.result
+
+    @property
+    def running(self) -> bool:
+        return self.child is not None and not self.child.finished
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        if message.kind == "progress" and message.progress is not None:
+            fraction = CHILD_START + (CHILD_END - CHILD_START) * min(max(message.progress, 0.0), 1.0)
+            self._report(fraction, message.text)
+        elif message.text:
+            self.log.append(message.text)
+            self._report(None, message.text)
+
+    def _report(self, fraction: float | None, text: str) -> None:
+        if self._callback is not None:
+            self._callback(fraction, text)
+
+    def _cleanup(self) -> None:
+        if self.folder is not None and not self.keep_files:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_label_node(node, path: Path, reference=None) -> Path:
+    """A labelmap volume or a segmentation (segments matched by name) written as a label file.
+
+    A segmentation is written on ``reference`` (a SimpleITK image) or, without one, on its own
+    reference geometry.
+    """
+    import SimpleITK as sitk
+
+    from . import mrml
+    from .reconstruction import reference_image_of_segmentation
+
+    if node.IsA("vtkMRMLSegmentationNode"):
+        grid = reference if reference is not None else reference_image_of_segmentation(node)
+        sitk.WriteImage(mrml.labels_from_segmentation(node, grid), str(path), True)
+    elif node.IsA("vtkMRMLVolumeNode"):
+        mrml.save_volume(node, path)
+    else:
+        raise InputError(f"{node.GetName()}: give a labelmap volume or a segmentation, not a {node.GetClassName()}")
+    return Path(path)

@@ -1,0 +1,89 @@
+"""The SyntheticData module's logic without Qt: sample CT image + label pairs from the latent diffusion model.
+
+``SampleJob`` runs ``cardiac-diffusion sample`` as a child process and loads each pair as NEW nodes:
+a CT volume (HU) and a segmentation with one named, coloured segment per heart structure (CT
+convention, ``labels.CT_LABELS``) and 3D surfaces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..labels import CT_LABELS
+from . import mrml
+from .job import CLIJob
+
+DEVICES = ("auto", "cpu", "cuda")
+CT_DESCRIPTIONS = {
+    "LA": "Left atrium", "LV": "Left ventricle", "RA": "Right atrium", "RV": "Right ventricle",
+    "MYO": "LV myocardium", "AO": "Aorta", "PA": "Pulmonary artery", "LAA": "Left atrial appendage",
+}  # fmt: skip
+#: RGB 0..1: cavities left red / right blue as in the MR segments, vessels and appendage distinct
+CT_COLORS = {
+    "LA": (0.95, 0.45, 0.45), "LV": (0.85, 0.20, 0.20), "RA": (0.45, 0.60, 0.95), "RV": (0.20, 0.40, 0.85),
+    "MYO": (0.55, 0.35, 0.20), "AO": (0.90, 0.60, 0.15), "PA": (0.35, 0.75, 0.85), "LAA": (0.80, 0.45, 0.75),
+}  # fmt: skip
+
+
+@dataclass
+class SampleResult:
+    volumes: list = field(default_factory=list)  # vtkMRMLScalarVolumeNode per pair (HU)
+    segmentations: list = field(default_factory=list)  # vtkMRMLSegmentationNode per pair
+    info: dict = field(default_factory=dict)  # labels.json: model, seeds, clean-up noise report
+    log: list[str] = field(default_factory=list)
+
+
+class SampleJob(CLIJob):
+    """``count`` synthetic pairs; pair ``i`` starts from the noise of ``seed + i`` (reproducible)."""
+
+    command = "sample"
+    title = "synthetic data sampling"
+
+    def __init__(
+        self, scene, count: int = 1, seed: int = 0, steps: int = 50, device: str = "auto", model: str = "",
+        cleanup: bool = True, surfaces: bool = True, python: str | None = None, keep_files: bool = False,
+    ):  # fmt: skip
+        super().__init__(scene, python, keep_files)
+        if not 1 <= int(count) <= 100:
+            raise InputError(f"number of pairs must be 1..100, got {count}")
+        if int(steps) < 1:
+            raise InputError(f"DDIM steps must be at least 1, got {steps}")
+        if device not in DEVICES:
+            raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
+        self.count, self.seed, self.steps, self.device = int(count), int(seed), int(steps), device
+        self.model, self.cleanup, self.surfaces = (model or "").strip(), bool(cleanup), bool(surfaces)
+
+    def _export(self, folder: Path) -> list[str]:
+        arguments = ["--n", str(self.count), "--seed", str(self.seed), "--steps", str(self.steps)]
+        arguments += ["--device", self.device]
+        if self.model:
+            arguments += ["--model", self.model]
+        if not self.cleanup:
+            arguments += ["--no-cleanup"]
+        return arguments
+
+    def _load(self, out: Path) -> SampleResult:
+        info = json.loads((out / "labels.json").read_text())
+        names = {int(value): name for value, name in info.get("labels", {}).items()} or CT_LABELS
+        samples = info.get("samples", [])
+        if len(samples) != self.count:  # checked before any node is added
+            raise InputError(f"the sampler wrote {len(samples)} pairs, {self.count} were asked for")
+        result = SampleResult(info=info, log=list(self.log))
+        for index, sample in enumerate(samples):
+            stem = out / f"sample_{index:03d}"
+            base = f"Synthetic CT seed {sample['seed']}"
+            image = sitk.ReadImage(str(stem) + "_image.nii.gz")
+            volume = mrml.volume_node_from_image(self.scene, image, base)
+            labels = sitk.ReadImage(str(stem) + "_labels.nii.gz")
+            segmentation = mrml.segmentation_from_labels(
+                self.scene, labels, f"{base} segmentation", label_names=names, descriptions=CT_DESCRIPTIONS,
+                colors=CT_COLORS, reference_volume=volume, surfaces=self.surfaces,
+            )  # fmt: skip
+            result.volumes.append(volume)
+            result.segmentations.append(segmentation)
+        return result

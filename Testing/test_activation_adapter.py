@@ -1,0 +1,218 @@
+"""The ActivationMap module's job on real MRML (slicer-core): an MR phantom stack with a known TOS table.
+
+The child's outputs are compared with ``run_lma`` run in this process on the very files the job wrote.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CardiacDiffusionLib.activation.pipeline import run_lma
+from CardiacDiffusionLib.activation.sectors import lv_frame
+from CardiacDiffusionLib.activation.tos import write_tos_csv
+from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
+from CardiacDiffusionLib.phantoms.mr import MRPhantom
+from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
+
+pytestmark = pytest.mark.mrml
+
+
+@pytest.fixture
+def lma_cli(tmp_path, monkeypatch) -> str:
+    """The CLI module the job runs: the real one once it registers ``lma``, else main() with it added."""
+    from CardiacDiffusionLib.cli import main as cli
+
+    if "lma" in cli.COMMAND_MODULES:
+        return "CardiacDiffusionLib.cli.main"
+    (tmp_path / "cli_with_lma.py").write_text(
+        "import sys\n"
+        "from CardiacDiffusionLib.cli import main as cli\n"
+        "cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'lma')\n"
+        "sys.exit(cli.main())\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "cli_with_lma"
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """(labelled SAX stack, TOS csv of an LBBB pattern on its LV frame, a bad csv)."""
+    folder = tmp_path_factory.mktemp("lma")
+    stack = acquire_sax(MRPhantom(0), noise_sigma=0.0, sub_planes=1, matrix=96, pixel_mm=2.0)
+    frame = lv_frame(stack)
+    tos = np.maximum(ActivationPhantom(3, "lbbb").sector_tos(len(frame.slices), 18), 17.0)
+    good = write_tos_csv(folder / "tos.csv", dict(zip(frame.slices.tolist(), tos)))
+    bad = folder / "bad.csv"
+    bad.write_text("slice,sector,tos_ms\n" + "".join(f"1,{s},{400 if s == 3 else 50}\n" for s in range(1, 19)))
+    return stack, good, bad
+
+
+def _state(node) -> tuple:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    voxels = vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).copy()
+    return node.GetMTime(), node.GetImageData().GetMTime(), voxels.tobytes()
+
+
+def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli):
+    import slicer
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from CardiacDiffusionLib.activation.mapping import TOS_ARRAY, mesh_points
+    from CardiacDiffusionLib.cli.lma import read_labelled_stack
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    colors = slicer.vtkSlicerColorLogic()  # what the Colors module registers in Slicer (legend nodes)
+    colors.SetMRMLScene(mrml_scene)
+    stack, good, _ = case
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    before, nodes_before = _state(labels), mrml_scene.GetNumberOfNodes()
+    reports = []
+    job = ActivationJob(mrml_scene, labels, tos_file=str(good), keep_files=True)
+    job.cli_module = lma_cli
+    try:
+        result = job.start(lambda f, t: reports.append((f, t))).wait(timeout=180)
+        expected = run_lma(read_labelled_stack(str(job.folder / "sax_labels.nrrd"), None, "project"), tos_csv=good)
+    finally:
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    # the model: the same surface (LPS -> RAS) with the same TOS on it, shown with a colour legend
+    polydata = result.model.GetPolyData()
+    lps = vtk_to_numpy(polydata.GetPoints().GetData()) * [-1.0, -1.0, 1.0]
+    np.testing.assert_allclose(lps, mesh_points(expected.mesh), atol=1e-4)
+    tos = vtk_to_numpy(polydata.GetPointData().GetArray(TOS_ARRAY))
+    want = vtk_to_numpy(expected.mesh.GetPointData().GetArray(TOS_ARRAY))
+    np.testing.assert_allclose(tos, want, atol=1e-3)
+    assert 17.0 <= tos.min() and tos.max() < 200.0  # an LBBB map in ms, not normalised values
+    display = result.model.GetDisplayNode()
+    assert display.GetActiveScalarName() == TOS_ARRAY and display.GetScalarVisibility()
+    assert display.GetColorNode() is not None
+    legends = [result.model.GetNthDisplayNode(i) for i in range(result.model.GetNumberOfDisplayNodes())]
+    assert any(n.IsA("vtkMRMLColorLegendDisplayNode") for n in legends)
+    # the bullseye image and the 17-segment table, with the same suggested lead as in-process
+    png = sitk.ReadImage(str(_written_bullseye(expected)))
+    assert result.bullseye.GetImageData().GetDimensions() == (*png.GetSize(), 1)
+    assert result.bullseye.GetImageData().GetNumberOfScalarComponents() == png.GetNumberOfComponentsPerPixel()
+    rows = mrml.dict_from_table(result.table)
+    assert len(rows) == 17
+    assert result.lma["lead"]["segment"] == expected.lead["segment"] is not None
+    lead_rows = [name for name, row in rows.items() if row["suggested_lead"] == 1.0]
+    assert lead_rows == [f"{expected.lead['segment']} {expected.lead['name']}"]
+    for name, row in rows.items():
+        want = next(r for r in expected.segments if f"{r['segment']} {r['name']}" == name)
+        assert row["points"] == want["points"]
+        assert row["tos_median_ms"] == pytest.approx(want["tos_median_ms"], abs=1e-6, nan_ok=True)
+    # inputs unchanged, three new nodes and their display nodes; progress reached the end
+    assert _state(labels) == before
+    assert mrml_scene.GetNumberOfNodes() > nodes_before + 3
+    assert reports[-1] == (1.0, "done")
+
+
+def _written_bullseye(expected, folder=[]):
+    """The bullseye PNG of ``expected`` written once (to compare sizes with the loaded image)."""
+    import tempfile
+    from pathlib import Path
+
+    from CardiacDiffusionLib.activation.bullseye import write_bullseye_png
+
+    if not folder:
+        folder.append(Path(tempfile.mkdtemp(prefix="bullseye-")))
+    return write_bullseye_png(folder[0] / "bullseye.png", expected.segments, expected.lead)
+
+
+def test_activation_job_failure_leaves_the_scene(mrml_scene, case, lma_cli):
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    stack, _, bad = case
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    job = ActivationJob(mrml_scene, labels, tos_file=str(bad))
+    job.cli_module = lma_cli
+    job.start()
+    with pytest.raises(ProcessFailed, match="physiological range"):
+        job.wait(timeout=120)
+    assert mrml_scene.GetNumberOfNodes() == nodes_before
+    assert not job.folder.exists()
+
+
+def test_activation_job_arguments(mrml_scene, case, tmp_path):
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    stack, good, _ = case
+    image = mrml.volume_node_from_image(mrml_scene, stack.to_image(), "SAX")
+    labels = mrml.segmentation_from_labels(mrml_scene, stack.to_image(labels=True), "SAX seg", surfaces=False)
+    rv = mrml.markups_from_points(mrml_scene, np.array([[10.0, -20.0, 30.5]]), "RV insertion")
+    with pytest.raises(InputError, match="exactly one of"):
+        ActivationJob(mrml_scene, labels, tos_file=str(good), strain_file=str(good))
+    with pytest.raises(InputError, match="file not found"):
+        ActivationJob(mrml_scene, labels, tos_file=str(tmp_path / "none.csv"))
+    with pytest.raises(InputError, match="SAX labels: none selected"):
+        ActivationJob(mrml_scene, None, tos_file=str(good))
+    job = ActivationJob(mrml_scene, labels, tos_file=str(good), sax_volume=image, rv_insertion=rv, scar=[5, 11])
+    arguments = job._export(tmp_path)
+    slices = ["--slices", str(tmp_path / "sax.nrrd"), "--slice-labels", str(tmp_path / "sax_labels.nrrd")]
+    assert arguments[:4] == slices
+    assert arguments[arguments.index("--rv-insertion") + 1] == "10.0,-20.0,30.5"  # LPS, as the CLI takes it
+    assert arguments[-3:] == ["--scar", "5", "11"]
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sax_labels.nrrd")))
+    np.testing.assert_array_equal(written, stack.labels)  # the segmentation, back on the SAX grid
+
+
+# ---- the Slicer module file, on slicer-core with stand-ins for its Qt side ----------------------
+def _load_module(name: str, monkeypatch, scene):
+    """Import CardiacDiffusion/<name>/<name>.py with stubs for qt, i18n, parameterNodeWrapper and the
+    ScriptedLoadableModule bases; MRML, the Lib and the module's Logic and Test code are real."""
+    import importlib.util
+    import sys
+    import types
+    import unittest
+    from pathlib import Path
+
+    import slicer
+
+    def module(module_name, **names):
+        stub = types.ModuleType(module_name)
+        stub.__dict__.update(names)
+        monkeypatch.setitem(sys.modules, module_name, stub)
+
+    class Base:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class SelfTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            pass
+
+    module("qt", QTimer=object)
+    module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+    module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, Choice=lambda *a: None,
+           WithinRange=lambda *a: None)  # fmt: skip
+    module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleWidget=Base,
+           ScriptedLoadableModuleLogic=Base, ScriptedLoadableModuleTest=SelfTest)  # fmt: skip
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    path = Path(__file__).resolve().parents[1] / "CardiacDiffusion" / name / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def test_activation_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch, lma_cli):
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    monkeypatch.setattr(ActivationJob, "cli_module", lma_cli)
+    module = _load_module("ActivationMap", monkeypatch, mrml_scene)
+    assert module.parseSegments("5, 11;14") == [5, 11, 14] and module.parseSegments("") == []
+    assert module.ActivationMapLogic().ensureDependencies(ask=False)  # nothing to install here
+    result = module.ActivationMapTest("runTest").run()
+    assert result.wasSuccessful(), [text for _, text in result.errors + result.failures]
+    assert result.testsRun == 1 and not result.skipped
