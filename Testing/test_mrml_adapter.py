@@ -240,7 +240,7 @@ def test_segments_are_matched_by_name(mrml_scene):
 @mrml_only
 def test_lax_segmentation_keeps_its_plane_geometry(mrml_scene):
     from CardiacDiffusionLib.slicer_adapter import mrml
-    from CardiacDiffusionLib.slicer_adapter.reconstruction import reference_image_of_segmentation
+    from CardiacDiffusionLib.slicer_adapter.job import reference_image_of_segmentation
 
     lax = lax_labels()
     seg = mrml.segmentation_from_labels(mrml_scene, lax, "4ch", surfaces=False)

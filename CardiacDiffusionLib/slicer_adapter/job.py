@@ -8,18 +8,35 @@ was; the temporary folder is removed in every case (unless ``keep_files``).
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+import SimpleITK as sitk
+
 from ..errors import InputError
+from . import mrml
 from .process import ChildProcess, Message
-from .reconstruction import child_environment, python_executable
 
 ProgressCallback = Callable[[Optional[float], str], None]
 #: share of the progress bar taken by the child process (the rest: export before, loading after)
 CHILD_START, CHILD_END = 0.05, 0.9
+
+
+def python_executable() -> str:
+    """``PythonSlicer`` when running in Slicer (``sys.executable`` is the application there)."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def child_environment() -> dict[str, str]:
+    """The current environment with this package's parent folder first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 class CLIJob:
@@ -133,11 +150,6 @@ def write_label_node(node, path: Path, reference=None) -> Path:
     A segmentation is written on ``reference`` (a SimpleITK image) or, without one, on its own
     reference geometry.
     """
-    import SimpleITK as sitk
-
-    from . import mrml
-    from .reconstruction import reference_image_of_segmentation
-
     if node.IsA("vtkMRMLSegmentationNode"):
         grid = reference if reference is not None else reference_image_of_segmentation(node)
         sitk.WriteImage(mrml.labels_from_segmentation(node, grid), str(path), True)
@@ -146,3 +158,32 @@ def write_label_node(node, path: Path, reference=None) -> Path:
     else:
         raise InputError(f"{node.GetName()}: give a labelmap volume or a segmentation, not a {node.GetClassName()}")
     return Path(path)
+
+
+def reference_image_of_segmentation(node) -> sitk.Image:
+    """An empty image on a segmentation's reference geometry (e.g. the LAX plane it was drawn on)."""
+    import slicer
+
+    converter = slicer.vtkSegmentationConverter
+    geometry = node.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
+    if not geometry:
+        raise InputError(
+            f"{node.GetName()}: segmentation has no reference geometry; export it to a labelmap volume "
+            "on its LAX image first"
+        )
+    oriented = slicer.vtkOrientedImageData()
+    converter.DeserializeImageGeometry(geometry, oriented, False)
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    oriented.GetImageToWorldMatrix(matrix)
+    extent = oriented.GetExtent()
+    size = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    ras = mrml._numpy_matrix(matrix)
+    ras[:, 3] = ras @ [extent[0], extent[2], extent[4], 1.0]
+    origin, spacing, direction = mrml.geometry_from_ijk_to_ras(ras, node.GetName())
+    image = sitk.Image(size, sitk.sitkUInt8)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
