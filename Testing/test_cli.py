@@ -133,3 +133,6 @@ def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     assert table["4ch"]["shape"]["LV"] > 0.9
     assert (tmp_path / "report.png").stat().st_size > 20_000
     assert (tmp_path / "reconstruction" / "shape" / "reconstruction_labels.nii.gz").is_file()
+    lma = json.loads((tmp_path / "lma" / "lma.json").read_text())
+    assert lma["lead"]["segment"] in (4, 5, 6, 10, 11, 12)  # a free-wall segment, never septal
+    assert "mean abs error" in out
