@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 from CardiacDiffusionLib.sadir import EPDiffShooting, SpatialEPDiffShooting
+from CardiacDiffusionLib.utils.bench import measure, write_report
 
 METHODS = {
     "flash": lambda shape, a: EPDiffShooting(shape, truncation=a.truncation, steps=a.steps),
@@ -43,18 +40,10 @@ def inputs(shape, device):
     return v0.float().to(device), image[None, None].float().to(device)
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_case(method: str, device: str, args) -> dict:
     shape = (args.size,) * 3
     shooter = METHODS[method](shape, args).to(device)
     v0, image = inputs(shape, device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
     def forward():
         with torch.no_grad():
@@ -72,23 +61,8 @@ def run_case(method: str, device: str, args) -> dict:
     cases = [("forward", forward), ("forward_backward", forward_backward)]
     if method != "spatial_lagrangian":  # the Lagrangian form integrates v and phi together
         cases.append(("shoot_only", shoot_only))
-    out = {}
-    for name, fn in cases:
-        fn()  # warm-up
-        sync(device)
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        out[name] = {"median_s": statistics.median(times), "min_s": min(times), "repeats": args.repeats}
-    if device == "cuda":
-        out["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        out["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
-    else:  # ru_maxrss is in KiB on Linux; the increase over setup is what this method needed
-        out["peak_memory_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-        out["peak_memory_kind"] = "peak RSS increase over setup (process per method)"
+    # utils/bench.measure: median/min time and the peak memory of the timed runs (VmHWM / CUDA allocator)
+    out = {name: measure(fn, repeats=args.repeats, warmup=1, device=device) for name, fn in cases}
     with torch.no_grad():
         torch.save(shooter(v0)[0].cpu(), args.disp_out)  # for the accuracy comparison in the parent
     return out
@@ -108,9 +82,6 @@ def main() -> None:
     if args.case:  # child process: one method on one device
         print(json.dumps(run_case(args.case, args.device, args)))
         return
-
-    import monai
-    import numpy
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results, accuracy = {}, {}
@@ -143,25 +114,13 @@ def main() -> None:
         }
         for device in devices
     }
-    report = {
-        "benchmark": "geodesic shooting (EPDiff, alpha=3, gamma=1, c=3) + trilinear warp, batch 1, float32",
-        "config": {"size": args.size, "steps": args.steps, "truncation": args.truncation, "repeats": args.repeats},
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                     "numpy": numpy.__version__},
-        "baseline": BASELINE,
-        "results": results,
-        "ratio": ratio,
-        "accuracy": accuracy,
-    }
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    flat = {f"{d}/{m}/{kind}": r for d in devices for m in METHODS for kind, r in results[d][m].items()}
+    write_report(
+        args.out, flat, f"cpu/{BASELINE}/forward",
+        config={"size": args.size, "steps": args.steps, "truncation": args.truncation, "repeats": args.repeats},
+        description="geodesic shooting (EPDiff, alpha=3, gamma=1, c=3) + trilinear warp, batch 1, float32",
+        ratio=ratio, accuracy=accuracy,
+    )  # fmt: skip
     print(json.dumps({"ratio": ratio, "accuracy": accuracy}, indent=2))
 
 

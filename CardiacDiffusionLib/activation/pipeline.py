@@ -88,17 +88,13 @@ def _myocardium(stack: SliceStack, method: str, spacing: float, sadir_options: d
         return myo, None
     if method != "sadir":
         raise InputError(f"--method {method!r}: use one of {METHODS}")
-    from .. import sadir
-
-    reconstruct_myocardium = getattr(sadir, "reconstruct_myocardium", None)
-    if reconstruct_myocardium is None:
-        try:
-            from ..sadir.reconstruct import reconstruct_myocardium
-        except ImportError:
-            raise InputError(
-                "--method sadir: the SADIR reconstruction (sadir.reconstruct_myocardium) is not available in this "
-                "installation; use --method shape"
-            ) from None
+    try:
+        from ..sadir import reconstruct_myocardium
+    except ImportError:
+        raise InputError(
+            "--method sadir: the SADIR reconstruction (sadir.reconstruct_myocardium) is not available in this "
+            "installation; use --method shape"
+        ) from None
     return _sadir_output(reconstruct_myocardium(stack, **(sadir_options or {})))
 
 

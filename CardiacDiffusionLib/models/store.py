@@ -40,6 +40,10 @@ BUILTIN_ARCHITECTURES: dict[str, str] = {
     "dmcvr": "CardiacDiffusionLib.dmcvr.model:DMCVRModel",
     "toy_mlp": "CardiacDiffusionLib.training.toy:build_toy_mlp",
     "tos_net": "CardiacDiffusionLib.activation.regressor:build_tos_net",
+    "ldm_vae": "CardiacDiffusionLib.ldm:build_vae",
+    "ldm": "CardiacDiffusionLib.ldm:build_ldm",
+    "sadir": "CardiacDiffusionLib.sadir.model:build_sadir",
+    "sadir_unet3d": "CardiacDiffusionLib.sadir.train:build_unet",
 }
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
 Builders = dict[str, Callable[[dict], nn.Module]]
