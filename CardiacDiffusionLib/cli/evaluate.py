@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -19,8 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--methods", nargs="+", default=["nearest", "linear", "shape"])
     g.add_argument("--patients", help="patient range, e.g. 61-80 (default: all)")
     g.add_argument("--limit", type=int, help="evaluate at most this many volumes")
+    g.add_argument("--steps", type=int, help="DDIM steps of dmcvr (default: the model's)")
+    g.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (1 = full)")
+    g.add_argument("--device", help="auto|cpu|cuda|mps for dmcvr (default auto)")
+    g.add_argument("--model", help="dmcvr model name or .safetensors (default: the shipped one)")
     g.add_argument("--out", help="write the JSON table here too")
     g.set_defaults(func=run_gap)
+    register_ldm(protocols)
 
 
 def parse_range(text: str | None):
@@ -40,6 +46,12 @@ def run_gap(args: argparse.Namespace) -> int:
     stacks = list(acdc_stacks(data, parse_range(args.patients), args.limit))
     if not stacks:
         raise InputError(f"--data {data}: no ACDC-layout .h5 volumes found (for the chosen patients)")
+    options = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
+                                           ("strength", args.strength)) if v is not None}
+    if options and "dmcvr" in args.methods:  # the protocol calls methods without options: bind them
+        from ..reconstruction.baselines import get_method, register_method
+
+        register_method("dmcvr", functools.partial(get_method("dmcvr"), **options))
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}", file=sys.stderr)
     table = evaluate_gap(stacks, args.methods)
     text = json.dumps(table, indent=2)
@@ -47,4 +59,36 @@ def run_gap(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    return 0
+
+
+# ---- evaluate ldm (synthetic CT pairs; CardiacDiffusionLib/ldm/evaluate.py) ----------------------
+def register_ldm(protocols: argparse._SubParsersAction) -> None:
+    q = protocols.add_parser("ldm", help="LDM fidelity and downstream Dice of scratch / SSL / SSL + mixed fine-tuning")
+    q.add_argument("--model", help="registered LDM name or .safetensors (default the shipped one)")
+    q.add_argument("--real", type=int, default=8, help="real-role training phantoms (default 8)")
+    q.add_argument("--generated", type=int, default=24, help="generated pairs (default 24 = 3x real)")
+    q.add_argument("--test", type=int, default=8, help="held-out test phantoms (default 8)")
+    q.add_argument("--ssl-steps", type=int, default=200, help="masked-image pretraining steps (default 200)")
+    q.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps of every arm (default 200)")
+    q.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps per generated batch (default 20)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", help="write the JSON result here too")
+    q.set_defaults(func=run_ldm)
+
+
+def run_ldm(args: argparse.Namespace) -> int:
+    from ..ldm.evaluate import evaluate_ldm, format_table
+    from ..ldm.generate import DEFAULT_MODEL, load_ldm
+
+    for name in ("real", "generated", "test", "ssl_steps", "finetune_steps", "ddim_steps"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    model = load_ldm(args.model or DEFAULT_MODEL)
+    result = evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,
+                          args.ddim_steps, args.seed, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    print(format_table(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

@@ -14,7 +14,7 @@ import sys
 from ..errors import InputError
 
 #: modules of this package that register sub-commands, in help order
-COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "lma", "train", "models")
+COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,175 @@
+"""``cardiac-diffusion evaluate ldm``: fidelity of the LDM and the usefulness of its pairs.
+
+Data roles, all CT phantoms at the model's size: *real-role* training pairs (seeds 0..R-1, the
+low-label regime), held-out test pairs (seeds from ``data.TEST_SEED``), generated pairs (DDIM,
+cleaned labels). Downstream arms, same fine-tuning budget (steps, batch, lr, seed) each:
+(a) scratch on the real-role pairs; (b) SSL on generated images, then fine-tune on the real-role
+pairs (Medical Diffusion's use); (c) the same SSL, fine-tune on real + generated pairs (Hu et al.).
+(b) and (c) share one SSL run, which (a) does not get: that is the comparison the paper makes.
+Fidelity: VAE round trip (PSNR/SSIM on the unit-range image, label Dice), label-image agreement
+(net (a) on generated images vs their labels), per-label volumes generated vs training, pairwise
+MS-SSIM diversity (generated vs real-role), HU in the heart: real CT (TotalSegmentator fixture),
+phantoms, generated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.metrics import MultiScaleSSIMMetric
+
+from ..labels import CT_LABELS
+from ..metrics import dice, psnr, ssim
+from .cleanup import noise_report
+from .data import TEST_SEED, CTPhantomPairs, hu_to_unit, unit_to_hu
+from .diffusion import LatentDiffusion
+from .generate import sample_pairs
+from .ssl import build_unet, finetune, predict, pretrain, transfer_encoder
+
+REAL_CT = Path("/work/shared/data/totalseg-ct")
+HEART = (1, 2, 3, 4, 5, 8)  # labels inside a TotalSegmentator "heart" mask (no AO/PA)
+
+
+def stack(data: CTPhantomPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [data[i] for i in range(len(data))]
+    return torch.stack([d["image"] for d in items]), torch.stack([d["labels"] for d in items])
+
+
+def per_label_dice(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, dict[str, float]]:
+    """{label: {mean, sd}} over volumes, and "mean" (the mean of the per-label means)."""
+    p, r = pred.numpy(), ref.numpy()
+    out = {}
+    for k, name in CT_LABELS.items():
+        vals = np.array([dice(a == k, b == k) for a, b in zip(p, r)])
+        out[name] = {"mean": float(np.nanmean(vals)), "sd": float(np.nanstd(vals))}
+    out["mean"] = {"mean": float(np.mean([v["mean"] for v in out.values()])), "sd": float("nan")}
+    return out
+
+
+def vae_fidelity(model: LatentDiffusion, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    recon, pred = model.vae.round_trip(images, labels)
+    x, y = images[:, 0].numpy(), recon[:, 0].clamp(-1, 1).numpy()
+    return {"psnr_db": float(np.mean([psnr(a, b, 2.0) for a, b in zip(y, x)])),
+            "ssim": float(np.mean([ssim(a, b, 2.0) for a, b in zip(y, x)])),
+            "label_dice": per_label_dice(pred, labels)}  # fmt: skip
+
+
+def volumes_ml(labels: torch.Tensor, spacing_mm: float) -> dict[str, dict[str, float]]:
+    voxel_ml = spacing_mm**3 / 1000.0
+    out = {}
+    for k, name in CT_LABELS.items():
+        v = (labels == k).flatten(1).sum(1).double().numpy() * voxel_ml
+        out[name] = {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
+def pairwise_ms_ssim(images: torch.Tensor, max_pairs: int = 60) -> float:
+    """Mean MS-SSIM over distinct pairs (2 scales, kernel 3: 32^3 volumes are too small for the default)."""
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=3, weights=(0.5, 0.5))
+    pairs = list(itertools.combinations(range(len(images)), 2))[:max_pairs]
+    a = torch.stack([images[i] for i, _ in pairs])
+    b = torch.stack([images[j] for _, j in pairs])
+    return float(metric(a, b).mean())
+
+
+def heart_hu(hu: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    v = hu[mask]
+    q = np.percentile(v, [5, 50, 95])
+    return {"mean": float(v.mean()), "p5": float(q[0]), "p50": float(q[1]), "p95": float(q[2])}
+
+
+def real_ct_heart() -> dict | None:
+    """HU in the heart mask of the TotalSegmentator CT fixture (window-clipped like our data), or None."""
+    ct, mask = REAL_CT / "ct_cropped.nii.gz", REAL_CT / "heart.nii.gz"
+    if not (ct.is_file() and mask.is_file()):
+        return None
+    image = sitk.ReadImage(str(ct))
+    m = sitk.Resample(sitk.ReadImage(str(mask)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    hu = unit_to_hu(hu_to_unit(sitk.GetArrayFromImage(image).astype(np.float32)))
+    out = heart_hu(hu, sitk.GetArrayFromImage(m) > 0)
+    out["volume_ml"] = float((sitk.GetArrayFromImage(m) > 0).sum() * np.prod(image.GetSpacing()) / 1000)
+    return out
+
+
+def _heart_stats(images: torch.Tensor, labels: torch.Tensor, spacing_mm: float) -> dict:
+    hu = unit_to_hu(images[:, 0].numpy())
+    mask = np.isin(labels.numpy(), HEART)
+    out = heart_hu(hu, mask)
+    out["volume_ml"] = float(mask.sum() / len(images) * spacing_mm**3 / 1000)
+    return out
+
+
+def evaluate_ldm(model: LatentDiffusion, real: int = 8, generated: int = 24, test: int = 8, ssl_steps: int = 200,
+                 finetune_steps: int = 200, ddim_steps: int = 20, seed: int = 0, log=print) -> dict:  # fmt: skip
+    size, spacing = int(model.config["image_size"]), float(model.config["spacing_mm"])
+    t0 = time.perf_counter()
+    real_x, real_y = stack(CTPhantomPairs(real, 0, size, augment=False))
+    test_x, test_y = stack(CTPhantomPairs(test, TEST_SEED, size, augment=False))
+    result: dict = {"setup": {"size": size, "spacing_mm": spacing, "real": real, "generated": generated, "test": test,
+                              "ssl_steps": ssl_steps, "finetune_steps": finetune_steps, "ddim_steps": ddim_steps,
+                              "seed": seed}}  # fmt: skip
+    result["vae_round_trip_test"] = vae_fidelity(model, test_x, test_y)
+    log(f"VAE round trip done ({time.perf_counter() - t0:.0f} s)")
+    pairs = sample_pairs(model, generated, seed=10_000 + seed, steps=ddim_steps)
+    gen_x = torch.stack([torch.from_numpy(hu_to_unit(p["hu"]))[None].float() for p in pairs])
+    gen_y = torch.stack([torch.from_numpy(p["labels"].astype(np.int64)) for p in pairs])
+    result["label_noise"] = {
+        "before_cleanup": {k: float(np.mean([p["noise_before"][k] for p in pairs])) for k in pairs[0]["noise_before"]},
+        "after_cleanup": {k: float(np.mean([p["noise_after"][k] for p in pairs])) for k in pairs[0]["noise_after"]},
+        "real_role_labels": {k: float(np.mean([noise_report(y.numpy())[k] for y in real_y])) for k in pairs[0]["noise_before"]},
+    }  # fmt: skip
+    log(f"sampled {generated} pairs ({time.perf_counter() - t0:.0f} s)")
+    result["volumes_ml"] = {"real_role": volumes_ml(real_y, spacing), "generated": volumes_ml(gen_y, spacing)}
+    result["diversity_ms_ssim"] = {"generated": pairwise_ms_ssim(gen_x), "real_role": pairwise_ms_ssim(real_x)}
+    result["heart_hu"] = {"real_ct_totalseg": real_ct_heart(), "phantom_real_role": _heart_stats(real_x, real_y, spacing),
+                          "generated": _heart_stats(gen_x, gen_y, spacing)}  # fmt: skip
+
+    arms = {}
+    torch.manual_seed(seed)
+    scratch = build_unet(9)
+    losses = finetune(scratch, real_x, real_y, finetune_steps, seed=seed)
+    arms["a_scratch_real"] = {"dice": per_label_dice(predict(scratch, test_x), test_y), "final_loss": losses[-1]}
+    log(f"arm (a) done ({time.perf_counter() - t0:.0f} s)")
+    result["label_image_agreement"] = {"generated": per_label_dice(predict(scratch, gen_x), gen_y),
+                                       "held_out_real_reference": arms["a_scratch_real"]["dice"]}  # fmt: skip
+    ssl_net, ssl_losses = pretrain(gen_x, ssl_steps, seed=seed)
+    result["ssl"] = {"first_loss": ssl_losses[0], "final_loss": ssl_losses[-1]}
+    log(f"SSL done ({time.perf_counter() - t0:.0f} s)")
+    net_b = transfer_encoder(ssl_net, 9, seed=seed)
+    losses = finetune(net_b, real_x, real_y, finetune_steps, seed=seed)
+    arms["b_ssl_gen_then_real"] = {"dice": per_label_dice(predict(net_b, test_x), test_y), "final_loss": losses[-1]}
+    net_c = transfer_encoder(ssl_net, 9, seed=seed)
+    losses = finetune(net_c, torch.cat([real_x, gen_x]), torch.cat([real_y, gen_y]), finetune_steps, seed=seed)
+    arms["c_ssl_gen_then_real_plus_gen"] = {"dice": per_label_dice(predict(net_c, test_x), test_y),
+                                            "final_loss": losses[-1]}  # fmt: skip
+    result["downstream"] = arms
+    result["seconds"] = time.perf_counter() - t0
+    log(f"done ({result['seconds']:.0f} s)")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown: per-label Dice of the three arms, then the fidelity numbers."""
+    names = [*CT_LABELS.values(), "mean"]
+    arms = result["downstream"]
+    lines = ["| arm | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for arm, r in arms.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{r['dice'][n]['mean']:.3f}" for n in names) + " |")
+    vae = result["vae_round_trip_test"]
+    lines.append(f"| VAE round trip (label Dice) | " + " | ".join(f"{vae['label_dice'][n]['mean']:.3f}" for n in names) + " |")
+    agree = result["label_image_agreement"]["generated"]
+    lines.append("| label-image agreement (gen.) | " + " | ".join(f"{agree[n]['mean']:.3f}" for n in names) + " |")
+    lines.append("")
+    lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, SSIM {vae['ssim']:.3f} (unit-range image, window -200..800 HU)")
+    d = result["diversity_ms_ssim"]
+    lines.append(f"pairwise MS-SSIM: generated {d['generated']:.3f}, real-role phantoms {d['real_role']:.3f} (lower = more diverse)")
+    n = result["label_noise"]
+    lines.append(f"noisy label voxels: generated {100 * n['before_cleanup']['noisy_fraction']:.2f} % -> "
+                 f"{100 * n['after_cleanup']['noisy_fraction']:.2f} % after clean-up (phantom truth "
+                 f"{100 * n['real_role_labels']['noisy_fraction']:.2f} %)")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""3D latent diffusion of CT image + label pairs (CardiacDiffusionLib/ldm), at 16^3-32^3, seconds each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.labels import CT_LABELS
+from CardiacDiffusionLib.ldm.cleanup import clean_labels, noise_report
+from CardiacDiffusionLib.ldm.data import CTPhantomPairs, augment, hu_to_unit, phantom_pair, unit_to_hu
+from CardiacDiffusionLib.ldm.diffusion import LatentDiffusion, diffusion_loss, latent_scale
+from CardiacDiffusionLib.ldm.ssl import finetune, masker, pretrain, transfer_encoder, ENCODER
+from CardiacDiffusionLib.ldm.vae import JointVAE, vae_losses
+from CardiacDiffusionLib.models.store import find_model, load_model, save_model
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small 3D nets run several times faster on one thread than on two shared, busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY_VAE = {"channels": [8, 16], "norm_num_groups": 4}
+TINY_UNET = {"channels": [16, 16], "attention_levels": [False, True], "num_head_channels": [0, 16], "norm_num_groups": 8}
+
+
+def tiny_ldm(size: int = 16) -> LatentDiffusion:
+    torch.manual_seed(0)
+    return LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "image_size": size, "spacing_mm": 10.0})
+
+
+def batch(n: int, size: int, first_seed: int = 0):
+    data = CTPhantomPairs(n, first_seed, size, augment=False)
+    return torch.stack([data[i]["image"] for i in range(n)]), torch.stack([data[i]["labels"] for i in range(n)])
+
+
+def test_hu_window_round_trip():
+    hu = np.array([-1000.0, -200.0, 300.0, 800.0, 1200.0])
+    assert np.allclose(hu_to_unit(hu), [-1, -1, 0, 1, 1])
+    assert np.allclose(unit_to_hu(hu_to_unit(hu)), [-200, -200, 300, 800, 800])
+
+
+def test_vae_shapes_and_joint_encoder_equals_one_conv_over_concatenation():
+    torch.manual_seed(0)
+    vae = JointVAE(TINY_VAE)
+    image, labels = batch(2, 16)
+    recon, logits, mu, sigma = vae(image, labels)
+    assert recon.shape == (2, 1, 16, 16, 16) and logits.shape == (2, 9, 16, 16, 16)
+    assert mu.shape == sigma.shape == (2, 3, 8, 8, 8)  # 3 latent channels, factor 2
+    joint = vae.ae.encoder.blocks[0]
+    x = vae.joint_input(image, labels)
+    assert x.shape[1] == 10 and torch.equal(x[:, 1:].argmax(1), labels)  # image + one-hot (with background)
+    w = torch.cat([joint.image_conv.weight, joint.label_conv.weight], dim=1)
+    assert torch.allclose(joint(x), F.conv3d(x, w, joint.image_conv.bias, padding=1), atol=1e-5)
+
+
+def test_augmentations_keep_pairs_aligned_and_boost_blood():
+    hu, lab = phantom_pair(0, 32)
+    np.random.seed(3)
+    for _ in range(20):
+        a_hu, a_lab = augment(hu, lab, p_crop=0.5)
+        assert a_hu.shape == a_lab.shape == (32, 32, 32) and set(np.unique(a_lab)) <= set(range(9))
+        blood = (a_lab == 2)  # LV blood pool stays bright where the label says LV
+        assert a_hu[blood].mean() > 300
+    boosted, same = augment(hu, lab, p_crop=0, p_flip=0, p_boost=1.0)
+    assert np.array_equal(same, lab)
+    assert np.allclose((boosted - hu)[lab == 2], 50) and np.allclose((boosted - hu)[lab == 5], 0)  # MYO not boosted
+    flipped, flab = augment(hu, lab, p_crop=0, p_flip=1.0, p_boost=0)
+    assert np.array_equal(flab, lab[:, ::-1, ::-1])
+
+
+def test_latent_scale_gives_unit_std_and_is_stored():
+    model = tiny_ldm()
+    image, labels = batch(4, 16)
+    torch.manual_seed(1)
+    scale = latent_scale(model.vae, [(image, labels)])
+    torch.manual_seed(1)
+    z = model.vae.ae.sampling(*model.vae.encode(image, labels))
+    assert abs(float((z * scale).detach().std()) - 1.0) < 1e-4
+    model.latent_scale.fill_(scale)
+    assert "latent_scale" in model.state_dict()  # a buffer: it travels in the safetensors file
+
+
+def test_a_few_training_steps_lower_the_losses():
+    torch.manual_seed(0)
+    vae = JointVAE(TINY_VAE)
+    image, labels = batch(2, 16)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        out = vae_losses(vae, image, labels)
+        first = first or {k: float(v.detach()) for k, v in out.items()}
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    last = {k: float(v.detach()) for k, v in vae_losses(vae, image, labels).items()}
+    assert last["loss"] < 0.7 * first["loss"] and last["l1"] < first["l1"] and last["dice_ce"] < first["dice_ce"]
+
+    model = tiny_ldm()
+    opt = torch.optim.Adam(model.unet.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(30):
+        loss = diffusion_loss(model, image, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert all(p.grad is None for p in model.vae.parameters())  # the VAE stays frozen
+
+
+def test_ddim_sampling_calls_the_net_k_times_and_is_seeded():
+    model = tiny_ldm()
+    calls = []
+    model.unet.register_forward_hook(lambda *a: calls.append(1))
+    img1, lab1 = model.sample(2, seed=5, steps=7)
+    assert len(calls) == 7
+    img2, lab2 = model.sample(2, seed=5, steps=7)
+    img3, _ = model.sample(2, seed=6, steps=7)
+    assert torch.equal(img1, img2) and torch.equal(lab1, lab2) and not torch.equal(img1, img3)
+    assert img1.shape == (2, 1, 16, 16, 16) and lab1.shape == (2, 16, 16, 16)
+    assert int(lab1.min()) >= 0 and int(lab1.max()) <= 8 and float(img1.abs().max()) <= 1.0
+
+
+def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
+    from CardiacDiffusionLib.cli.sample import run
+
+    path = tmp_path / "ldm.safetensors"
+    model = tiny_ldm()
+    save_model(model, path, model.config, architecture="ldm")
+    args = argparse.Namespace(n=2, seed=3, steps=4, model=str(path), no_cleanup=False, out=str(tmp_path / "out"),
+                              device="cpu")  # fmt: skip
+    assert run(args) == 0
+    out = tmp_path / "out"
+    for i in range(2):
+        image = sitk.ReadImage(str(out / f"sample_{i:03d}_image.nii.gz"))
+        labels = sitk.ReadImage(str(out / f"sample_{i:03d}_labels.nii.gz"))
+        assert image.GetSize() == labels.GetSize() == (16, 16, 16)
+        assert image.GetSpacing() == labels.GetSpacing() == (10.0, 10.0, 10.0)
+        assert np.allclose(image.GetOrigin(), (-75.0, -75.0, -75.0)) and labels.GetOrigin() == image.GetOrigin()
+        assert labels.GetPixelID() == sitk.sitkUInt8 and image.GetPixelID() == sitk.sitkInt16
+        assert set(np.unique(sitk.GetArrayFromImage(labels))) <= set(range(9))
+        hu = sitk.GetArrayFromImage(image)
+        assert hu.min() >= -200 and hu.max() <= 800  # inside the training window
+    info = json.loads((out / "labels.json").read_text())
+    assert info["labels"] == {str(k): v for k, v in CT_LABELS.items()} and info["steps"] == 4
+    assert [s["seed"] for s in info["samples"]] == [3, 4]
+    # pair i depends on seed S+i only, not on how many were asked for
+    args.n, args.seed, args.out = 1, 4, str(tmp_path / "one")
+    run(args)
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sample_001_image.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / "sample_000_image.nii.gz")))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    with pytest.raises(InputError, match="--n 0"):
+        run(argparse.Namespace(**{**vars(args), "n": 0}))
+    with pytest.raises(InputError, match="not found"):
+        run(argparse.Namespace(**{**vars(args), "model": str(tmp_path / "missing.safetensors")}))
+
+
+def test_cleanup_lowers_noisy_fraction_on_a_known_answer():
+    _, truth = phantom_pair(0, 32)
+    assert noise_report(truth)["noisy_fraction"] == 0.0  # the phantom's true labels are clean
+    rng = np.random.default_rng(0)
+    noisy = truth.copy()
+    flip = rng.uniform(size=truth.shape) < 0.03  # salt: random labels anywhere
+    noisy[flip] = rng.integers(0, 9, int(flip.sum()))
+    before, cleaned = noise_report(noisy), clean_labels(noisy)
+    after = noise_report(cleaned)
+    assert before["noisy_fraction"] > 0.03 and after["noisy_fraction"] < 0.1 * before["noisy_fraction"]
+    assert after["components_per_label"] == 1.0
+    assert (cleaned == truth).mean() > 0.995 > (noisy == truth).mean()
+
+
+def test_ssl_masking_follows_its_parameters_and_encoder_transfers():
+    t = masker(32, prob=1.0, seed=0)
+    t.randomize((32, 32, 32))
+    assert len(t.hole_coords) == 25
+    sides = [s.stop - s.start for c in t.hole_coords for s in c[1:]]
+    assert min(sides) >= 4 and max(sides) <= 8  # 8-16 voxels at 64^3, halved at 32^3
+    assert masker(64).spatial_size == 8 and masker(64).max_spatial_size == 16 and masker(64).prob == 0.8
+    images, labels = batch(2, 32)  # BasicUNet halves 4 times: 32^3 is the smallest useful size
+    net, losses = pretrain(images[:1], steps=6, batch=1, lr=5e-3, features=(4, 4, 8, 8, 8, 4))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    seg = transfer_encoder(net, 9, features=(4, 4, 8, 8, 8, 4))
+    for key, value in seg.state_dict().items():
+        same = key in net.state_dict() and net.state_dict()[key].shape == value.shape and torch.equal(net.state_dict()[key], value)
+        assert same == (key.split(".")[0] in ENCODER) or "num_batches" in key
+    losses = finetune(seg, images[:1], labels[:1], steps=6, batch=1, lr=5e-3, flips=False)
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_ldm_preset_chains_the_frozen_vae(tmp_path):
+    from CardiacDiffusionLib.training.workflows import stage_configs
+
+    stages = stage_configs("ldm", tmp_path)
+    assert [s.name for s in stages] == ["vae", "diffusion"]
+    assert stages[1].config["model"]["vae"] == str(tmp_path / "vae" / "model.safetensors")
+    assert stages[0].config["model"]["latent_channels"] == 3
+
+
+def test_shipped_model_loads_round_trips_a_phantom_and_a_tampered_copy_is_refused(tmp_path):
+    entry = find_model("ldm-ct-phantom-32")
+    model = load_model(entry["name"]).module
+    assert isinstance(model, LatentDiffusion) and float(model.latent_scale) != 1.0
+    image, labels = batch(1, 32, first_seed=100_000)
+    recon, pred = model.vae.round_trip(image, labels)
+    dices = [2 * ((pred == k) & (labels == k)).sum() / ((pred == k).sum() + (labels == k).sum()) for k in range(1, 9)]
+    assert float(torch.stack(dices).mean()) > 0.85
+    copy = tmp_path / "tampered.safetensors"
+    shutil.copy(entry["path"], copy)
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        load_model(copy, sha256=entry["sha256"])
+
+
+def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
+    from CardiacDiffusionLib.cli.evaluate import run_ldm
+    from CardiacDiffusionLib.phantoms.ct import make_ct_phantom
+
+    path = tmp_path / "ldm.safetensors"
+    model = LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "image_size": 32, "spacing_mm": 5.0})
+    save_model(model, path, model.config, architecture="ldm")
+    args = argparse.Namespace(model=str(path), real=2, generated=2, test=1, ssl_steps=2, finetune_steps=2, ddim_steps=2,
+                              seed=0, out=str(tmp_path / "eval.json"))  # fmt: skip
+    assert run_ldm(args) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert set(result["downstream"]) == {"a_scratch_real", "b_ssl_gen_then_real", "c_ssl_gen_then_real_plus_gen"}
+    for arm in result["downstream"].values():
+        assert all(0.0 <= arm["dice"][name]["mean"] <= 1.0 for name in CT_LABELS.values())
+    # real-role volumes are the phantoms' own (truth counts the same label images)
+    truth = [make_ct_phantom(seed, size=32)[2]["volumes_ml"] for seed in (0, 1)]
+    for name in CT_LABELS.values():
+        assert result["volumes_ml"]["real_role"][name]["mean"] == pytest.approx(np.mean([t[name] for t in truth]))
+    assert result["label_noise"]["after_cleanup"]["noisy_fraction"] <= result["label_noise"]["before_cleanup"]["noisy_fraction"]
+    assert "| a_scratch_real |" in capsys.readouterr().out

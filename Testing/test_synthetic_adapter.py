@@ -1,0 +1,115 @@
+"""The SyntheticData module's job on real MRML (slicer-core).
+
+No trained LDM ships yet, so the child here is a stand-in ``sample`` command that writes known
+pairs with the Lib's own ``write_pairs`` (same files, names and labels.json as the real one); what
+is tested is the job: arguments, loading, segment names/colours/geometry, scene left alone on failure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.labels import CT_LABELS
+from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
+
+pytestmark = pytest.mark.mrml
+
+STAND_IN = '''
+import argparse, sys
+import numpy as np
+from CardiacDiffusionLib.ldm.generate import write_pairs
+
+p = argparse.ArgumentParser()
+p.add_argument("command"); p.add_argument("--n", type=int); p.add_argument("--seed", type=int)
+p.add_argument("--steps", type=int); p.add_argument("--device"); p.add_argument("--model")
+p.add_argument("--no-cleanup", action="store_true"); p.add_argument("--out")
+a = p.parse_args()
+assert a.command == "sample"
+if a.model == "broken":
+    print("error: --model broken: no such model", file=sys.stderr); sys.exit(2)
+pairs = []
+for i in range(a.n):
+    labels = np.zeros((20, 22, 24), np.uint8)
+    for value in range(1, 9):  # one slab per structure, shifted by the seed
+        labels[2 * value: 2 * value + 2, 3:19, (a.seed + i) % 4: 20] = value
+    hu = (labels.astype(np.float32) * 50.0 - 100.0)
+    pairs.append({"seed": a.seed + i, "hu": hu, "labels": labels, "noise_before": {}, "noise_after": {}})
+write_pairs(a.out, pairs, 1.5, {"model": a.model or "default", "seed": a.seed, "steps": a.steps})
+'''
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> str:
+    (tmp_path / "sample_stand_in.py").write_text(STAND_IN)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "sample_stand_in"
+
+
+def test_sample_job_loads_volumes_and_named_segmentations(mrml_scene, stand_in):
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.synthetic import CT_COLORS, CT_DESCRIPTIONS, SampleJob
+
+    job = SampleJob(mrml_scene, count=2, seed=7, steps=3, device="cpu", surfaces=False)
+    job.cli_module = stand_in
+    result = job.start().wait(timeout=60)
+    assert [v.GetName() for v in result.volumes] == ["Synthetic CT seed 7", "Synthetic CT seed 8"]
+    assert result.info["steps"] == 3 and [s["seed"] for s in result.info["samples"]] == [7, 8]
+    for index, (volume, segmentation) in enumerate(zip(result.volumes, result.segmentations)):
+        image = mrml.image_from_volume_node(volume)
+        assert image.GetSpacing() == pytest.approx((1.5, 1.5, 1.5))
+        assert image.GetOrigin() == pytest.approx((-17.25, -15.75, -14.25))  # centred: -(n - 1) / 2 * 1.5
+        labels = sitk.GetArrayFromImage(mrml.labels_from_segmentation(
+            segmentation, image, {CT_DESCRIPTIONS[name]: value for value, name in CT_LABELS.items()}))
+        hu = sitk.GetArrayFromImage(image)
+        np.testing.assert_array_equal(hu, labels.astype(np.int16) * 50 - 100)  # image and labels: one pair
+        assert (labels[2:4, 3:19, (7 + index) % 4: 20] == 1).all()
+        segments = segmentation.GetSegmentation()
+        by_name = {segments.GetNthSegment(i).GetName(): segments.GetNthSegment(i) for i in range(8)}
+        assert set(by_name) == set(CT_DESCRIPTIONS.values())
+        assert by_name["Aorta"].GetColor() == pytest.approx(CT_COLORS["AO"])
+
+
+def test_sample_job_arguments_and_failure(mrml_scene, stand_in):
+    from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
+
+    with pytest.raises(InputError, match="1..100"):
+        SampleJob(mrml_scene, count=0)
+    with pytest.raises(InputError, match="device"):
+        SampleJob(mrml_scene, device="tpu")
+    job = SampleJob(mrml_scene, count=1, seed=3, steps=20, device="cuda", model="my.safetensors", cleanup=False)
+    assert job._export(None) == [
+        "--n", "1", "--seed", "3", "--steps", "20", "--device", "cuda", "--model", "my.safetensors", "--no-cleanup",
+    ]  # fmt: skip
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    broken = SampleJob(mrml_scene, model="broken")
+    broken.cli_module = stand_in
+    broken.start()
+    with pytest.raises(ProcessFailed, match="no such model"):
+        broken.wait(timeout=60)
+    assert mrml_scene.GetNumberOfNodes() == nodes_before and not broken.folder.exists()
+
+
+def test_synthetic_module_logic_on_slicer_core(mrml_scene, monkeypatch, stand_in):
+    from test_activation_adapter import _load_module
+
+    from CardiacDiffusionLib.errors import InputError as LibInputError
+    from CardiacDiffusionLib.ldm.generate import DEFAULT_MODEL
+    from CardiacDiffusionLib.models.store import find_model
+    from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
+
+    monkeypatch.setattr(SampleJob, "cli_module", stand_in)
+    module = _load_module("SyntheticData", monkeypatch, mrml_scene)
+    assert module.SyntheticDataLogic().ensureDependencies(ask=False)
+    result = module.SyntheticDataLogic().run(count=1, seed=2, steps=2, device="cpu", wait=True)
+    assert [v.GetName() for v in result.volumes] == ["Synthetic CT seed 2"]
+    assert result.segmentations[0].GetSegmentation().GetNumberOfSegments() == 8
+    try:
+        find_model(DEFAULT_MODEL)
+    except LibInputError:  # no LDM installed: the self test says so and skips
+        outcome = module.SyntheticDataTest("runTest").run()
+        assert outcome.wasSuccessful() and [reason for _, reason in outcome.skipped] == [
+            f"no LDM model {DEFAULT_MODEL!r} is installed"
+        ]
