@@ -136,3 +136,5 @@ def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     lma = json.loads((tmp_path / "lma" / "lma.json").read_text())
     assert lma["lead"]["segment"] in (4, 5, 6, 10, 11, 12)  # a free-wall segment, never septal
     assert "mean abs error" in out
+    labels = sitk.ReadImage(str(next((tmp_path / "synthetic").glob("sample_*_labels.nii.gz"))))
+    assert labels.GetSize() == (32, 32, 32) and labels.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
