@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -46,14 +45,10 @@ def run_gap(args: argparse.Namespace) -> int:
     stacks = list(acdc_stacks(data, parse_range(args.patients), args.limit))
     if not stacks:
         raise InputError(f"--data {data}: no ACDC-layout .h5 volumes found (for the chosen patients)")
-    options = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
-                                           ("strength", args.strength)) if v is not None}
-    if options and "dmcvr" in args.methods:  # the protocol calls methods without options: bind them
-        from ..reconstruction.baselines import get_method, register_method
-
-        register_method("dmcvr", functools.partial(get_method("dmcvr"), **options))
+    dmcvr = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
+                               ("strength", args.strength)) if v is not None}  # fmt: skip
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}", file=sys.stderr)
-    table = evaluate_gap(stacks, args.methods)
+    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr})
     text = json.dumps(table, indent=2)
     print(text)
     if args.out:

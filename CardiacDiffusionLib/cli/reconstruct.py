@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the output, mm (default 1)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (dmcvr only)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (dmcvr only)")
+    p.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (default the model's, 1 = full)")
+    p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
     p.add_argument("--phase", type=int, help="cine input: cardiac phase index (default: the first, ED)")
     p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     options = {}
     if args.method == "dmcvr":
-        options = {"steps": args.steps, "device": args.device}
+        options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model}
     result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     write_image(result.image, out / "reconstruction_image.nii.gz")

@@ -149,8 +149,11 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     if not path.is_file():
         raise InputError(f"model {label}: file {path} not found")
     with path.open("rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip or a raw pickle
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"); the length's
+    # first byte may be 0x80, so the pickle check applies only to files that are not safetensors
+    safetensors = head[8:9] == b"{"
+    if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # torch.save zip or a raw pickle
         raise InputError(
             f"model {label}: {path} is a pickle (torch.save) file; pickles can run code and are never loaded: "
             "convert it to safetensors with models.store.save_model where you trust its origin"

@@ -28,12 +28,12 @@ def split_kept_dropped(n: int) -> tuple[np.ndarray, np.ndarray]:
     return kept, dropped
 
 
-def score_volume(stack: SliceStack, method: str) -> dict | None:
+def score_volume(stack: SliceStack, method: str, **options) -> dict | None:
     """Scores of one method on one labelled stack; None when the stack is too short."""
     kept, dropped = split_kept_dropped(stack.n)
     if len(dropped) == 0:
         return None
-    images, labels = get_method(method)(stack.subset(kept), stack.positions[dropped])
+    images, labels = get_method(method)(stack.subset(kept), stack.positions[dropped], **options)
     truth_images = stack.pixels[dropped]
     result = {
         "psnr": psnr(images, truth_images, data_range=1.0),
@@ -49,12 +49,13 @@ def evaluate_gap(
     stacks: Iterable[SliceStack],
     methods: list[str],
     progress: Callable[[int, str], None] | None = None,
+    options: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n}}``."""
+    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n}}``; ``options[method]`` go to it."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for index, stack in enumerate(stacks):
         for method in methods:
-            scores = score_volume(stack, method)
+            scores = score_volume(stack, method, **(options or {}).get(method, {}))
             if scores is not None:
                 per_method[method].append(scores)
         if progress:

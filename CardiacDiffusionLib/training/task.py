@@ -53,7 +53,11 @@ class Task:
 
 
 #: task name -> "module:Factory", imported on first use
-BUILTIN_TASKS: dict[str, str] = {"toy": "CardiacDiffusionLib.training.toy:ToyTask"}
+BUILTIN_TASKS: dict[str, str] = {
+    "toy": "CardiacDiffusionLib.training.toy:ToyTask",
+    "dmcvr_seg": "CardiacDiffusionLib.dmcvr.tasks:DMCVRSegTask",
+    "dmcvr_diffusion": "CardiacDiffusionLib.dmcvr.tasks:DMCVRDiffusionTask",
+}
 _TASKS: dict[str, Callable[[], Task]] = {}
 
 

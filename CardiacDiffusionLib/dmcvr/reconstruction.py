@@ -1,0 +1,264 @@
+"""Reconstruction method ``dmcvr`` (registered in :mod:`..reconstruction.baselines` on import).
+
+Any SAX stack gets the training treatment (:mod:`.data`): intensities clipped at the 99th
+percentile and min-max scaled per volume, then one crop of the model's size and pixel spacing
+around the heart sampled from the acquired grid. The heart centre comes from the given labels,
+or from the morphology net run on the whole field of view. The three DMCVR latents of the
+acquired crops (z_sem, morphology code, DDIM-inverted x_t) are interpolated at the targets' true
+positions (uneven gaps work: lerp z_sem and morphology, slerp x_t), decoded in batches,
+segmented by the morphology net, and mapped back to the stack's own grid: images on the input's intensity scale, labels by
+argmax of the bilinearly upsampled class probabilities. Outside the crop the image is the
+linear baseline and the labels the nearest acquired slice's (background without labels). A
+structure absent from both acquired neighbours of a target is not labelled there.
+Acquired positions keep their pixels, and their labels when the user gave labels.
+
+``strength`` < 1 inverts only the first ``strength`` of the diffusion schedule (to x_t with
+t < strength T, as SDEdit-style partial inversion) instead of DMCVR's full inversion to x_T.
+Why: a small model trained for minutes on a CPU cannot yet decode a clean slice from the slerp
+of two fully inverted codes (a fully inverted pair decodes to noise-textured images), while a
+partial code keeps the coarse anatomy and the denoiser only has to re-create the details
+under the interpolated semantic and morphology codes. ``strength=1`` is the paper's method.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..errors import InputError
+from ..geometry.stack import SliceStack
+from ..models.store import list_models, load_model
+from ..reconstruction.baselines import aligned_arrays, linear, register_method
+from ..utils.device import resolve_device, run_batched
+from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, label_center
+from .interpolate import interpolation_plan
+from .ddim import ddim_decode, ddim_encode
+from .model import DMCVRModel, Latents, from_diffusion_range, to_diffusion_range
+
+#: name of the shipped default model
+DEFAULT_MODEL = "dmcvr-acdc-64"
+DEFAULT_BATCH = {"cpu": 32, "cuda": 128, "mps": 64}
+#: DDIM steps (each way) and the fraction of the diffusion schedule inverted (1 = DMCVR's full
+#: inversion to x_T; less = partial inversion, see the module docstring). Chosen on ACDC 041-045
+#: (training patients; strengths 0.1-1 tried, docs/models/dmcvr.md), never on the validation patients.
+DEFAULT_STEPS = 10
+DEFAULT_STRENGTH = 0.1
+
+
+def default_model_name() -> str:
+    """The shipped default, else the first registered DMCVR model; InputError when none is installed."""
+    models = [m for m in list_models() if m["workflow"] == "dmcvr"]
+    if not models:
+        raise InputError(
+            "dmcvr: no DMCVR model is installed; train one (cardiac-diffusion train dmcvr --data ACDC --out runs/dmcvr), "
+            "register it (cardiac-diffusion models add ...) or pass model=PATH.safetensors"
+        )
+    names = [m["name"] for m in models]
+    return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
+
+
+@functools.lru_cache(maxsize=2)
+def load_dmcvr(model: str | None = None, device: str = "cpu") -> tuple[DMCVRModel, int, float]:
+    """(model, crop size, pixel spacing mm) of a registered name or a .safetensors path (hash checked when known)."""
+    name = model or default_model_name()
+    loaded = load_model(name, device=device)
+    if loaded.architecture != "dmcvr":
+        raise InputError(f"model {name}: architecture {loaded.architecture!r} is not a DMCVR model")
+    entry_input = (loaded.entry or {}).get("input") or loaded.meta.get("input") or {}
+    size = int((entry_input.get("size") or [TRAIN_SIZE])[0])
+    spacing = float((entry_input.get("spacing_mm") or [TRAIN_SPACING_MM])[0])
+    return loaded.module, size, spacing
+
+
+def normalisation(pixels: np.ndarray, percentile: float = CLIP_PERCENTILE) -> tuple[float, float]:
+    """(lo, hi) of the training treatment: x -> (min(x, hi) - lo) / (hi - lo)."""
+    if not np.all(np.isfinite(pixels)):
+        raise InputError("SAX stack: holds NaN or infinite intensities; fix or mask them first")
+    hi = float(np.percentile(pixels, percentile))
+    lo = float(np.minimum(pixels, hi).min())
+    if hi - lo <= 1e-8:
+        raise InputError("SAX stack: the image is constant; nothing to reconstruct")
+    return lo, hi
+
+
+def heart_center(model: DMCVRModel, norm: np.ndarray, pixel_spacing, size: int, spacing: float) -> tuple[float, float]:
+    """(row, col) of the heart in the acquired grid, from the morphology net alone (no labels given).
+
+    1. Segment the whole field of view at the training pixel size. The crop-trained net also
+       fires on other organs, so the LV is taken as the place where LV-cavity blobs ringed by
+       myocardium are found in the most slices (the heart stays put through a SAX stack, false
+       positives do not), and the crop centred on it.
+    2. Segment that crop (the net's own setting) and centre on the bounding box of its labels
+       within 60 mm of the LV, as the training crops are centred on the labels' bounding box.
+    """
+    rows, cols = norm.shape[1:]
+    extent = max(rows * pixel_spacing[1], cols * pixel_spacing[0]) / spacing
+    full = int(np.ceil(extent / model.size_multiple) * model.size_multiple)
+    middle = ((rows - 1) / 2, (cols - 1) / 2)
+
+    def segment(frame: CropFrame) -> np.ndarray:
+        x = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
+        return run_batched(lambda b: model.segment(b).cpu(), x, 16, model.device).numpy()
+
+    def to_grid(frame: CropFrame, rc) -> tuple[float, float]:  # crop (row, col) -> acquired grid (axis-aligned)
+        off = (np.asarray(rc, float) - (frame.size - 1) / 2) * spacing
+        return frame.center[0] + off[0] / pixel_spacing[1], frame.center[1] + off[1] / pixel_spacing[0]
+
+    frame = CropFrame(middle, pixel_spacing, full, spacing)
+    labels = segment(frame)
+    count = np.zeros(labels.shape[1:])
+    for slice_labels in labels:  # LV cavity blobs ringed by myocardium (other organs rarely are)
+        blobs, m = ndimage.label(slice_labels == 1)
+        for i in range(1, m + 1):
+            blob = blobs == i
+            ring = ndimage.binary_dilation(blob, iterations=2) & ~blob
+            if blob.sum() * spacing**2 >= 50 and np.mean(slice_labels[ring] == 2) > 0.5:
+                count += blob
+    if not count.any():
+        count = np.isin(labels, (1, 2)).sum(axis=0).astype(float)
+    regions, n = ndimage.label(count > 0)
+    if n == 0:
+        return middle
+    best = 1 + int(np.argmax(ndimage.sum(count, regions, index=np.arange(1, n + 1))))
+    lv = ndimage.center_of_mass(count * (regions == best))
+    frame = CropFrame(to_grid(frame, lv), pixel_spacing, size, spacing)
+    labels = segment(frame)
+    lv_crop = ((size - 1) / 2, (size - 1) / 2)
+    rr, cc = np.mgrid[0:size, 0:size]
+    near = np.hypot(rr - lv_crop[0], cc - lv_crop[1]) * spacing <= 60.0
+    center = label_center(labels * near)
+    return frame.center if center is None else to_grid(frame, center)
+
+
+def _fill(
+    model: DMCVRModel, crops: torch.Tensor, positions: np.ndarray, targets: np.ndarray, steps: int, strength: float,
+    batch_size: int, progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
+) -> torch.Tensor:  # fmt: skip
+    """Crops at the targets: acquired ones copied, the others decoded from interpolated latents, in batches."""
+    lo, hi, w = interpolation_plan(positions, targets)
+    todo = np.nonzero(lo != hi)[0]
+    out = crops[torch.as_tensor(lo)].clone()
+    if len(todo) == 0:
+        return out
+    need = np.unique(np.concatenate([lo[todo], hi[todo]]))
+    row = {int(s): k for k, s in enumerate(need)}
+    enc_batches = int(np.ceil(len(need) / batch_size))
+    total = steps * (enc_batches + int(np.ceil(len(todo) / batch_size)))
+    base = [0]
+
+    def tick(k: int, n: int) -> None:  # DDIM steps over all encode and decode batches
+        if progress:
+            progress(min(base[0] + k, total), total)
+        if k == n:
+            base[0] += n
+
+    parts = run_batched(lambda x: _encode_flat(model, x, steps, strength, tick, cancel), crops[torch.as_tensor(need)],
+                        batch_size, model.device)  # fmt: skip
+    lat = _unflatten(model, parts, crops.shape[-2:])
+    ia = torch.as_tensor([row[int(s)] for s in lo[todo]])
+    ib = torch.as_tensor([row[int(s)] for s in hi[todo]])
+    wt = torch.as_tensor(w[todo], dtype=torch.float32)
+    mixed = model.interpolate(Latents(*(t[ia] for t in lat)), Latents(*(t[ib] for t in lat)), wt)
+    flat = torch.cat([t.flatten(1) for t in mixed], 1)
+    decoded = run_batched(lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, tick, cancel),
+                          flat, batch_size, model.device)  # fmt: skip
+    out[torch.as_tensor(todo)] = decoded
+    return out
+
+
+def _schedule(model: DMCVRModel, strength: float) -> torch.Tensor:
+    """alpha_bar of the first ``strength`` of the training timesteps: DDIM over them inverts to t < strength T."""
+    if not 0 < strength <= 1:
+        raise InputError(f"dmcvr strength: {strength}; expected a fraction in (0, 1] of the diffusion schedule")
+    return model.alphas_cumprod[: max(1, int(round(strength * len(model.alphas_cumprod))))]
+
+
+def _encode_flat(model: DMCVRModel, x: torch.Tensor, steps, strength, progress, cancel) -> torch.Tensor:
+    x = model.check_images(x, "SAX crops")
+    with torch.inference_mode():
+        z, m = model.semantic(x), model.morph_net.encode(x)
+        x_t = ddim_encode(lambda xt, t: model.eps(xt, t, z, m), to_diffusion_range(x), _schedule(model, strength),
+                          steps, progress, cancel)  # fmt: skip
+    return torch.cat([t.flatten(1) for t in (z, m, x_t)], 1).cpu()
+
+
+def _decode(model: DMCVRModel, lat: Latents, steps, strength, progress, cancel) -> torch.Tensor:
+    with torch.inference_mode():
+        x0 = ddim_decode(lambda xt, t: model.eps(xt, t, lat.z_sem, lat.morph), lat.x_T, _schedule(model, strength),
+                         steps, progress, cancel)  # fmt: skip
+    return from_diffusion_range(x0).cpu()
+
+
+def _unflatten(model: DMCVRModel, flat: torch.Tensor, hw) -> Latents:
+    """Latents from rows of concatenated flattened (z_sem, morph, x_T) (one tensor so batching is simple)."""
+    c = model.config
+    z = c["z_dim"]
+    mh, mw = hw[0] // 2 ** c["morph_level"], hw[1] // 2 ** c["morph_level"]
+    mc = model.morph_net.code_channels
+    n = flat.shape[0]
+    flat = flat.to(model.device)
+    return Latents(
+        flat[:, :z], flat[:, z : z + mc * mh * mw].reshape(n, mc, mh, mw), flat[:, z + mc * mh * mw :].reshape(n, 1, *hw)
+    )
+
+
+def dmcvr(
+    stack: SliceStack,
+    targets: np.ndarray,
+    steps: int | None = None,
+    device: str = "auto",
+    model: str | None = None,
+    strength: float | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels (m, rows, cols) at ``targets`` (mm along the normal) on the stack's own grid."""
+    dev = resolve_device(device)
+    net, size, spacing = load_dmcvr(model, str(dev))
+    steps = int(steps or DEFAULT_STEPS)
+    strength = float(DEFAULT_STRENGTH if strength is None else strength)
+    if steps < 1 or steps > len(_schedule(net, strength)):
+        raise InputError(f"dmcvr steps: {steps}; expected 1..{len(_schedule(net, strength))} at strength {strength}")
+    batch_size = int(batch_size or DEFAULT_BATCH.get(dev.type, 32))
+    pixels, labels = aligned_arrays(stack)
+    lo, hi = normalisation(pixels)
+    norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
+    given = labels is not None and labels.any()
+    center = label_center(labels) if given else heart_center(net, norm, stack.pixel_spacing, size, spacing)
+    frame = CropFrame(center, stack.pixel_spacing, size, spacing)
+    crops = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
+    targets = np.asarray(targets, float)
+    out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
+    with torch.inference_mode():
+        probs = run_batched(lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), out, batch_size, net.device)
+        acquired_labels = labels if given else run_batched(lambda x: net.segment(x).cpu(), crops, batch_size, net.device).numpy()
+    # a structure absent from both acquired neighbours is not generated between them (as shape-based
+    # interpolation): the morphology net otherwise labels stray RV/LV pixels near base and apex
+    plo, phi, _ = interpolation_plan(stack.positions, targets)
+    present = np.stack([[(acquired_labels[k] == c).any() for c in range(probs.shape[1])] for k in range(stack.n)])
+    present[:, 0] = True
+    probs = probs * torch.from_numpy(present[plo] | present[phi])[:, :, None, None]
+    # back to the stack's grid; outside the crop: linear image, nearest labels (or background)
+    base_images, base_labels = linear(stack, targets)
+    images = base_images.astype(np.float32).copy()
+    result = np.zeros(images.shape, np.uint8) if base_labels is None else base_labels.astype(np.uint8).copy()
+    shape2d = stack.shape2d
+    for k in range(len(targets)):
+        crop_image, inside = frame.back(out[k, 0].numpy(), shape2d)
+        images[k][inside] = crop_image[inside] * (hi - lo) + lo
+        class_maps = np.stack([frame.back(p, shape2d)[0] for p in probs[k].numpy()])
+        result[k][inside] = class_maps.argmax(0)[inside]
+    acquired = np.nonzero(plo == phi)[0]
+    images[acquired] = pixels[plo[acquired]]
+    if given:
+        result[acquired] = labels[plo[acquired]]
+    return images, result
+
+
+register_method("dmcvr", dmcvr)

@@ -1,0 +1,195 @@
+"""DMCVR workflow: data treatment, the two-stage recipe through the runner, reconstruction geometry,
+the shipped model (hash checked, tampered copy refused), segmentation without SAX labels, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from CardiacDiffusionLib.dmcvr import DMCVRModel
+from CardiacDiffusionLib.dmcvr import reconstruction as R
+from CardiacDiffusionLib.dmcvr.data import CropFrame, SaxSliceDataset, label_center, normalise_volume
+from CardiacDiffusionLib.dmcvr.ddim import Cancelled
+from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.metrics.overlap import dice
+from CardiacDiffusionLib.models.store import load_model, save_model, sha256_file, shipped_registry_path
+from CardiacDiffusionLib.phantoms.mr import MRPhantom
+from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+from CardiacDiffusionLib.reconstruction.volume import reconstruct
+from CardiacDiffusionLib.training.runner import train
+from CardiacDiffusionLib.training.workflows import stage_configs
+
+ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
+needs_acdc = pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data not available")
+TINY = {
+    "z_dim": 16, "semantic_channels": [8, 8, 16, 16], "morph_features": [8, 8, 16, 16, 32, 8], "morph_channels": 4,
+    "unet_channels": [16, 16, 32], "unet_attention_levels": [False, False, True], "num_head_channels": 16,
+    "norm_num_groups": 8, "steps": 3,
+}  # fmt: skip
+
+
+def shipped_entry() -> dict | None:
+    data = json.loads(shipped_registry_path().read_text())
+    return next((m for m in data["models"] if m["name"] == R.DEFAULT_MODEL), None)
+
+
+@pytest.fixture(scope="module")
+def phantom_stack():
+    """An oblique phantom SAX stack (11 slices, 64 x 64 of 3.125 mm) with labels."""
+    return acquire_sax(MRPhantom(5, "ED"), gap_mm=10.0, pixel_mm=3.125, matrix=64, noise_sigma=0.03)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    save_model(DMCVRModel(TINY), path, TINY, architecture="dmcvr", meta={"input": {"size": [32, 32], "spacing_mm": [4.0, 4.0]}})
+    R.load_dmcvr.cache_clear()
+    return path
+
+
+def test_crop_frame_round_trip_and_normalisation():
+    """Crop = in-plane resampling + crop in one map; mapping back recovers a smooth image inside the crop."""
+    rows, cols = np.mgrid[0:120, 0:100].astype(float)
+    image = np.sin(rows / 9.0) + np.cos(cols / 7.0)
+    frame = CropFrame((60.0, 48.0), (1.5, 1.5), size=32, spacing_mm=2.0)
+    crop = frame.sample(image)
+    assert crop.shape == (32, 32)
+    # crop pixel (0, 0) sits 15.5 pixels of 2 mm before the centre, i.e. 31 mm = 20.667 input pixels
+    assert crop[0, 0] == pytest.approx(np.sin((60 - 31 / 1.5) / 9) + np.cos((48 - 31 / 1.5) / 7), abs=4e-3)  # bilinear error only
+    back, inside = frame.back(crop, image.shape)
+    assert inside.sum() == pytest.approx((62 / 1.5) ** 2, rel=0.06)
+    assert np.abs(back[inside] - image[inside]).max() < 0.02
+    volume = np.concatenate([np.linspace(0, 100, 990), [1e4] * 10]).reshape(10, 10, 10)
+    norm = normalise_volume(volume)
+    assert norm.min() == 0 and norm.max() == 1 and np.mean(norm == 1) == pytest.approx(0.01, abs=0.002)
+    assert label_center(np.zeros((2, 5, 5))) is None
+    with pytest.raises(InputError, match="NaN"):
+        normalise_volume(np.full((2, 4, 4), np.nan))
+
+
+@needs_acdc
+def test_dataset_keeps_validation_patients_out_and_labels_in_crop():
+    data = SaxSliceDataset(str(ACDC), patients=None, limit=4, labelled_only=True, size=64, spacing_mm=2.25)
+    assert all(int(v.source[7:10]) not in range(61, 81) for v in data.volumes)
+    np.random.seed(0)
+    item = data[len(data) // 2]
+    assert item["image"].shape == (1, 64, 64) and 0 <= item["image"].min() and item["image"].max() <= 1
+    assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2, 3} and (item["label"] == 2).sum() > 20
+
+
+@needs_acdc
+def test_two_stage_recipe_trains_and_losses_fall(tmp_path):
+    """`train dmcvr` stages through the runner with tiny overrides: seg then diffusion (init from seg)."""
+    model = [f"model.{k}={json.dumps(v)}" for k, v in TINY.items()]
+    overrides = [*model, "data.limit=2", "data.phantoms=0", "data.size=32", "data.spacing_mm=4.0",
+                 "train.batch_size=8", "train.validate_every=0", "train.checkpoint_every=100", "train.ema_decay=0",
+                 "seg:train.steps=30", "seg:optim.lr=0.01", "diffusion:train.steps=25", "diffusion:optim.lr=0.003"]  # fmt: skip
+    stages = stage_configs("dmcvr", tmp_path, overrides, data=str(ACDC))
+    assert [s.name for s in stages] == ["seg", "diffusion"]
+    assert stages[1].config["train"]["init_from"] == str(tmp_path / "seg" / "model.safetensors")
+    for stage in stages:
+        result = train(None, dict(stage.config, device="cpu"), tmp_path / stage.name, progress="none")
+        assert result.status == "done" and (tmp_path / stage.name / "model.safetensors").is_file(), result
+        log = [json.loads(line) for line in (tmp_path / stage.name / "train_log.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in log if "loss" in r]
+        assert result.step == len(losses)
+        assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), (stage.name, losses)
+    seg = load_model(tmp_path / "seg" / "model.safetensors").module
+    final = load_model(tmp_path / "diffusion" / "model.safetensors").module
+    for key, value in seg.morph_net.state_dict().items():  # frozen in stage 2
+        assert torch.equal(value, final.morph_net.state_dict()[key])
+
+
+def test_output_geometry_is_the_input_frame(phantom_stack, tiny_model):
+    stack = phantom_stack
+    assert abs(float(stack.normal @ np.array([0.0, 0.0, 1.0]))) < 0.99  # oblique
+    ours = reconstruct(stack, "dmcvr", 2.0, model=str(tiny_model), steps=2, device="cpu")
+    ref = reconstruct(stack, "linear", 2.0)
+    for image in (ours.image, ours.labels):
+        assert image.GetSize() == ref.image.GetSize()
+        assert np.allclose(image.GetOrigin(), stack.origins[0]) and np.allclose(image.GetOrigin(), ref.image.GetOrigin())
+        assert np.allclose(image.GetDirection(), stack.direction.flatten())
+        assert np.allclose(image.GetSpacing(), (3.125, 3.125, 2.0))
+    # acquired slices keep their pixels and (given) labels: slice k sits at index 5 k (10 mm / 2 mm)
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(ours.labels)
+    pixels = sitk.GetArrayFromImage(ours.image)
+    assert np.array_equal(labels[::5], stack.labels) and np.allclose(pixels[::5], stack.pixels)
+
+
+def test_progress_cancel_and_uneven_gaps(phantom_stack, tiny_model):
+    stack = phantom_stack.subset([0, 1, 3, 6, 7])  # gaps 10, 20, 30, 10 mm
+    targets = np.linspace(stack.positions[0], stack.positions[-1], 13)
+    calls = []
+    images, labels = R.dmcvr(stack, targets, model=str(tiny_model), steps=2, device="cpu", batch_size=4,
+                             progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    assert images.shape == labels.shape == (13, 64, 64) and np.isfinite(images).all()
+    assert calls[-1][0] == calls[-1][1] and all(b >= a for (a, _), (b, _) in zip(calls, calls[1:]))
+    with pytest.raises(Cancelled):
+        R.dmcvr(stack, targets, model=str(tiny_model), steps=2, device="cpu", cancel=lambda: True)
+
+
+def test_bad_inputs_are_input_errors(phantom_stack, tiny_model, monkeypatch, tmp_path):
+    bad = phantom_stack.subset(range(4))
+    bad.pixels[1, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        R.dmcvr(bad, bad.positions[:2] + 1, model=str(tiny_model), device="cpu")
+    with pytest.raises(InputError, match="outside|reach"):
+        R.dmcvr(phantom_stack, [phantom_stack.positions[-1] + 5], model=str(tiny_model), device="cpu")
+    with pytest.raises(InputError):
+        R.dmcvr(phantom_stack, phantom_stack.positions[:1], model=str(tmp_path / "missing.safetensors"), device="cpu")
+    monkeypatch.setattr(R, "list_models", lambda: [])
+    R.load_dmcvr.cache_clear()
+    with pytest.raises(InputError, match="no DMCVR model is installed"):
+        R.dmcvr(phantom_stack, phantom_stack.positions[:1], device="cpu")
+    R.load_dmcvr.cache_clear()
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_shipped_model_loads_and_tampered_copy_is_refused(tmp_path, monkeypatch):
+    entry = shipped_entry()
+    path = shipped_registry_path().parent / entry["file"]
+    assert sha256_file(path) == entry["sha256"] and path.stat().st_size < 16e6
+    loaded = load_model(entry["name"])
+    assert loaded.architecture == "dmcvr" and loaded.entry["name"] == entry["name"]
+    assert entry["input"]["size"] == [64, 64] and set(entry["labels"]) == {"1", "2", "3"}
+    tampered = tmp_path / "models" / "tampered.safetensors"
+    tampered.parent.mkdir()
+    shutil.copy(path, tampered)
+    with open(tampered, "r+b") as f:  # flip one byte of the weights
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", str(tmp_path))
+    (tmp_path / "models.json").write_text(json.dumps({"models": [dict(entry, name="tampered", file=str(tampered))]}))
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        load_model("tampered")
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        load_model(tampered, sha256=entry["sha256"])
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_shipped_model_segments_a_stack_without_labels(phantom_stack):
+    """No SAX labels: the morphology net finds the heart and labels every slice (real phantom truth);
+    generated slices half-way between acquired ones get an LV cavity sized between their neighbours'."""
+    R.load_dmcvr.cache_clear()
+    stack = phantom_stack.with_labels(None)
+    targets = np.sort(np.concatenate([phantom_stack.positions[2:8], phantom_stack.positions[2:7] + 5.0]))
+    images, labels = R.dmcvr(stack, targets, steps=4, device="cpu")
+    acquired, truth = labels[::2], phantom_stack.labels[2:8]
+    assert np.allclose(images[::2], phantom_stack.pixels[2:8])
+    assert dice(acquired == 1, truth == 1) > 0.9  # measured 0.987
+    assert dice(acquired == 2, truth == 2) > 0.85  # 0.954
+    assert dice(acquired == 3, truth == 3) > 0.85  # 0.945
+    area = (labels == 1).sum(axis=(1, 2))
+    for k in range(1, len(targets), 2):
+        lo, hi = sorted(area[[k - 1, k + 1]])
+        assert 0.9 * lo <= area[k] <= 1.1 * hi, area
