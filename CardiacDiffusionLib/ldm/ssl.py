@@ -4,18 +4,26 @@ Net: MONAI ``BasicUNet``; its encoder is ``conv_0`` and ``down_1..4``, its decod
 ``final_conv``. Pretraining (Hu et al.): MONAI ``RandCoarseDropout`` cuts 25 cubes with side 8-16
 voxels at 64^3 (scaled with the volume: 4-8 at 32^3) with probability 0.8 per volume, filled
 with 0 (mid-window grey); the net restores the whole image, L2 loss. Fine-tuning: Dice + CE.
-Plain loops (not the runner): these are small, in-memory evaluation trainings of a few minutes.
+Both train on in-memory tensors through the project's one training loop (``training.runner``),
+in a temporary run folder, on the CPU.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import tempfile
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from monai.transforms import RandCoarseDropout
 from torch import nn
+from torch.utils.data import Dataset
+
+from ..training.runner import train
+from ..training.task import Task
 
 FEATURES = (8, 16, 16, 32, 32, 8)
 ENCODER = ("conv_0", "down_1", "down_2", "down_3", "down_4")
@@ -38,10 +46,68 @@ def mask_batch(images: torch.Tensor, transform: RandCoarseDropout) -> torch.Tens
     return torch.stack([torch.as_tensor(transform(x)) for x in images]).as_subclass(torch.Tensor)
 
 
-def _batches(n: int, batch: int, steps: int, seed: int):
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        yield torch.from_numpy(rng.choice(n, batch, replace=n < batch))
+class _Tensors(Dataset):
+    """Items ``{"image": images[i]}`` (and ``"labels"``) of in-memory tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"image": self.images[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+class _NetTask(Task):
+    """A runner task around an already built ``net`` and in-memory data (trained in place)."""
+
+    def __init__(self, net: nn.Module, data: _Tensors):
+        self.net, self.data = net, data
+
+    def build_model(self, config: dict) -> nn.Module:
+        return self.net
+
+    def build_dataset(self, config: dict) -> Dataset:
+        return self.data
+
+
+class _MaskedImageTask(_NetTask):
+    def __init__(self, net: nn.Module, data: _Tensors, mask: RandCoarseDropout):
+        super().__init__(net, data)
+        self.mask = mask
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        target = batch["image"]
+        return F.mse_loss(model(mask_batch(target, self.mask)), target)
+
+
+class _SegmentationTask(_NetTask):
+    def __init__(self, net: nn.Module, data: _Tensors, flips: bool):
+        super().__init__(net, data)
+        self.flips, self.loss_fn = flips, DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        x, y = batch["image"], batch["labels"][:, None]
+        if self.flips:  # cheap augmentation shared by every arm of the comparison (the runner seeds torch)
+            for dim in (2, 3, 4):
+                if torch.rand(()) < 0.2:
+                    x, y = x.flip(dim), y.flip(dim)
+        return self.loss_fn(model(x), y)
+
+
+def _train(task: Task, steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    """Train ``task``'s net in place with the runner; the loss of every step."""
+    config = {"optim": {"lr": lr}, "device": "cpu",
+              "train": {"steps": steps, "batch_size": batch, "seed": seed, "ema_decay": 0.0,
+                        "checkpoint_every": steps, "keep_checkpoints": 1}}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="cardiac-diffusion-ssl-") as folder:
+        train(task, config, folder, progress="none", resume=False)
+        lines = (Path(folder) / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
 
 
 def pretrain(images: torch.Tensor, steps: int, batch: int = 2, lr: float = 2e-3, seed: int = 0,
@@ -49,17 +115,8 @@ def pretrain(images: torch.Tensor, steps: int, batch: int = 2, lr: float = 2e-3,
     """Masked-image pretraining on ``images`` (N, 1, n, n, n); (net with 1 output channel, losses)."""
     torch.manual_seed(seed)
     net = build_unet(1, features)
-    mask = masker(images.shape[-1], seed=seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    losses = []
-    for idx in _batches(len(images), batch, steps, seed):
-        target = images[idx]
-        loss = F.mse_loss(net(mask_batch(target, mask)), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return net, losses
+    task = _MaskedImageTask(net, _Tensors(images), masker(images.shape[-1], seed=seed))
+    return net, _train(task, steps, batch, lr, seed)
 
 
 def transfer_encoder(pretrained: nn.Module, out_channels: int, seed: int = 0, features=FEATURES) -> BasicUNet:
@@ -74,24 +131,8 @@ def transfer_encoder(pretrained: nn.Module, out_channels: int, seed: int = 0, fe
 
 def finetune(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int = 2,
              lr: float = 2e-3, seed: int = 0, flips: bool = True) -> list[float]:  # fmt: skip
-    """Dice + CE training of ``net`` on (N, 1, ...) images and (N, ...) labels; the losses."""
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    net.train()
-    for idx in _batches(len(images), batch, steps, seed):
-        x, y = images[idx], labels[idx][:, None]
-        if flips:  # cheap augmentation shared by every arm of the comparison
-            for dim in (2, 3, 4):
-                if torch.rand((), generator=gen) < 0.2:
-                    x, y = x.flip(dim), y.flip(dim)
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    """Dice + CE training of ``net`` (in place) on (N, 1, ...) images and (N, ...) labels; the losses."""
+    return _train(_SegmentationTask(net, _Tensors(images, labels), flips), steps, batch, lr, seed)
 
 
 @torch.no_grad()
