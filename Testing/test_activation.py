@@ -408,3 +408,19 @@ def test_lma_on_the_shipped_sadir_myocardium(case):
     truth, _, _ = case.truth_at(mesh_points(r.mesh))
     painted = vtk_to_numpy(r.mesh.GetPointData().GetArray("TOS_ms"))
     assert np.mean(np.abs(painted - truth)) < 5.0  # 3.5 ms measured, as with the shape-based myocardium
+
+
+def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path):
+    """The PNG, looked at from the lateral wall, is red (late); from the septum, blue (early)."""
+    from CardiacDiffusionLib.activation.render import render_tos_png
+
+    r = results["detector"]
+    redness = {}
+    for name, degrees in (("lateral", 240.0), ("septal", 60.0)):
+        view = np.cos(np.deg2rad(degrees)) * r.frame.e0 + np.sin(np.deg2rad(degrees)) * r.frame.e1
+        path = render_tos_png(r.mesh, tmp_path / f"{name}.png", r.frame.axis, view)
+        rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).reshape(-1, 3)[:, :3].astype(float)
+        body = rgb[(rgb.min(axis=1) < 200)]  # not the white background
+        assert len(body) > 0.05 * len(rgb)
+        redness[name] = float(np.mean(body[:, 0] - body[:, 2]))
+    assert redness["lateral"] > 50 and redness["septal"] < redness["lateral"] - 50, redness

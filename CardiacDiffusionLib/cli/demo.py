@@ -91,6 +91,7 @@ def lma_demo(out: Path, seed: int) -> None:
     from ..activation.mapping import mesh_points
     from ..activation.phantom_case import PhantomCase
     from ..activation.pipeline import TOS_ARRAY, run_lma, write_outputs
+    from ..activation.render import render_tos_png
 
     print(f"[demo] lma: phantom {seed} with an LBBB activation, DENSE-like strain -> {out}")
     case = PhantomCase(seed)
@@ -101,7 +102,10 @@ def lma_demo(out: Path, seed: int) -> None:
     lead = result.lead
     print(f"[demo] lma: TOS on {len(painted)} mesh points, mean abs error {np.mean(np.abs(painted - truth)):.1f} ms "
           f"vs the phantom truth; suggested LV lead segment {lead['segment']} ({lead['name']}), decision support")  # fmt: skip
-    print(f"[demo] wrote {paths['vtp']}, {paths['bullseye']} and {paths['json']}")
+    lateral = np.deg2rad(240.0)  # AHA sector order from the anterior RV insertion: the lateral wall
+    view = np.cos(lateral) * result.frame.e0 + np.sin(lateral) * result.frame.e1
+    picture = render_tos_png(result.mesh, out / "myocardium_tos.png", result.frame.axis, view)
+    print(f"[demo] wrote {paths['vtp']}, {picture}, {paths['bullseye']} and {paths['json']}")
 
 
 def synthetic_demo(out: Path, seed: int, device: str, steps: int = 20) -> None:
