@@ -48,7 +48,7 @@ def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=Non
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
     renderer.AddActor(actor)
-    renderer.AddActor2D(bar)
+    renderer.AddViewProp(bar)
     bar.GetTitleTextProperty().SetColor(0, 0, 0)
     bar.GetLabelTextProperty().SetColor(0, 0, 0)
     window = vtk.vtkRenderWindow()
