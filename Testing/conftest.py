@@ -26,28 +26,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def make_mrml_scene(slicer):
-    """A scene with the application, colour, segmentation and sequence logics Slicer would set up.
+    """A scene with the logics Slicer would set up (``slicer_adapter.mrml.headless_scene``)."""
+    from CardiacDiffusionLib.slicer_adapter.mrml import headless_scene
 
-    The segmentations logic must be given the scene before any labelmap -> surface conversion,
-    or conversions silently yield empty surfaces.
-    """
-    from vtkmodules.vtkCommonCore import vtkCollection
-
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    app_logic.GetColorLogic().SetMRMLScene(scene)
-    app_logic.GetColorLogic().AddDefaultColorNodes()
-    app_logic.SetSliceLogics(vtkCollection())
-    app_logic.SetViewLogics(vtkCollection())
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(scene)
-    segmentations.SetMRMLApplicationLogic(app_logic)
-    app_logic.SetModuleLogic("Segmentations", segmentations)
-    sequences = slicer.vtkSlicerSequencesLogic()
-    sequences.SetMRMLScene(scene)
-    scene.logics = (app_logic, segmentations, sequences)  # keep the logics alive with the scene
-    return scene
+    return headless_scene()
 
 
 @pytest.fixture

@@ -51,21 +51,9 @@ def batch_scene():
 
     if getattr(slicer, "mrmlScene", None) is not None:
         return slicer.mrmlScene
-    from vtkmodules.vtkCommonCore import vtkCollection
+    from CardiacDiffusionLib.slicer_adapter.mrml import headless_scene
 
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    app_logic.GetColorLogic().SetMRMLScene(scene)
-    app_logic.GetColorLogic().AddDefaultColorNodes()
-    app_logic.SetSliceLogics(vtkCollection())
-    app_logic.SetViewLogics(vtkCollection())
-    # the segmentations logic must know the scene, or labelmap -> surface conversions come out empty
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(scene)
-    segmentations.SetMRMLApplicationLogic(app_logic)
-    app_logic.SetModuleLogic("Segmentations", segmentations)
-    scene.batch_logics = (app_logic, segmentations)  # keep them alive with the scene
+    scene = headless_scene()
     slicer.mrmlScene = scene
     return scene
 

@@ -38,6 +38,33 @@ def _slicer():
     return slicer
 
 
+def headless_scene():
+    """A new scene with the application, colour, segmentation and sequence logics Slicer would set up.
+
+    For plain Python with slicer-core (tests, batch runs outside Slicer). The segmentations logic
+    must be given the scene before any labelmap -> surface conversion, or conversions silently
+    yield empty surfaces.
+    """
+    from vtkmodules.vtkCommonCore import vtkCollection
+
+    slicer = _slicer()
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    app_logic.GetColorLogic().SetMRMLScene(scene)
+    app_logic.GetColorLogic().AddDefaultColorNodes()
+    app_logic.SetSliceLogics(vtkCollection())
+    app_logic.SetViewLogics(vtkCollection())
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    segmentations.SetMRMLApplicationLogic(app_logic)
+    app_logic.SetModuleLogic("Segmentations", segmentations)
+    sequences = slicer.vtkSlicerSequencesLogic()
+    sequences.SetMRMLScene(scene)
+    scene.logics = (app_logic, segmentations, sequences)  # keep the logics alive with the scene
+    return scene
+
+
 # ---- matrices -------------------------------------------------------------------------------
 def _vtk_matrix(array: np.ndarray):
     import vtk
