@@ -42,19 +42,21 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("train: give --config FILE or at least task=<name> (e.g. task=toy)")
     from .config import load_config
 
-    config = load_config(args.config, overrides)
-    result = train(None, config, args.out, progress=args.progress, resume=not args.no_resume,
-                   command=_command())
+    return _train_and_report(args, load_config(args.config, overrides), Path(args.out), "")
+
+
+def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: str) -> int:
+    """Train one config into ``out``; 130 when cancelled (resumable), else 0. ``stage``: name for messages."""
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    result = train(None, config, out, progress=args.progress, resume=not args.no_resume, command=command)
+    where = f" in stage {stage}" if stage else ""
     if result.status == "cancelled":
-        print(f"cancelled at step {result.step}; resume with the same command", file=sys.stderr)
+        print(f"cancelled{where} at step {result.step}; resume with the same command", file=sys.stderr)
         return 130
     if args.progress != "json":
-        print(f"done: {result.step} steps, final loss {result.loss:.4g}; model {result.model_path}", file=sys.stderr)
+        print(f"{f'stage {stage} ' if stage else ''}done: {result.step} steps, final loss {result.loss:.4g}; "
+              f"model {result.model_path}", file=sys.stderr)  # fmt: skip
     return 0
-
-
-def _command() -> str:
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -72,12 +74,9 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
         out = Path(args.out) if len(stages) == 1 else Path(args.out) / stage.name
         if len(stages) > 1 and args.progress != "json":
             print(f"[train {args.workflow}] stage {stage.name} -> {out}", file=sys.stderr)
-        result = train(None, stage.config, out, progress=args.progress, resume=not args.no_resume, command=_command())
-        if result.status == "cancelled":
-            print(f"cancelled in stage {stage.name} at step {result.step}; resume with the same command", file=sys.stderr)
-            return 130
-        if args.progress != "json":
-            print(f"stage {stage.name} done: {result.step} steps, loss {result.loss:.4g}; model {result.model_path}", file=sys.stderr)
+        code = _train_and_report(args, stage.config, out, stage.name)
+        if code:
+            return code
     return 0
 
 
