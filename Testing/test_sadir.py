@@ -178,3 +178,70 @@ def test_shipped_model_on_a_held_out_phantom():
     truth = sample["truth_fine"].astype(bool)
     assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.9  # 0.93 measured; shape baseline 0.90
     assert result.jacobian_min > 0 and result.topology["ok"] and not result.flags
+
+
+def _cup(n: int) -> np.ndarray:
+    """A thick-walled cup (one shell, genus 0) on an n^3 grid: a ball minus an inner ball open at the top."""
+    c = n / 2
+    outer = _ball(n, (c, c, c), (0.38 * n,) * 3)
+    inner = _ball(n, (c - 0.15 * n, c, c), (0.25 * n,) * 3)
+    return (outer & ~inner).astype(np.float32)
+
+
+def test_atlas_step_moves_the_atlas_towards_the_subjects():
+    # a fresh model's maps are the identity (MONAI zero-initialises the last conv): the atlas step then fits
+    # the atlas itself to the subjects; the 32^3 atlas stays the block average of the fine one
+    from CardiacDiffusionLib.sadir.train import update_atlas
+
+    model = SadirModel({**TINY, "size": 16, "output_size": 32})
+    atlas = _cup(32)
+    subject = np.roll(atlas, 2, axis=2)  # the same cup moved by 2 voxels
+    model.atlas_fine.copy_(torch.from_numpy(atlas)[None, None])
+    model.atlas.copy_(torch.from_numpy(data.downsample(atlas, 16))[None, None])
+    zeros = np.zeros((16, 16, 16), np.float32)
+    subjects = [{"sparse": zeros, "mask": zeros, "truth_fine": subject}] * 2
+    out = update_atlas(model, subjects, iters=20, lr=0.1)
+    assert out["atlas_taken"] == 1 and out["atlas_loss_after"] < 0.5 * out["atlas_loss_before"], out
+    new = model.atlas_fine[0, 0].numpy() >= 0.5
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert dice(new, subject > 0.5) > dice(atlas > 0.5, subject > 0.5) + 0.05
+    assert topology(new)["ok"]
+    np.testing.assert_allclose(model.atlas[0, 0].numpy(), data.downsample(model.atlas_fine[0, 0].numpy(), 16), atol=1e-6)
+
+
+def test_atlas_step_that_would_change_the_topology_is_refused():
+    from CardiacDiffusionLib.sadir.train import update_atlas
+
+    model = SadirModel({**TINY, "size": 16, "output_size": 32})
+    atlas = _cup(32)
+    model.atlas_fine.copy_(torch.from_numpy(atlas)[None, None])
+    ring = atlas.copy()
+    ring[:, 14:18, :] = 0  # cut through: two pieces
+    zeros = np.zeros((16, 16, 16), np.float32)
+    out = update_atlas(model, [{"sparse": zeros, "mask": zeros, "truth_fine": ring}], iters=40, lr=0.3)
+    assert out["atlas_taken"] == 0 and out["atlas_topology_ok"] == 0, out
+    assert torch.equal(model.atlas_fine[0, 0], torch.from_numpy(atlas))
+
+
+def test_alternating_training_updates_the_atlas_of_model_and_ema(tmp_path):
+    from CardiacDiffusionLib.models.store import load_model
+    from CardiacDiffusionLib.sadir.atlas import save_atlas
+    from CardiacDiffusionLib.training.runner import train
+
+    start = data.make_sample(7, size=16, output_size=32)["truth_fine"]  # a phantom not in the training set
+    for n in (16, 32):
+        save_atlas(tmp_path / "atlas" / f"sadir_myocardium_{n}.nii.gz", data.downsample(start, n), {"spacing_mm": 1})
+    config = {
+        "task": "CardiacDiffusionLib.sadir.train:SadirTask",
+        "model": {**TINY, "size": 16, "output_size": 32, "atlas_dir": str(tmp_path / "atlas"), "atlas_steps": [2],
+                  "atlas_subjects": 2, "atlas_iters": 5, "atlas_lr": 0.01},
+        "data": {"phantoms": 2, "first_seed": 0, "size": 16},
+        "optim": {"lr": 1e-3}, "train": {"steps": 3, "batch_size": 1, "ema_decay": 0.9, "validate_every": 0},
+        "device": "cpu",
+    }  # fmt: skip
+    result = train(None, config, tmp_path / "run", progress="none")
+    records = [r for r in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "after_step" in r]
+    assert len(records) == 1 and '"step": 2' in records[0] and '"atlas_taken": 1.0' in records[0], records
+    exported = load_model(result.model_path).module
+    assert not torch.equal(exported.atlas_fine[0, 0], torch.from_numpy(data.downsample(start, 32)))
+    assert topology(exported.atlas_fine[0, 0].numpy() >= 0.5)["ok"]

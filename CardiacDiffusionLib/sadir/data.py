@@ -165,14 +165,17 @@ def downsample(mask: np.ndarray, size: int) -> np.ndarray:
     return F.adaptive_avg_pool3d(t, size)[0, 0].numpy()
 
 
-def make_sample(seed: int, phase: str | None = None, gap_mm: float = 10.0, slices: int | None = 8) -> dict:
+def make_sample(
+    seed: int, phase: str | None = None, gap_mm: float = 10.0, slices: int | None = 8, size: int = MODEL_SIZE,
+    output_size: int = OUTPUT_SIZE,
+) -> dict:  # fmt: skip
     """One training/test sample: frame, truth at the output and model sizes, sparse slices and mask."""
     phase = phase or PHASES[seed % 2]
     phantom = MRPhantom(seed, phase)
     stack = myocardium_slices(label_stack(phantom, gap_mm), slices)
-    frame = lv_frame(stack, MODEL_SIZE)
-    fine = frame.resized(OUTPUT_SIZE)
+    frame = lv_frame(stack, size)
+    fine = frame.resized(output_size)
     truth = truth_myocardium(phantom, fine)
     sparse, mask = sparse_volume(stack, frame)
     return {"seed": seed, "phase": phase, "stack": stack, "frame": frame, "truth_fine": truth,
-            "truth": downsample(truth, MODEL_SIZE), "sparse": sparse, "mask": mask}  # fmt: skip
+            "truth": downsample(truth, size), "sparse": sparse, "mask": mask}  # fmt: skip

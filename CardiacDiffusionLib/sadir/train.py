@@ -4,7 +4,12 @@ baseline on the same data (``...:UNetTask``). Presets: ``training/presets/sadir.
 Samples are MR phantoms (seeds ``first_seed`` ..; ED for even, ES for odd seeds) scanned as label-only
 SAX stacks with a random gap (8-12 mm); every draw keeps a random subset of 3..all myocardium slices
 (all of them half of the time), so the model sees any slice count from 3. Held-out test seeds start at
-:data:`TEST_SEED`. The atlas is fixed during training (built beforehand by ``atlas.py``).
+:data:`TEST_SEED`.
+
+Atlas and network are optimised alternately (SADIR): the network by gradient steps with the atlas
+fixed; at the steps listed in ``model.atlas_steps`` the atlas with the network fixed
+(:func:`update_atlas`, on ``model.atlas_subjects`` training phantoms). The shipped Fréchet mean
+(``atlas.py``) starts it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from torch.utils.data import Dataset
 from ..models.store import register_architecture
 from ..training.task import Task
 from . import data
-from .atlas import load_atlas
+from .atlas import load_atlas, upsample_displacement
 from .model import ARCHITECTURE, SadirModel, soft_dice
+from .warp import warp
+from .reconstruct import topology
 
 TEST_SEED = 5000
 VAL_SEED = 4000
@@ -28,11 +35,14 @@ UNET_ARCHITECTURE = "sadir_unet3d"
 
 
 class PhantomMyocardium(Dataset):
-    def __init__(self, phantoms: int = 160, first_seed: int = 0, gap_range=(8.0, 12.0), full_fraction: float = 0.5):
+    def __init__(
+        self, phantoms: int = 160, first_seed: int = 0, gap_range=(8.0, 12.0), full_fraction: float = 0.5,
+        size: int = data.MODEL_SIZE,
+    ):  # fmt: skip
         rng = np.random.default_rng([first_seed, 31])
         self.samples = []
         for seed in range(first_seed, first_seed + phantoms):
-            s = data.make_sample(seed, gap_mm=float(rng.uniform(*gap_range)), slices=None)
+            s = data.make_sample(seed, gap_mm=float(rng.uniform(*gap_range)), slices=None, size=size)
             planes = np.flatnonzero(s["mask"].any(axis=(1, 2)))
             self.samples.append((s["truth"], s["sparse"], s["mask"], planes))
         self.full_fraction = full_fraction
@@ -52,6 +62,55 @@ class PhantomMyocardium(Dataset):
         return torch.from_numpy(truth)[None], cond
 
 
+def update_atlas(
+    model: SadirModel, subjects: list[dict], iters: int = 30, lr: float = 0.03, batch: int = 8,
+) -> dict[str, float]:  # fmt: skip
+    """Atlas step of the alternating optimisation, the network fixed: the maps phi^-1 the model predicts
+    from each subject's sparse slices are held, and the 64^3 atlas descends the training loss (SSD +
+    1 - soft Dice of atlas o phi^-1 against the subject's truth) in ``iters`` Adam steps (values kept in [0, 1]);
+    the 32^3 atlas is its block average (as the 32^3 truths are of the 64^3 ones).
+
+    Not the closed-form mean of the subjects pulled back through phi (Joshi 2004): that needs phi itself,
+    and the separately integrated forward flow is not the inverse of the discrete phi^-1 when the maps are
+    strong (pulled-back subjects overlapped the atlas at Dice 0.81-0.86 where atlas o phi^-1 matched the
+    subjects at 0.95). A step that would change the atlas's topology (>= 0.5: one shell, genus 0) is not
+    taken. Returns the loss before/after, how far the atlas moved and whether the step was taken.
+    """
+    m = model.atlas_fine.shape[-1]
+    disps, truths = [], []
+    with torch.no_grad():
+        for i in range(0, len(subjects), batch):
+            part = subjects[i : i + batch]
+            cond = torch.from_numpy(np.stack([np.stack([s["sparse"], s["mask"]]) for s in part])).to(model.atlas)
+            disps.append(upsample_displacement(model.sample(cond)[2], m))
+            truths.append(torch.from_numpy(np.stack([s["truth_fine"] for s in part]).astype(np.float32))[:, None])
+    old = model.atlas_fine.detach().clone()
+    delta = torch.zeros_like(old, requires_grad=True)  # in probability units: a logit would freeze 0/1 voxels
+    opt = torch.optim.Adam([delta], lr=lr)
+    history = []
+    with torch.enable_grad():
+        for it in range(iters + 1):
+            atlas = (old + delta).clamp(0, 1)
+            loss = 0.0
+            for disp, truth in zip(disps, truths):
+                moved = warp(atlas, disp)
+                loss = loss + (((moved - truth) ** 2).mean() + 1 - soft_dice(moved, truth).mean()) * len(truth)
+            loss = loss / len(subjects)
+            history.append(float(loss.detach()))
+            if it < iters:  # the last pass only measures
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    new = (old + delta.detach()).clamp(0, 1)
+    shape = topology(new[0, 0].cpu().numpy() >= 0.5)
+    taken = bool(shape["ok"]) and history[-1] < history[0]
+    if taken:
+        model.atlas_fine.copy_(new)
+        model.atlas.copy_(F.adaptive_avg_pool3d(new, model.atlas.shape[-1]))
+    return {"atlas_loss_before": history[0], "atlas_loss_after": history[-1], "atlas_taken": float(taken),
+            "atlas_change": float((new - old).abs().mean()), "atlas_topology_ok": float(shape["ok"]), "atlas_genus": float(shape["genus"]), "atlas_components": float(shape["components"])}  # fmt: skip
+
+
 class SadirTask(Task):
     architecture = ARCHITECTURE
 
@@ -59,6 +118,10 @@ class SadirTask(Task):
         config = dict(config)
         atlas_dir = config.pop("atlas_dir", "Resources/atlas")
         self.reg = float(config.pop("reg", 1e-6))
+        self.atlas_steps = {int(s) for s in config.pop("atlas_steps", [])}  # empty: the atlas stays fixed
+        self.atlas_subjects = int(config.pop("atlas_subjects", 32))
+        self.atlas_iters, self.atlas_lr = int(config.pop("atlas_iters", 30)), float(config.pop("atlas_lr", 0.03))
+        self.first_seed = 0
         self.model_config_ = config
         model = SadirModel(config)
         n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
@@ -67,10 +130,28 @@ class SadirTask(Task):
         return model
 
     def build_dataset(self, config: dict) -> Dataset:
+        self.first_seed = int(config.get("first_seed", 0))
         return PhantomMyocardium(**config)
 
     def parameters(self, model: nn.Module):
-        return model.net.parameters()  # the atlas is fixed
+        return model.net.parameters()  # the atlas changes only in after_step (closed form)
+
+    def after_step(self, model: nn.Module, step: int, averaged: nn.Module | None) -> dict[str, float] | None:
+        if step not in self.atlas_steps:
+            return None
+        # training subjects with all their slices; the exported (EMA) network predicts the maps
+        seeds = range(self.first_seed, self.first_seed + self.atlas_subjects)
+        n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
+        subjects = [data.make_sample(seed, slices=None, size=n, output_size=m) for seed in seeds]
+        predictor = averaged if averaged is not None else model
+        training = predictor.training
+        predictor.eval()
+        metrics = update_atlas(predictor, subjects, self.atlas_iters, self.atlas_lr)
+        predictor.train(training)
+        if averaged is not None:
+            model.atlas.copy_(averaged.atlas)
+            model.atlas_fine.copy_(averaged.atlas_fine)
+        return metrics
 
     def loss(self, model: nn.Module, batch):
         truth, cond = batch

@@ -312,6 +312,11 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
             if ema is not None:
                 ema.update_parameters(model)
             step, in_epoch = step + 1, in_epoch + 1
+            with torch.no_grad():
+                extra = task.after_step(model, step, ema.module if ema is not None else None)
+            if extra and info.is_main:
+                log.append({"step": step, "stage": "after_step", **extra})
+                report.event("after_step", step=step, **extra)
             loss_value = D.all_mean(float(loss.detach()), info, device)
             if not math.isfinite(loss_value):
                 raise InputError(

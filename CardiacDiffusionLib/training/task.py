@@ -43,6 +43,15 @@ class Task:
         """Parameters to optimise (the others are frozen); all by default."""
         return model.parameters()
 
+    def after_step(self, model: nn.Module, step: int, averaged: nn.Module | None) -> dict[str, float] | None:
+        """Called on every process after optimiser step ``step`` (1-based), without gradients.
+
+        For alternating optimisation (SADIR's atlas update): change ``model`` and its EMA copy
+        ``averaged`` (None without EMA) in place, deterministically (every DDP process runs it);
+        return metrics to log, or None. Nothing by default.
+        """
+        return None
+
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Metrics of the model (EMA weights when EMA is on), run without gradients every ``validate_every``."""
         return {}
