@@ -193,3 +193,17 @@ def test_shipped_model_segments_a_stack_without_labels(phantom_stack):
     for k in range(1, len(targets), 2):
         lo, hi = sorted(area[[k - 1, k + 1]])
         assert 0.9 * lo <= area[k] <= 1.1 * hi, area
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_structure_held_by_one_neighbour_stops_half_way(phantom_stack):
+    """RV removed from acquired slice 4: generated slices nearer to it get no RV, those nearer slice 3 keep it."""
+    R.load_dmcvr.cache_clear()
+    labels = phantom_stack.labels.copy()
+    labels[4][labels[4] == 3] = 0
+    stack = phantom_stack.with_labels(labels)
+    p3, p4 = phantom_stack.positions[3], phantom_stack.positions[4]
+    targets = np.array([p3 + 0.25 * (p4 - p3), p3 + 0.75 * (p4 - p3)])
+    _, out = R.dmcvr(stack, targets, steps=2, device="cpu")
+    assert (out[0] == 3).sum() > 0.5 * (labels[3] == 3).sum()
+    assert not (out[1] == 3).any()

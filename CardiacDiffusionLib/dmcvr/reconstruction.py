@@ -9,7 +9,8 @@ positions (uneven gaps work: lerp z_sem and morphology, slerp x_t), decoded in b
 segmented by the morphology net, and mapped back to the stack's own grid: images on the input's intensity scale, labels by
 argmax of the bilinearly upsampled class probabilities. Outside the crop the image is the
 linear baseline and the labels the nearest acquired slice's (background without labels). A
-structure absent from both acquired neighbours of a target is not labelled there.
+structure absent from both acquired neighbours of a target is not labelled there, and one that only one
+neighbour holds is labelled only up to half-way to the other.
 Acquired positions keep their pixels, and their labels when the user gave labels.
 
 ``strength`` < 1 inverts only the first ``strength`` of the diffusion schedule (to x_t with
@@ -238,12 +239,15 @@ def dmcvr(
     with torch.inference_mode():
         probs = run_batched(lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), out, batch_size, net.device)
         acquired_labels = labels if given else run_batched(lambda x: net.segment(x).cpu(), crops, batch_size, net.device).numpy()
-    # a structure absent from both acquired neighbours is not generated between them (as shape-based
-    # interpolation): the morphology net otherwise labels stray RV/LV pixels near base and apex
-    plo, phi, _ = interpolation_plan(stack.positions, targets)
+    # a structure absent from both acquired neighbours is not generated between them, and one present in only
+    # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):
+    # the morphology net otherwise labels stray RV/LV pixels near base and apex
+    plo, phi, w = interpolation_plan(stack.positions, targets)
     present = np.stack([[(acquired_labels[k] == c).any() for c in range(probs.shape[1])] for k in range(stack.n)])
     present[:, 0] = True
-    probs = probs * torch.from_numpy(present[plo] | present[phi])[:, :, None, None]
+    near_lo, near_hi = (w <= 0.5)[:, None], (w >= 0.5)[:, None]
+    allowed = (present[plo] & near_lo) | (present[phi] & near_hi) | (present[plo] & present[phi])
+    probs = probs * torch.from_numpy(allowed)[:, :, None, None]
     # back to the stack's grid; outside the crop: linear image, nearest labels (or background)
     base_images, base_labels = linear(stack, targets)
     images = base_images.astype(np.float32).copy()
