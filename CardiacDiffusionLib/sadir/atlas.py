@@ -2,7 +2,8 @@
 
 Iterative, not learned jointly with a network: it needs no training loop, is deterministic and
 is built offline once (``python -m CardiacDiffusionLib.sadir.atlas --out Resources/atlas``), which
-is what a shipped tool wants; the reconstruction network is then trained against this fixed atlas.
+is what a shipped tool wants. It is the starting atlas of training, which then updates it alternately
+with the network (``train.update_atlas``).
 
 One round: register the current atlas to every subject by optimising each initial velocity v0
 (band-limited coefficients, Adam through :class:`EPDiffShooting`; loss SSD(atlas o phi^-1, subject)

@@ -46,7 +46,8 @@ def soft_dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
 
 
 class SadirModel(nn.Module):
-    """Denoiser + fixed atlas (buffers ``atlas`` at the model size, ``atlas_fine`` at the output size)."""
+    """Denoiser + atlas (buffers ``atlas`` at the model size, ``atlas_fine`` at the output size; no gradient:
+    training updates them in its alternating atlas steps, ``train.update_atlas``)."""
 
     def __init__(self, config: dict | None = None):
         super().__init__()
