@@ -234,9 +234,17 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
     model = LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "image_size": 32, "spacing_mm": 5.0})
     save_model(model, path, model.config, architecture="ldm")
     args = argparse.Namespace(model=str(path), real=2, generated=2, test=1, ssl_steps=2, finetune_steps=2, ddim_steps=2,
-                              seed=0, out=str(tmp_path / "eval.json"))  # fmt: skip
+                              seed=0, repeats=2, out=str(tmp_path / "eval.json"))  # fmt: skip
     assert run_ldm(args) == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
+    both = json.loads((tmp_path / "eval.json").read_text())
+    assert both["repeats"]["seeds"] == [0, 1] and [r["setup"]["seed"] for r in both["runs"]] == [0, 1]
+    for arm, summary in both["repeats"]["arms"].items():
+        runs = [r["downstream"][arm]["dice"]["mean"]["mean"] for r in both["runs"]]
+        assert summary["runs"] == runs and summary["mean"] == pytest.approx(np.mean(runs))
+        assert summary["sd"] == pytest.approx(np.std(runs))
+    a, b = both["repeats"]["arms"]["a_scratch_real"]["runs"], both["repeats"]["arms"]["b_ssl_gen_then_real"]["runs"]
+    assert both["repeats"]["wins"]["a_scratch_real > b_ssl_gen_then_real"] == sum(x > y for x, y in zip(a, b))
+    result = both["runs"][0]
     assert set(result["downstream"]) == {"a_scratch_real", "b_ssl_gen_then_real", "c_ssl_gen_then_real_plus_gen"}
     for arm in result["downstream"].values():
         assert all(0.0 <= arm["dice"][name]["mean"] <= 1.0 for name in CT_LABELS.values())
@@ -245,4 +253,5 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
     for name in CT_LABELS.values():
         assert result["volumes_ml"]["real_role"][name]["mean"] == pytest.approx(np.mean([t[name] for t in truth]))
     assert result["label_noise"]["after_cleanup"]["noisy_fraction"] <= result["label_noise"]["before_cleanup"]["noisy_fraction"]
-    assert "| a_scratch_real |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| a_scratch_real |" in out and "of 2 seeds" in out

@@ -68,21 +68,29 @@ def register_ldm(protocols: argparse._SubParsersAction) -> None:
     q.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps of every arm (default 200)")
     q.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps per generated batch (default 20)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--repeats", type=int, default=1,
+                   help="run seeds SEED..SEED+N-1 and report each arm's mean and sd (default 1)")
     q.add_argument("--out", help="write the JSON result here too")
     q.set_defaults(func=run_ldm)
 
 
 def run_ldm(args: argparse.Namespace) -> int:
-    from ..ldm.evaluate import evaluate_ldm, format_table
+    from ..ldm.evaluate import evaluate_ldm, format_repeats, format_table, summarise_repeats
     from ..ldm.generate import DEFAULT_MODEL, load_ldm
 
-    for name in ("real", "generated", "test", "ssl_steps", "finetune_steps", "ddim_steps"):
+    for name in ("real", "generated", "test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
     model = load_ldm(args.model or DEFAULT_MODEL)
-    result = evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,
-                          args.ddim_steps, args.seed, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
-    print(format_table(result))
+    runs = []
+    for seed in range(args.seed, args.seed + args.repeats):
+        runs.append(evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,
+                                 args.ddim_steps, seed, log=lambda m: print(m, file=sys.stderr)))  # fmt: skip
+        print(format_table(runs[-1]))
+    result = runs[0]
+    if args.repeats > 1:
+        result = {"repeats": summarise_repeats(runs), "runs": runs}
+        print(format_repeats(result["repeats"]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
