@@ -26,8 +26,8 @@ from ..training.task import Task
 from . import data
 from .atlas import load_atlas, upsample_displacement
 from .model import ARCHITECTURE, SadirModel, soft_dice
-from .warp import warp
 from .reconstruct import topology
+from .warp import warp
 
 TEST_SEED = 5000
 VAL_SEED = 4000
@@ -108,7 +108,8 @@ def update_atlas(
         model.atlas_fine.copy_(new)
         model.atlas.copy_(F.adaptive_avg_pool3d(new, model.atlas.shape[-1]))
     return {"atlas_loss_before": history[0], "atlas_loss_after": history[-1], "atlas_taken": float(taken),
-            "atlas_change": float((new - old).abs().mean()), "atlas_topology_ok": float(shape["ok"]), "atlas_genus": float(shape["genus"]), "atlas_components": float(shape["components"])}  # fmt: skip
+            "atlas_change": float((new - old).abs().mean()), "atlas_topology_ok": float(shape["ok"]),
+            "atlas_genus": float(shape["genus"]), "atlas_components": float(shape["components"])}  # fmt: skip
 
 
 class SadirTask(Task):
