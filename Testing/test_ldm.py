@@ -21,13 +21,7 @@ from CardiacDiffusionLib.ldm.ssl import finetune, masker, pretrain, transfer_enc
 from CardiacDiffusionLib.ldm.vae import JointVAE, vae_losses
 from CardiacDiffusionLib.models.store import find_model, load_model, save_model
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small 3D nets run several times faster on one thread than on two shared, busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 TINY_VAE = {"channels": [8, 16], "norm_num_groups": 4}

@@ -19,13 +19,7 @@ TINY = {"size": 16, "output_size": 32, "channels": [8, 8, 8], "num_head_channels
         "sample_steps": 2}  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: on a shared 2-core machine extra threads only oversubscribe (20x slower seen)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _ball(n: int, centre, radii) -> np.ndarray:
