@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.metrics import dice
 from CardiacDiffusionLib.phantoms.mr import MRPhantom
 from CardiacDiffusionLib.phantoms.scanner import acquire_sax
 from CardiacDiffusionLib.sadir import data
@@ -185,7 +186,7 @@ def _cup(n: int) -> np.ndarray:
 
 def test_atlas_step_moves_the_atlas_towards_the_subjects():
     # a fresh model's maps are the identity (MONAI zero-initialises the last conv): the atlas step then fits
-    # the atlas itself to the subjects; the 32^3 atlas stays the block average of the fine one
+    # the atlas itself to the subjects; the coarse atlas stays the block average of the fine one
     from CardiacDiffusionLib.sadir.train import update_atlas
 
     model = SadirModel({**TINY, "size": 16, "output_size": 32})
@@ -198,7 +199,6 @@ def test_atlas_step_moves_the_atlas_towards_the_subjects():
     out = update_atlas(model, subjects, iters=20, lr=0.1)
     assert out["atlas_taken"] == 1 and out["atlas_loss_after"] < 0.5 * out["atlas_loss_before"], out
     new = model.atlas_fine[0, 0].numpy() >= 0.5
-    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
     assert dice(new, subject > 0.5) > dice(atlas > 0.5, subject > 0.5) + 0.05
     assert topology(new)["ok"]
     np.testing.assert_allclose(model.atlas[0, 0].numpy(), data.downsample(model.atlas_fine[0, 0].numpy(), 16), atol=1e-6)

@@ -123,6 +123,7 @@ class SadirTask(Task):
         self.atlas_subjects = int(config.pop("atlas_subjects", 32))
         self.atlas_iters, self.atlas_lr = int(config.pop("atlas_iters", 30)), float(config.pop("atlas_lr", 0.03))
         self.first_seed = 0
+        self.subjects_: list[dict] | None = None
         self.model_config_ = config
         model = SadirModel(config)
         n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
@@ -135,19 +136,20 @@ class SadirTask(Task):
         return PhantomMyocardium(**config)
 
     def parameters(self, model: nn.Module):
-        return model.net.parameters()  # the atlas changes only in after_step (closed form)
+        return model.net.parameters()  # the atlas changes only in after_step (update_atlas)
 
     def after_step(self, model: nn.Module, step: int, averaged: nn.Module | None) -> dict[str, float] | None:
         if step not in self.atlas_steps:
             return None
-        # training subjects with all their slices; the exported (EMA) network predicts the maps
-        seeds = range(self.first_seed, self.first_seed + self.atlas_subjects)
-        n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
-        subjects = [data.make_sample(seed, slices=None, size=n, output_size=m) for seed in seeds]
+        if self.subjects_ is None:  # training subjects with all their slices, the same at every atlas step
+            seeds = range(self.first_seed, self.first_seed + self.atlas_subjects)
+            n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
+            self.subjects_ = [data.make_sample(seed, slices=None, size=n, output_size=m) for seed in seeds]
+        # the exported (EMA) network predicts the maps
         predictor = averaged if averaged is not None else model
         training = predictor.training
         predictor.eval()
-        metrics = update_atlas(predictor, subjects, self.atlas_iters, self.atlas_lr)
+        metrics = update_atlas(predictor, self.subjects_, self.atlas_iters, self.atlas_lr)
         predictor.train(training)
         if averaged is not None:
             model.atlas.copy_(averaged.atlas)

@@ -3,8 +3,8 @@
 JSON mode prints one object per line and nothing else on stdout (messages go to stderr):
 ``{"event": "progress", "stage": "train", "step": 10, "total": 100, "progress": 0.1,
 "loss": 0.12, "eta_s": 3.2, "message": "train step 10/100"}``, plus ``start``, ``checkpoint``,
-``validate``, ``after_step`` (a task's alternating update), ``cancelled``, ``done`` and ``error`` events (``progress`` and ``message`` keep the
-format of :mod:`CardiacDiffusionLib.slicer_adapter.process`).
+``validate``, ``after_step`` (a task's alternating update), ``cancelled``, ``done`` and ``error``
+events (``progress`` and ``message`` keep the format of :mod:`CardiacDiffusionLib.slicer_adapter.process`).
 """
 
 from __future__ import annotations
