@@ -159,3 +159,19 @@ def test_slicer_pip_install_passes_constraints(monkeypatch, tmp_path):
     monkeypatch.setattr(slicer.util, "pip_install", old_style)
     deps.slicer_pip_install(["einops>=0.7"], tmp_path / "c.txt")
     assert calls[-1] == ["-c", str(tmp_path / "c.txt"), "einops>=0.7"]
+
+
+def test_networks_and_dmcvr_training_import_without_simpleitk_or_vtk():
+    """A GPU server may lack SimpleITK and VTK: the networks, samplers and DMCVR training (from a pack) need neither."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('SimpleITK', 'vtk', 'nibabel', 'h5py'): sys.modules[name] = None\n"
+        "import CardiacDiffusionLib.dmcvr.reconstruction, CardiacDiffusionLib.dmcvr.tasks\n"
+        "import CardiacDiffusionLib.ldm.diffusion, CardiacDiffusionLib.sadir.epdiff, CardiacDiffusionLib.training.cli\n"
+        "from CardiacDiffusionLib.geometry.stack import SliceStack\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

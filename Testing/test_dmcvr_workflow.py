@@ -13,7 +13,8 @@ import torch
 
 from CardiacDiffusionLib.dmcvr import DMCVRModel
 from CardiacDiffusionLib.dmcvr import reconstruction as R
-from CardiacDiffusionLib.dmcvr.data import CropFrame, SaxSliceDataset, label_center, normalise_volume
+from CardiacDiffusionLib.dmcvr.data import (CropFrame, SaxSliceDataset, acdc_volumes, label_center, normalise_volume,
+                                           pack_volumes)
 from CardiacDiffusionLib.dmcvr.ddim import Cancelled
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.metrics.overlap import dice
@@ -81,6 +82,24 @@ def test_dataset_keeps_validation_patients_out_and_labels_in_crop():
     item = data[len(data) // 2]
     assert item["image"].shape == (1, 64, 64) and 0 <= item["image"].min() and item["image"].max() <= 1
     assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2, 3} and (item["label"] == 2).sum() > 20
+
+
+@needs_acdc
+def test_packed_volumes_give_the_raw_crops_and_refuse_larger_augmentation(tmp_path):
+    """A pack (cropped, float16) serves the same augmented crops as the raw files, for what it was packed for."""
+    aug = {"rotate_deg": 5.0, "scale": 0.08, "shift_mm": 4.0}
+    path = pack_volumes(acdc_volumes(str(ACDC), limit=3), tmp_path / "pack.npz", 64, 2.25, **aug)
+    raw = SaxSliceDataset(str(ACDC), limit=3, size=64, spacing_mm=2.25, **aug)
+    packed = SaxSliceDataset(packed=str(path), size=64, spacing_mm=2.25, repeat=2, **aug)
+    assert len(packed) == 2 * len(raw) and path.stat().st_size < 0.6 * sum(v.pixels.nbytes for v in raw.volumes)
+    for i in range(0, len(raw), 3):
+        np.random.seed(i)
+        a = raw[i]
+        np.random.seed(i)
+        b = packed[i + len(raw)]  # the repeat serves the same slice again
+        assert float((a["image"] - b["image"]).abs().max()) < 1e-3 and torch.equal(a["label"], b["label"])
+    with pytest.raises(InputError, match="shift_mm"):
+        SaxSliceDataset(packed=str(path), size=64, spacing_mm=2.25, rotate_deg=5.0, shift_mm=8.0)
 
 
 @needs_acdc

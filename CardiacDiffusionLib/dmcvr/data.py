@@ -14,6 +14,7 @@ crop, gamma). Randomness comes from numpy's global generator, which the training
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -142,12 +143,65 @@ def phantom_volumes(count: int, first_seed: int = 1000) -> list[Volume]:
     return out
 
 
+def _crop_radius_px(vol: Volume, size: int, spacing_mm: float, rotate_deg: float, scale: float, shift_mm: float) -> int:
+    """Pixels around ``vol.center`` that any augmented crop can read (+2 for bilinear and rounding)."""
+    turn = np.deg2rad(rotate_deg)
+    reach_mm = size * spacing_mm / 2 * (1 + scale) * (abs(np.cos(turn)) + abs(np.sin(turn))) + shift_mm
+    return int(np.ceil(reach_mm / min(vol.pixel_spacing))) + 2
+
+
+def pack_volumes(volumes: Sequence[Volume], path, size: int, spacing_mm: float, rotate_deg: float, scale: float,
+                 shift_mm: float) -> Path:  # fmt: skip
+    """Write ``volumes`` cropped to what training crops can reach, intensities as float16, to one ``.npz``.
+
+    The pack carries the training set to a GPU server without the raw data or SimpleITK (the
+    phantoms need it); a dataset reading it refuses larger augmentation than it was packed for.
+    Float16 changes intensities in [0, 1] by at most 2.5e-4.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for i, vol in enumerate(volumes):
+        r = _crop_radius_px(vol, size, spacing_mm, rotate_deg, scale, shift_mm)
+        c0, c1 = int(round(vol.center[0])), int(round(vol.center[1]))
+        pad = [(0, 0), (r, r), (r, r)]
+        window = np.s_[:, c0: c0 + 2 * r + 1, c1: c1 + 2 * r + 1]  # of the padded arrays: c -/+ r of the original
+        arrays[f"pixels_{i}"] = np.pad(vol.pixels, pad)[window].astype(np.float16)
+        arrays[f"labels_{i}"] = np.pad(vol.labels, pad)[window].astype(np.uint8)
+        arrays[f"meta_{i}"] = np.array([vol.center[0] - c0 + r, vol.center[1] - c1 + r, *vol.pixel_spacing])
+    limits = {"size": size, "spacing_mm": spacing_mm, "rotate_deg": rotate_deg, "scale": scale, "shift_mm": shift_mm}
+    arrays["info"] = np.array(json.dumps({"limits": limits, "sources": [v.source for v in volumes]}))
+    path = Path(path)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_packed(path, size: int, spacing_mm: float, aug: dict | None) -> list[Volume]:
+    """The volumes of a :func:`pack_volumes` file; refuses crops or augmentation beyond what it holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data.packed: file not found: {path}")
+    with np.load(path) as f:
+        info = json.loads(str(f["info"]))
+        limits = info["limits"]
+        asked = {"size": size, "spacing_mm": spacing_mm, **(aug or {})}
+        over = [k for k, v in asked.items() if k in limits and float(v) > float(limits[k]) + 1e-9]
+        if over:
+            raise InputError(f"data.packed {path}: packed for {limits}; {', '.join(over)} ask(s) for more. Pack again")
+        out = []
+        for i, source in enumerate(info["sources"]):
+            meta = f[f"meta_{i}"]
+            out.append(Volume(f[f"pixels_{i}"].astype(np.float32), f[f"labels_{i}"], (float(meta[2]), float(meta[3])),
+                              (float(meta[0]), float(meta[1])), source))  # fmt: skip
+    return out
+
+
 class SaxSliceDataset(Dataset):
     """Map-style dataset of augmented 2D SAX crops: ``{"image": (1, S, S) float in [0, 1], "label": (S, S) long}``.
 
     ``root``: ACDC-layout HDF5 folder (training patients only: 061-080 never enter) or None;
     ``phantoms``: number of MR phantom subjects (2 phases each); ``labelled_only``: keep only
-    slices with a label (segmentation stage); ``augment``: rotation (deg), scale, shift (mm), gamma.
+    slices with a label (segmentation stage); ``augment``: rotation (deg), scale, shift (mm), gamma;
+    ``packed``: a :func:`pack_volumes` file read instead of ``root`` and ``phantoms``; ``repeat``: each
+    slice that many times per epoch (long epochs: fewer DataLoader worker restarts on a GPU).
     """
 
     def __init__(
@@ -165,10 +219,17 @@ class SaxSliceDataset(Dataset):
         augment: bool = True,
         limit: int | None = None,
         phantom_first_seed: int = 1000,
+        packed: str | None = None,
+        repeat: int = 1,
     ):
         limit = int(limit) if limit else None
-        volumes = acdc_volumes(root, patients, limit=limit) if root else []
-        volumes += phantom_volumes(int(phantoms), phantom_first_seed) if phantoms else []
+        self.size, self.spacing_mm = int(size), float(spacing_mm)
+        self.aug = dict(rotate_deg=rotate_deg, scale=scale, shift_mm=shift_mm, gamma=gamma) if augment else None
+        if packed:
+            volumes = load_packed(packed, self.size, self.spacing_mm, self.aug)
+        else:
+            volumes = acdc_volumes(root, patients, limit=limit) if root else []
+            volumes += phantom_volumes(int(phantoms), phantom_first_seed) if phantoms else []
         volumes = volumes[:limit]
         if not volumes:
             raise InputError("data: no volumes; set data.root to an ACDC-layout folder and/or data.phantoms > 0")
@@ -176,9 +237,7 @@ class SaxSliceDataset(Dataset):
         self.items = [
             (v, k) for v, vol in enumerate(volumes) for k in range(len(vol.pixels))
             if not labelled_only or vol.labels[k].any()
-        ]  # fmt: skip
-        self.size, self.spacing_mm = int(size), float(spacing_mm)
-        self.aug = dict(rotate_deg=rotate_deg, scale=scale, shift_mm=shift_mm, gamma=gamma) if augment else None
+        ] * max(1, int(repeat))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.items)

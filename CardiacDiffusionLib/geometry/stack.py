@@ -13,11 +13,14 @@ without saying so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # SimpleITK is imported where used: stacks, readers of arrays and the models run without it
+    import SimpleITK as sitk
 
 #: Two gaps differing by less than this (mm) count as equal.
 GAP_TOLERANCE_MM = 0.05
@@ -148,6 +151,8 @@ class SliceStack:
             spacing_z = float(np.mean(self.gaps))
         if labels and self.labels is None:
             raise InputError(f"{self.source}: has no labels")
+        import SimpleITK as sitk
+
         array = self.labels if labels else self.pixels
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((float(self.pixel_spacing[0]), float(self.pixel_spacing[1]), spacing_z))
@@ -160,6 +165,8 @@ class SliceStack:
         cls, image: sitk.Image, labels: sitk.Image | None = None, source: str = "SAX volume"
     ) -> "SliceStack":
         """Split a 3D volume into its z slices (the stack axis is the image's third axis)."""
+        import SimpleITK as sitk
+
         if image.GetDimension() != 3 or image.GetSize()[2] < 2:
             raise InputError(
                 f"{source}: expected a 3D stack of at least 2 slices, got size {image.GetSize()}; "

@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 from ..phantoms.ct import MYO, make_ct_phantom
 
 HU_WINDOW = (-200.0, 800.0)
-N_CLASSES = 9  # background + 8 CT labels
 #: held-out phantoms start here; training seeds are 0..n-1
 TEST_SEED = 100_000
 

@@ -21,7 +21,9 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 from torch.func import functional_call
 
-from .data import N_CLASSES
+from ..labels import CT_LABELS
+
+N_CLASSES = len(CT_LABELS) + 1  # background + 8 CT labels
 
 DEFAULT_VAE = {"channels": [16, 32], "num_res_blocks": 1, "latent_channels": 3, "norm_num_groups": 8,
                "n_classes": N_CLASSES, "adv_weight": 0.0}  # fmt: skip
