@@ -202,7 +202,9 @@ def test_shipped_model_segments_a_stack_without_labels(phantom_stack):
     R.load_dmcvr.cache_clear()
     stack = phantom_stack.with_labels(None)
     targets = np.sort(np.concatenate([phantom_stack.positions[2:8], phantom_stack.positions[2:7] + 5.0]))
-    images, labels = R.dmcvr(stack, targets, steps=4, device="cpu")
+    # cheap partial inversion. Single slices stray at any setting: on 10 phantom stacks 21 (full inversion,
+    # 25 steps) and 25 (strength 0.1, 10 steps) of 287 generated structure areas were outside +-20 % of their neighbours'
+    images, labels = R.dmcvr(stack, targets, steps=4, strength=0.1, device="cpu")
     acquired, truth = labels[::2], phantom_stack.labels[2:8]
     assert np.allclose(images[::2], phantom_stack.pixels[2:8])
     assert dice(acquired == 1, truth == 1) > 0.9  # measured 0.987
@@ -223,6 +225,6 @@ def test_structure_held_by_one_neighbour_stops_half_way(phantom_stack):
     stack = phantom_stack.with_labels(labels)
     p3, p4 = phantom_stack.positions[3], phantom_stack.positions[4]
     targets = np.array([p3 + 0.25 * (p4 - p3), p3 + 0.75 * (p4 - p3)])
-    _, out = R.dmcvr(stack, targets, steps=2, device="cpu")
+    _, out = R.dmcvr(stack, targets, steps=2, strength=0.1, device="cpu")  # cheap; the rule is the point
     assert (out[0] == 3).sum() > 0.5 * (labels[3] == 3).sum()
     assert not (out[1] == 3).any()

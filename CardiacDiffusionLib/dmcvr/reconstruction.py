@@ -13,12 +13,11 @@ structure absent from both acquired neighbours of a target is not labelled there
 neighbour holds is labelled only up to half-way to the other.
 Acquired positions keep their pixels, and their labels when the user gave labels.
 
-``strength`` < 1 inverts only the first ``strength`` of the diffusion schedule (to x_t with
-t < strength T, as SDEdit-style partial inversion) instead of DMCVR's full inversion to x_T.
-Why: a small model trained for minutes on a CPU cannot yet decode a clean slice from the slerp
-of two fully inverted codes (a fully inverted pair decodes to noise-textured images), while a
-partial code keeps the coarse anatomy and the denoiser only has to re-create the details
-under the interpolated semantic and morphology codes. ``strength=1`` is the paper's method.
+``strength=1`` (the default) is the paper's full inversion to x_T. ``strength`` < 1 inverts only
+the first ``strength`` of the diffusion schedule (to x_t with t < strength T, as SDEdit-style
+partial inversion): the CPU-trained models up to v0.3 could not decode a clean slice from the slerp
+of two fully inverted codes, and a partial code keeps the coarse anatomy while the denoiser
+re-creates the details under the interpolated semantic and morphology codes.
 """
 
 from __future__ import annotations
@@ -45,10 +44,11 @@ from .model import DMCVRModel, Latents, from_diffusion_range, to_diffusion_range
 DEFAULT_MODEL = "dmcvr-acdc-64"
 DEFAULT_BATCH = {"cpu": 32, "cuda": 128, "mps": 64}
 #: DDIM steps (each way) and the fraction of the diffusion schedule inverted (1 = DMCVR's full
-#: inversion to x_T; less = partial inversion, see the module docstring). Chosen on ACDC 041-045
-#: (training patients; strengths 0.1-1 tried, docs/models/dmcvr.md), never on the validation patients.
-DEFAULT_STEPS = 10
-DEFAULT_STRENGTH = 0.1
+#: inversion to x_T; less = partial inversion, see the module docstring). Chosen for model v0.4 on
+#: ACDC 041-060 (training patients; strengths 0.1-1, 10-50 steps, docs/models/dmcvr.md), never on
+#: the validation patients. (v0.1-v0.3, trained on CPU only, were best at strength 0.1, 10 steps.)
+DEFAULT_STEPS = 25
+DEFAULT_STRENGTH = 1.0
 
 
 def default_model_name() -> str:
