@@ -138,3 +138,18 @@ def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     assert "mean abs error" in out
     labels = sitk.ReadImage(str(next((tmp_path / "synthetic").glob("sample_*_labels.nii.gz"))))
     assert labels.GetSize() == (32, 32, 32) and labels.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
+
+
+def test_help_imports_no_heavy_library():
+    """Building the parser (``--help``, every Slicer child process) imports neither torch nor SimpleITK/VTK/matplotlib."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from CardiacDiffusionLib.cli.main import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in ('torch', 'SimpleITK', 'vtk', 'matplotlib', 'monai', 'scipy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]

@@ -127,6 +127,21 @@ def test_ddim_sampling_calls_the_net_k_times_and_is_seeded():
     assert int(lab1.min()) >= 0 and int(lab1.max()) <= 8 and float(img1.abs().max()) <= 1.0
 
 
+def test_v_prediction_trains_on_the_velocity_and_samples_through_the_same_noise():
+    """prediction v: the loss targets MONAI's velocity, and eps() recovers the noise exactly from a perfect v."""
+    model = LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "image_size": 16, "prediction": "v"})
+    z0, noise = torch.randn(2, *model.latent_shape), torch.randn(2, *model.latent_shape)
+    t = torch.tensor([3, 990])
+    z_t = model.scheduler.add_noise(z0, noise, t)
+    a = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    v = a.sqrt() * noise - (1 - a).sqrt() * z0  # the definition, written out
+    assert torch.allclose(model.scheduler.get_velocity(z0, noise, t), v, atol=1e-6)
+    model.unet.forward = lambda x, tt: v  # a perfect velocity net
+    assert torch.allclose(model.eps(z_t, t), noise, atol=1e-5)
+    with pytest.raises(InputError, match="prediction"):
+        LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "prediction": "x0"})
+
+
 def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
     from CardiacDiffusionLib.cli.sample import run
 

@@ -8,6 +8,14 @@ from pathlib import Path
 from ..labels import CONVENTIONS
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` option as ``utils.device.prepare_device`` reads it."""
+    parser.add_argument(
+        "--device", default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
+    )  # fmt: skip
+
+
 def add_label_convention(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-convention",

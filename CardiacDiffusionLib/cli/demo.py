@@ -15,11 +15,6 @@ import json
 import time
 from pathlib import Path
 
-from ..io.volumes import write_image
-from ..reconstruction.lax_check import format_table, lax_dice
-from ..reconstruction.volume import reconstruct
-from ..report import write_report
-
 BASELINES = ("nearest", "linear", "shape")
 
 
@@ -51,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -> None:
+    from ..io.volumes import write_image
     from ..phantoms.scanner import make_subject, write_subject
+    from ..reconstruction.lax_check import format_table, lax_dice
+    from ..reconstruction.volume import reconstruct
+    from ..report import write_report
 
     print(f"[demo] MR phantom subject seed {seed} -> {out / 'phantom'}")
     subject = make_subject(seed)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from ..reconstruction.gap import acdc_stacks, evaluate_gap
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +38,8 @@ def parse_range(text: str | None):
 
 
 def run_gap(args: argparse.Namespace) -> int:
+    from ..reconstruction.gap import acdc_stacks, evaluate_gap
+
     data = Path(args.data)
     if not data.is_dir():
         raise InputError(f"--data {data}: folder not found")

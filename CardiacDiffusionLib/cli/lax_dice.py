@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..io.volumes import read_labels
-from ..reconstruction.lax_check import format_table, lax_dice_table
 from .common import add_label_convention, lax_inputs
 
 
@@ -21,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.volumes import read_labels
+    from ..reconstruction.lax_check import format_table, lax_dice_table
+
     volume = read_labels(args.labels, convention="project", name="--labels")
     table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
     print(format_table(table))

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import SimpleITK as sitk
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="write a seeded MR (SAX + LAX) or CT phantom with its truth")
@@ -25,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
     out = Path(args.out)
     if args.kind == "mr":
         from ..phantoms.scanner import make_subject, write_subject

@@ -6,9 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..io.volumes import read_labels, read_stack, write_image
-from ..reconstruction.lax_check import format_table, lax_dice_table
-from ..reconstruction.volume import reconstruct
 from .common import add_label_convention, lax_inputs
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
@@ -35,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.volumes import read_labels, read_stack, write_image
+    from ..reconstruction.lax_check import format_table, lax_dice_table
+    from ..reconstruction.volume import reconstruct
+
     out = Path(args.out)
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from ..utils.device import add_device_argument, prepare_device
+from .common import add_device_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..ldm.generate import DEFAULT_MODEL, load_ldm, sample_pairs, write_pairs
+    from ..utils.device import prepare_device
 
     if args.n < 1:
         raise InputError(f"--n {args.n}: give at least 1 pair")

@@ -20,15 +20,15 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-import torch
 import yaml
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch and safetensors are imported where used: the CLI lists and registers models without them
+    import torch
+    from torch import nn
 
 MODEL_FORMAT = "cardiac-diffusion-model/1"
 WORKFLOWS = ("dmcvr", "sadir", "ldm", "lma")
@@ -46,7 +46,7 @@ BUILTIN_ARCHITECTURES: dict[str, str] = {
     "sadir_unet3d": "CardiacDiffusionLib.sadir.train:build_unet",
 }
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
-Builders = dict[str, Callable[[dict], nn.Module]]
+Builders = dict[str, Callable[[dict], "nn.Module"]]
 
 
 class LoadedModel(NamedTuple):
@@ -137,6 +137,8 @@ def save_model(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    from safetensors.torch import save_file
+
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return sha256_file(path)
@@ -158,6 +160,8 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
             f"model {label}: {path} is a pickle (torch.save) file; pickles can run code and are never loaded: "
             "convert it to safetensors with models.store.save_model where you trust its origin"
         )
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -212,6 +216,8 @@ def load_model(
             f"model {label}: architecture mismatch, the weights do not fit {architecture} with the stored config: "
             f"{'; '.join(problems)}"
         )
+    from safetensors.torch import load_file
+
     try:
         module.load_state_dict(load_file(str(path)), strict=True)
     except Exception as error:  # noqa: BLE001 - data part damaged although the header parsed

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..errors import InputError
 from .progress import MODES
-from .runner import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: str) -> int:
     """Train one config into ``out``; 130 when cancelled (resumable), else 0. ``stage``: name for messages."""
+    from .runner import train
+
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     result = train(None, config, out, progress=args.progress, resume=not args.no_resume, command=command)
     where = f" in stage {stage}" if stage else ""

@@ -7,7 +7,6 @@ an out-of-memory error down to 1 and then stops with an :class:`InputError` sayi
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Callable, Sequence, TypeVar
 
@@ -17,14 +16,6 @@ from ..errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 T = TypeVar("T")
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--device`` option every sub-command shares."""
-    parser.add_argument(
-        "--device", default="auto",
-        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
-    )  # fmt: skip
 
 
 def _mps_available() -> bool:
