@@ -172,6 +172,7 @@ def test_networks_and_dmcvr_training_import_without_simpleitk_or_vtk():
         "import CardiacDiffusionLib.dmcvr.reconstruction, CardiacDiffusionLib.dmcvr.tasks\n"
         "import CardiacDiffusionLib.ldm.diffusion, CardiacDiffusionLib.sadir.epdiff, CardiacDiffusionLib.training.cli\n"
         "from CardiacDiffusionLib.geometry.stack import SliceStack\n"
+        "from CardiacDiffusionLib.metrics import dice, psnr\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from CardiacDiffusionLib.geometry.stack import SliceStack
+from CardiacDiffusionLib.metrics import dice, psnr
 
 
 def write_stack(path: str) -> None:
@@ -70,18 +71,6 @@ def timed(fn, device: str, repeats: int = 1, warmup: bool = True):
     return out, float(np.median(times))
 
 
-# dice/psnr written here: the package CardiacDiffusionLib.metrics imports SimpleITK (surface distances)
-def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
-    x, y = a == value, b == value
-    denom = int(x.sum() + y.sum())
-    return 2 * int((x & y).sum()) / denom if denom else float("nan")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(float(np.max(np.abs(b))) ** 2 / mse)
-
-
 def check_dmcvr(stack: SliceStack, targets: np.ndarray) -> dict:
     from CardiacDiffusionLib.dmcvr.reconstruction import DEFAULT_BATCH, DEFAULT_STEPS, DEFAULT_STRENGTH, dmcvr
     from CardiacDiffusionLib.reconstruction.baselines import shape
@@ -95,8 +84,8 @@ def check_dmcvr(stack: SliceStack, targets: np.ndarray) -> dict:
 
     (img_cpu, lab_cpu), out["default_cpu_s"] = run("cpu", DEFAULT_STEPS, DEFAULT_STRENGTH, False)
     (img_gpu, lab_gpu), out["default_accel_s"] = run(ACCEL, DEFAULT_STEPS, DEFAULT_STRENGTH, True)
-    out["default_accel_vs_cpu"] = {"image_psnr_db": psnr(img_gpu, img_cpu),
-                                   **{f"dice_{k}": dice(lab_gpu, lab_cpu, v) for k, v in (("LV", 1), ("MYO", 2), ("RV", 3))}}  # fmt: skip
+    out["default_accel_vs_cpu"] = {"image_psnr_db": psnr(img_gpu, img_cpu, data_range=float(np.abs(img_cpu).max())),
+                                   **{f"dice_{k}": dice(lab_gpu == v, lab_cpu == v) for k, v in (("LV", 1), ("MYO", 2), ("RV", 3))}}  # fmt: skip
     _, out["full_inversion_ddim50_accel_s"] = run(ACCEL, 50, 1.0, False)
     for key in ("default_accel_s", "full_inversion_ddim50_accel_s"):
         out[key.replace("_s", "_ratio_to_shape")] = out[key] / out["shape_cpu_s"]

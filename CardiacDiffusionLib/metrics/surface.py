@@ -17,13 +17,15 @@ HD95 has two definitions in the field (see docs/METRICS.md); the project default
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # imported where used: the array metrics run without SimpleITK
+    import SimpleITK as sitk
 from .overlap import as_mask_pair
 
 HD95_VARIANTS = ("pooled", "directed-max")
@@ -122,6 +124,8 @@ def surface_distances_from_images(pred: sitk.Image, ref: sitk.Image, label: int 
         if not np.allclose(a, b, atol=1e-5):
             raise InputError(f"label images: {what[3:].lower()} differs ({a} vs {b}); "
                              "resample the prediction onto the reference grid first")
+    import SimpleITK as sitk
+
     arrays = [sitk.GetArrayFromImage(image) for image in (pred, ref)]
     masks = [a != 0 if label is None else a == label for a in arrays]
     return surface_distances(masks[0], masks[1], spacing=ref.GetSpacing()[::-1])
