@@ -222,7 +222,9 @@ def load_model(
         module.load_state_dict(load_file(str(path)), strict=True)
     except Exception as error:  # noqa: BLE001 - data part damaged although the header parsed
         raise InputError(f"model {label}: {path} could not be read ({error}); re-download or re-train it") from None
-    return LoadedModel(module.to(device).eval(), architecture, config, meta, entry)
+    from ..utils.onednn import use_onednn_convs  # batch-1 CPU inference: see utils/onednn.py
+
+    return LoadedModel(use_onednn_convs(module).to(device).eval(), architecture, config, meta, entry)
 
 
 # -- registries
