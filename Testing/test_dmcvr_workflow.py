@@ -21,6 +21,7 @@ from CardiacDiffusionLib.metrics.overlap import dice
 from CardiacDiffusionLib.models.store import load_model, save_model, sha256_file, shipped_registry_path
 from CardiacDiffusionLib.phantoms.mr import MRPhantom
 from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+from CardiacDiffusionLib.reconstruction.baselines import shape
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
 from CardiacDiffusionLib.training.runner import train
 from CardiacDiffusionLib.training.workflows import stage_configs
@@ -228,3 +229,25 @@ def test_structure_held_by_one_neighbour_stops_half_way(phantom_stack):
     _, out = R.dmcvr(stack, targets, steps=2, strength=0.1, device="cpu")  # cheap; the rule is the point
     assert (out[0] == 3).sum() > 0.5 * (labels[3] == 3).sum()
     assert not (out[1] == 3).any()
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_shape_prior_moves_generated_labels_towards_shape_interpolation(phantom_stack):
+    """Weight 0: the network alone; 0.4 (default): nearer shape-based interpolation of the given labels;
+    0.99: shape's labels but for the Gaussian smoothing. Acquired slices and unlabelled stacks are untouched."""
+    R.load_dmcvr.cache_clear()
+    targets = np.sort(np.concatenate([phantom_stack.positions[2:7], phantom_stack.positions[2:6] + 5.0]))
+    expected = shape(phantom_stack, targets)[1][1::2]
+    agree = {}
+    for w in (0.0, 0.4, 0.99):
+        _, out = R.dmcvr(phantom_stack, targets, steps=2, strength=0.1, device="cpu", shape_prior=w)
+        assert np.array_equal(out[::2], phantom_stack.labels[2:7])
+        agree[w] = float(np.mean(out[1::2] == expected))
+    assert agree[0.0] < agree[0.4] < agree[0.99], agree  # measured 0.9849 < 0.9886 < 0.9973
+    assert agree[0.99] > 0.99, agree
+    with pytest.raises(InputError, match="shape_prior"):
+        R.dmcvr(phantom_stack, targets, steps=2, shape_prior=1.0)
+    bare = phantom_stack.with_labels(None)
+    a = R.dmcvr(bare, targets[:3], steps=2, strength=0.1, device="cpu", shape_prior=0.0)[1]
+    b = R.dmcvr(bare, targets[:3], steps=2, strength=0.1, device="cpu", shape_prior=0.4)[1]
+    assert np.array_equal(a, b)

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (1 = full)")
     g.add_argument("--device", help="auto|cpu|cuda|mps for dmcvr (default auto)")
     g.add_argument("--model", help="dmcvr model name or .safetensors (default: the shipped one)")
+    g.add_argument("--shape-prior", type=float, help="dmcvr: weight of the shape prior in generated labels (default 0.4)")
     g.add_argument("--out", help="write the JSON table here too")
     g.set_defaults(func=run_gap)
     register_ldm(protocols)
@@ -47,7 +48,7 @@ def run_gap(args: argparse.Namespace) -> int:
     if not stacks:
         raise InputError(f"--data {data}: no ACDC-layout .h5 volumes found (for the chosen patients)")
     dmcvr = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
-                               ("strength", args.strength)) if v is not None}  # fmt: skip
+                               ("strength", args.strength), ("shape_prior", args.shape_prior)) if v is not None}  # fmt: skip
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}", file=sys.stderr)
     table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr})
     text = json.dumps(table, indent=2)

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (dmcvr only)")
     p.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (default the model's, 1 = full)")
     p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
+    p.add_argument("--shape-prior", type=float,
+                   help="dmcvr with --sax-labels: weight 0..<1 of the shape-interpolated labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
     p.add_argument("--phase", type=int, help="cine input: cardiac phase index (default: the first, ED)")
     p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     options = {}
     if args.method == "dmcvr":
-        options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model}
+        options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
+                   "shape_prior": args.shape_prior}  # fmt: skip
     result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     write_image(result.image, out / "reconstruction_image.nii.gz")
