@@ -209,6 +209,25 @@ def test_ssl_masking_follows_its_parameters_and_encoder_transfers():
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 
+def test_encoded_pairs_give_the_loss_of_encoding_in_the_step():
+    """Latents encoded once (EncodedPairs) and sampled per step give exactly the in-step encoder's loss."""
+    from CardiacDiffusionLib.ldm.data import EncodedPairs
+    from CardiacDiffusionLib.ldm.diffusion import latent_diffusion_loss
+
+    model = tiny_ldm().eval()
+    pairs = CTPhantomPairs(3, 0, 16, augment=False)
+    encoded = EncodedPairs(pairs, model.vae, draws=2)
+    assert len(encoded) == 6 and torch.equal(encoded[1]["mu"], encoded[4]["mu"])
+    image = torch.stack([pairs[i]["image"] for i in range(3)])
+    labels = torch.stack([pairs[i]["labels"] for i in range(3)])
+    torch.manual_seed(5)
+    expected = diffusion_loss(model, image, labels)
+    mu, sigma = torch.stack([encoded[i]["mu"] for i in range(3)]), torch.stack([encoded[i]["sigma"] for i in range(3)])
+    torch.manual_seed(5)
+    got = latent_diffusion_loss(model, model.vae.ae.sampling(mu, sigma) * model.latent_scale)
+    assert torch.allclose(got, expected, rtol=1e-5), (got, expected)
+
+
 def test_ldm_preset_chains_the_frozen_vae(tmp_path):
     from CardiacDiffusionLib.training.workflows import stage_configs
 

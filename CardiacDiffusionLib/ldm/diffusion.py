@@ -99,7 +99,11 @@ class LatentDiffusion(nn.Module):
 
 def diffusion_loss(model: LatentDiffusion, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """DDPM MSE of the noise (or velocity) prediction on the scaled latents of a batch."""
-    z = model.latents(image, labels)
+    return latent_diffusion_loss(model, model.latents(image, labels))
+
+
+def latent_diffusion_loss(model: LatentDiffusion, z: torch.Tensor) -> torch.Tensor:
+    """DDPM MSE of the noise (or velocity) prediction on scaled latents ``z``."""
     noise = torch.randn_like(z)
     t = torch.randint(0, model.scheduler.num_train_timesteps, (z.shape[0],), device=z.device)
     noisy = model.scheduler.add_noise(z, noise, t)

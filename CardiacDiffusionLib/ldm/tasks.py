@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..models.store import load_model
 from ..training.task import Task, register_task
-from .data import TEST_SEED, CTPhantomPairs
-from .diffusion import LatentDiffusion, diffusion_loss, latent_scale
+from .data import TEST_SEED, CTPhantomPairs, EncodedPairs
+from .diffusion import LatentDiffusion, diffusion_loss, latent_diffusion_loss, latent_scale
 from .vae import JointVAE, vae_losses
 
 
@@ -70,16 +70,22 @@ class DiffusionTask(Task):
                    for j in range(0, n_scale, 8)]  # fmt: skip
         model.latent_scale.fill_(latent_scale(model.vae, batches))
         self.config = model.config
+        self.vae = model.vae
         return model
 
     def parameters(self, model: nn.Module):
         return model.unet.parameters()
 
     def build_dataset(self, config: dict) -> Dataset:
-        return CTPhantomPairs(**config)
+        config = dict(config)
+        draws = int(config.pop("encoded_draws", 0))  # > 0: encode that many augmented passes once (EncodedPairs)
+        pairs = CTPhantomPairs(**config)
+        return EncodedPairs(pairs, self.vae, draws) if draws > 0 else pairs
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         model.vae.eval()  # frozen: no dropout/norm statistics change
+        if "mu" in batch:
+            return latent_diffusion_loss(model, model.vae.ae.sampling(batch["mu"], batch["sigma"]) * model.latent_scale)
         return diffusion_loss(model, batch["image"], batch["labels"])
 
     def model_config(self, config: dict) -> dict:
