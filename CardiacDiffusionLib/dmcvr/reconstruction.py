@@ -13,14 +13,14 @@ structure absent from both acquired neighbours of a target is not labelled there
 neighbour holds is labelled only up to half-way to the other.
 Acquired positions keep their pixels, and their labels when the user gave labels.
 
-With labels given, the generated slices' class probabilities are blended with a shape prior:
-``(1 - w) p_net + w q``, q = the shape-based interpolation of the given labels as one-hot maps
-smoothed by a Gaussian of ``SHAPE_PRIOR_SIGMA_PX`` pixels, w = ``shape_prior`` (default
-``DEFAULT_SHAPE_PRIOR``; 0 = the network alone, the paper's rule). The network labels a generated
-image, which loses detail against a real slice (the same net on the real dropped slices: MYO Dice
-0.897, on generated ones 0.792); interpolated given labels are the other, independent source, and
-the blend is better than either (docs/models/dmcvr.md). With w < 0.5 the prior cannot overrule a
-confident network; without given labels there is no prior.
+The generated slices' class probabilities are blended with a shape prior: ``(1 - w) p_net + w q``,
+q = the shape-based interpolation of the acquired slices' labels (the given ones, else the net's own
+labels of the acquired slices) as one-hot maps smoothed by a Gaussian of ``SHAPE_PRIOR_SIGMA_PX``
+pixels, w = ``shape_prior`` (default ``DEFAULT_SHAPE_PRIOR``; 0 = the network alone, the paper's
+rule). The network labels a generated image, which loses detail against a real slice (the same net
+on the real dropped slices: MYO Dice 0.897, on generated ones 0.792); the acquired slices' labels
+interpolated are the other source, and the blend is better than either (docs/models/dmcvr.md).
+With w < 0.5 the prior cannot overrule a confident network.
 
 ``strength=1`` (the default) is the paper's full inversion to x_T. ``strength`` < 1 inverts only
 the first ``strength`` of the diffusion schedule (to x_t with t < strength T, as SDEdit-style
@@ -42,7 +42,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..geometry.stack import SliceStack
 from ..models.store import list_models, load_model
-from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape
+from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
 from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, label_center
 from .interpolate import interpolation_plan
@@ -255,7 +255,9 @@ def dmcvr(
     out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
     with torch.inference_mode():
         probs = run_batched(lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), out, batch_size, net.device)
-        acquired_labels = labels if given else run_batched(lambda x: net.segment(x).cpu(), crops, batch_size, net.device).numpy()
+        acquired_probs = None if given else run_batched(
+            lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), crops, batch_size, net.device).numpy()  # fmt: skip
+    acquired_labels = labels if given else acquired_probs.argmax(1)
     # a structure absent from both acquired neighbours is not generated between them, and one present in only
     # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):
     # the morphology net otherwise labels stray RV/LV pixels near base and apex
@@ -271,11 +273,14 @@ def dmcvr(
     images = base_images.astype(np.float32).copy()
     result = np.zeros(images.shape, np.uint8) if base_labels is None else base_labels.astype(np.uint8).copy()
     shape2d = stack.shape2d
-    prior = shape(stack, targets)[1] if given and shape_prior > 0 else None
+    prior = None
+    if shape_prior > 0:  # the given labels, else the net's labels of the acquired slices, shape-interpolated
+        own = labels if given else np.stack([_on_grid(frame, p, shape2d).argmax(0) for p in acquired_probs])
+        prior = shape_labels(own, stack.positions, targets, stack.pixel_spacing)
     for k in range(len(targets)):
         crop_image, inside = frame.back(out[k, 0].numpy(), shape2d)
         images[k][inside] = crop_image[inside] * (hi - lo) + lo
-        class_maps = np.stack([frame.back(p, shape2d)[0] for p in probs[k].numpy()])
+        class_maps = _on_grid(frame, probs[k].numpy(), shape2d)
         if prior is not None:
             q = [ndimage.gaussian_filter((prior[k] == c).astype(np.float32), SHAPE_PRIOR_SIGMA_PX) for c in range(len(class_maps))]
             class_maps = (1 - shape_prior) * class_maps + shape_prior * np.stack(q)
@@ -285,6 +290,12 @@ def dmcvr(
     if given:
         result[acquired] = labels[plo[acquired]]
     return images, result
+
+
+def _on_grid(frame: CropFrame, class_probs: np.ndarray, shape2d) -> np.ndarray:
+    """Class probability maps (C, size, size) of a crop on the stack's grid (zero outside the crop)."""
+    maps = [frame.back(p, shape2d) for p in class_probs]
+    return np.stack([values * inside for values, inside in maps])
 
 
 register_method("dmcvr", dmcvr)

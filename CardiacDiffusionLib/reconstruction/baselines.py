@@ -122,18 +122,25 @@ def shape(stack: SliceStack, targets: np.ndarray, layers=MR_SHAPE_LAYERS):
     images = _linear_images(pixels, lower, upper, weight)
     if labels is None:
         return images, None
-    out = np.zeros((len(targets), *stack.shape2d), dtype=np.uint8)
+    return images, shape_labels(labels, stack.positions, targets, stack.pixel_spacing, layers)
+
+
+def shape_labels(labels: np.ndarray, positions: np.ndarray, targets: np.ndarray, pixel_spacing,
+                 layers=MR_SHAPE_LAYERS) -> np.ndarray:  # fmt: skip
+    """Shape-based interpolation of label slices already on one pixel grid (see :func:`aligned_arrays`)."""
+    lower, upper, weight = bracket(positions, targets)
+    out = np.zeros((len(targets), *labels.shape[1:]), dtype=np.uint8)
     needed = np.unique(np.concatenate([lower, upper]))
     for value, members in layers:
         masks = {k: np.isin(labels[k], members) for k in needed}
-        sdf = {k: signed_distance(masks[k], stack.pixel_spacing, np.inf) for k in needed}
+        sdf = {k: signed_distance(masks[k], pixel_spacing, np.inf) for k in needed}
         for i, (lo, up, w) in enumerate(zip(lower, upper, weight)):
             if not (masks[lo].any() or masks[up].any()):
                 continue
             below = sdf[lo] if masks[lo].any() else _end_sdf(sdf[up])
             above = sdf[up] if masks[up].any() else _end_sdf(sdf[lo])
             out[i][((1 - w) * below + w * above) < 0] = value
-    return images, out
+    return out
 
 
 METHODS: dict[str, Method] = {"nearest": nearest, "linear": linear, "shape": shape}
