@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (default the model's, 1 = full)")
     p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
     p.add_argument("--shape-prior", type=float,
-                   help="dmcvr with --sax-labels: weight 0..<1 of the shape-interpolated labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
+                   help="dmcvr: weight 0..<1 of the shape-interpolated acquired labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
     p.add_argument("--phase", type=int, help="cine input: cardiac phase index (default: the first, ED)")
     p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
