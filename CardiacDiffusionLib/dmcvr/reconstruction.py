@@ -138,7 +138,11 @@ def heart_center(model: DMCVRModel, norm: np.ndarray, pixel_spacing, size: int, 
     regions, n = ndimage.label(count > 0)
     if n == 0:
         return middle
-    best = 1 + int(np.argmax(ndimage.sum(count, regions, index=np.arange(1, n + 1))))
+    # most slices first, then area: by area alone one large false blob in a single slice outweighed a
+    # small end-systolic cavity seen in every slice (13 of 40 ACDC 061-080 gap stacks, all ES frames)
+    index = np.arange(1, n + 1)
+    slices, area = ndimage.maximum(count, regions, index=index), ndimage.sum(count, regions, index=index)
+    best = 1 + int(np.lexsort((area, slices))[-1])
     lv = ndimage.center_of_mass(count * (regions == best))
     frame = CropFrame(to_grid(frame, lv), pixel_spacing, size, spacing)
     labels = segment(frame)
