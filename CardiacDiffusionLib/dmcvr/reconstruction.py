@@ -257,10 +257,12 @@ def dmcvr(
     crops = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
     targets = np.asarray(targets, float)
     out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
+    def class_probs(x: torch.Tensor) -> torch.Tensor:
+        return run_batched(lambda b: F.softmax(net.morph_net(b.to(net.device)), 1).cpu(), x, batch_size, net.device)
+
     with torch.inference_mode():
-        probs = run_batched(lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), out, batch_size, net.device)
-        acquired_probs = None if given else run_batched(
-            lambda x: F.softmax(net.morph_net(x.to(net.device)), 1).cpu(), crops, batch_size, net.device).numpy()  # fmt: skip
+        probs = class_probs(out)
+        acquired_probs = None if given else class_probs(crops).numpy()
     acquired_labels = labels if given else acquired_probs.argmax(1)
     # a structure absent from both acquired neighbours is not generated between them, and one present in only
     # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):

@@ -34,22 +34,21 @@ def _onednn_applies(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
     )
 
 
-class OneDNNConv2d(nn.Conv2d):
+class _OneDNNForward:
+    """Forward of a Conv2d/Conv3d subclass: oneDNN when :func:`_onednn_applies`, else the parent's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _onednn_applies(self, x):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
+
+class OneDNNConv2d(_OneDNNForward, nn.Conv2d):
     """``nn.Conv2d`` whose gradient-free float32 CPU calls always use oneDNN."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _onednn_applies(self, x):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
-        return super().forward(x)
 
-
-class OneDNNConv3d(nn.Conv3d):
+class OneDNNConv3d(_OneDNNForward, nn.Conv3d):
     """``nn.Conv3d`` whose gradient-free float32 CPU calls always use oneDNN."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _onednn_applies(self, x):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
-        return super().forward(x)
 
 
 _SWAPS = {nn.Conv2d: OneDNNConv2d, nn.Conv3d: OneDNNConv3d}
