@@ -161,8 +161,8 @@ def test_slicer_pip_install_passes_constraints(monkeypatch, tmp_path):
     assert calls[-1] == ["-c", str(tmp_path / "c.txt"), "einops>=0.7"]
 
 
-def test_networks_and_dmcvr_training_import_without_simpleitk_or_vtk():
-    """A GPU server may lack SimpleITK and VTK: the networks, samplers and DMCVR training (from a pack) need neither."""
+def test_networks_and_training_import_without_simpleitk_or_vtk():
+    """A GPU server may lack SimpleITK and VTK: the networks, samplers, DMCVR and SADIR training (from packs) need neither."""
     import subprocess
     import sys
 
@@ -171,6 +171,7 @@ def test_networks_and_dmcvr_training_import_without_simpleitk_or_vtk():
         "for name in ('SimpleITK', 'vtk', 'nibabel', 'h5py'): sys.modules[name] = None\n"
         "import CardiacDiffusionLib.dmcvr.reconstruction, CardiacDiffusionLib.dmcvr.tasks\n"
         "import CardiacDiffusionLib.ldm.diffusion, CardiacDiffusionLib.sadir.epdiff, CardiacDiffusionLib.training.cli\n"
+        "import CardiacDiffusionLib.sadir.train, CardiacDiffusionLib.sadir.reconstruct\n"
         "from CardiacDiffusionLib.geometry.stack import SliceStack\n"
         "from CardiacDiffusionLib.metrics import dice, psnr\n"
     )

@@ -240,3 +240,53 @@ def test_alternating_training_updates_the_atlas_of_model_and_ema(tmp_path):
     exported = load_model(result.model_path).module
     assert not torch.equal(exported.atlas_fine[0, 0], torch.from_numpy(data.downsample(start, 32)))
     assert topology(exported.atlas_fine[0, 0].numpy() >= 0.5)["ok"]
+
+
+def test_packed_samples_equal_the_phantoms_they_were_made_from(tmp_path):
+    from CardiacDiffusionLib.sadir.train import PhantomMyocardium, pack_samples
+
+    sizes = {"size": 16, "output_size": 32}
+    pack_samples(tmp_path / "pack.npz", [0, 1, 2], val_seeds=[4000], **sizes)
+    packed, made = PhantomMyocardium(packed=tmp_path / "pack.npz", **sizes), PhantomMyocardium(3, 0, **sizes)
+    val = PhantomMyocardium(packed=tmp_path / "pack.npz", prefix="val_", **sizes)
+    for a, b in ((packed, made), (val, PhantomMyocardium(1, 4000, **sizes))):
+        for key in ("truth", "truth_fine", "sparse", "mask"):
+            assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert packed.truth.shape == (3, 16, 16, 16) and packed.truth_fine.shape == (3, 32, 32, 32)
+    assert 0.3 < packed.truth.sum() / packed.truth_fine.sum() * 8 < 3  # block average of the fine truth
+    with pytest.raises(InputError, match="16\\^3 / 32\\^3, the model needs 32\\^3 / 64\\^3"):
+        PhantomMyocardium(packed=tmp_path / "pack.npz")
+
+
+def test_training_from_a_pack_with_the_fine_loss_and_a_learned_atlas(tmp_path):
+    """The GPU-server path: samples from a pack, atlas taken from a stored model, loss also at the output size."""
+    from CardiacDiffusionLib.models.store import load_model
+    from CardiacDiffusionLib.sadir.atlas import save_atlas
+    from CardiacDiffusionLib.sadir.train import pack_samples
+    from CardiacDiffusionLib.training.runner import train
+
+    start = data.make_sample(7, size=16, output_size=32)["truth_fine"]
+    for n in (16, 32):
+        save_atlas(tmp_path / "atlas" / f"sadir_myocardium_{n}.nii.gz", data.downsample(start, n), {"spacing_mm": 1})
+    pack_samples(tmp_path / "pack.npz", [0, 1], val_seeds=[4000], size=16, output_size=32)
+    base = {"task": "CardiacDiffusionLib.sadir.train:SadirTask", "optim": {"lr": 1e-3}, "device": "cpu",
+            "train": {"steps": 2, "batch_size": 2, "validate_every": 2}}  # fmt: skip
+    first = train(None, {**base, "model": {**TINY, "atlas_dir": str(tmp_path / "atlas")},
+                         "data": {"phantoms": 2, "size": 16, "output_size": 32}}, tmp_path / "a", progress="none")  # fmt: skip
+    source = load_model(first.model_path).module
+    config = {**base, "model": {**TINY, "atlas_dir": "nowhere", "atlas_from": str(first.model_path), "fine_weight": 1.0},
+              "data": {"packed": str(tmp_path / "pack.npz")}}  # fmt: skip
+    second = train(None, config, tmp_path / "b", progress="none")
+    log = (tmp_path / "b" / "train_log.jsonl").read_text()
+    assert '"dice_fine"' in log and '"val_dice_32"' in log
+    moved = load_model(second.model_path).module
+    assert torch.equal(moved.atlas_fine, source.atlas_fine) and torch.equal(moved.atlas, source.atlas)
+    with torch.no_grad():  # the fine term adds to the loss: SSD + 1 - Dice of the output-size deformed atlas, >= 0
+        truth, cond = torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 2, 16, 16, 16)
+        fine = torch.from_numpy(start.astype(np.float32))[None, None]
+        torch.manual_seed(0)
+        plain = moved.loss(truth, cond, truth_fine=fine, fine_weight=0.0)
+        torch.manual_seed(0)
+        both = moved.loss(truth, cond, truth_fine=fine, fine_weight=1.0)
+    added, dice_fine = float(both["loss"] - plain["loss"]), float(both["dice_fine"])
+    assert "dice_fine" not in plain and 0.3 < dice_fine < 1 and 1 - dice_fine < added < 1 - dice_fine + 0.1

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -96,6 +95,8 @@ def upsample_displacement(disp: torch.Tensor, size: int) -> torch.Tensor:
 def save_atlas(path: str | Path, atlas: np.ndarray, info: dict) -> None:
     """``path`` (.nii.gz) holding the soft atlas in [0, 1] and ``path``.json with how it was made."""
     path = Path(path)
+    import SimpleITK as sitk  # here only: training runs without SimpleITK (data.py)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(atlas.astype(np.float32))
     image.SetSpacing((info["spacing_mm"],) * 3)
@@ -107,6 +108,8 @@ def load_atlas(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"atlas {path}: not found; build it with python -m CardiacDiffusionLib.sadir.atlas")
+    import SimpleITK as sitk
+
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
 
 

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
-from ..phantoms.mr import PHASES, MRPhantom
-from ..phantoms.scanner import _PLAN, sax_frame
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from ..phantoms.mr import MRPhantom
+
+# SimpleITK and the phantoms (which need it) are imported where used: training from a pack
+# (scripts/pack_sadir_phantoms.py) runs on GPU servers without SimpleITK.
 
 FOV_MM = 112.0
 TOP_MARGIN_MM = 14.0
@@ -59,6 +66,8 @@ class LVFrame:
         return self.origin + np.stack([x, y, z], -1) @ self.direction.T
 
     def reference(self) -> sitk.Image:
+        import SimpleITK as sitk
+
         image = sitk.Image([self.size] * 3, sitk.sitkUInt8)
         image.SetOrigin(tuple(float(v) for v in self.origin))
         image.SetSpacing((self.spacing,) * 3)
@@ -66,6 +75,8 @@ class LVFrame:
         return image
 
     def to_image(self, array: np.ndarray) -> sitk.Image:
+        import SimpleITK as sitk
+
         image = sitk.GetImageFromArray(array)
         image.CopyInformation(self.reference())
         return image
@@ -131,6 +142,8 @@ def label_stack(phantom: MRPhantom, gap_mm: float = 10.0, pixel_mm: float = 2.0,
     Same levels (same random stream) and plane axes as the virtual scanner, labels of the centre
     plane, no image synthesis (pixels = labels): fast enough to make hundreds of training samples.
     """
+    from ..phantoms.scanner import _PLAN, sax_frame
+
     ed = phantom if phantom.phase == "ED" else phantom.with_phase("ED")
     first = -np.random.default_rng([phantom.seed, _PLAN]).uniform(0.0, 0.5) * gap_mm
     count = int(np.ceil((ed.shape.l_epi - first) / gap_mm)) + 1
@@ -170,6 +183,8 @@ def make_sample(
     output_size: int = OUTPUT_SIZE,
 ) -> dict:  # fmt: skip
     """One training/test sample: frame, truth at the output and model sizes, sparse slices and mask."""
+    from ..phantoms.mr import PHASES, MRPhantom
+
     phase = phase or PHASES[seed % 2]
     phantom = MRPhantom(seed, phase)
     stack = myocardium_slices(label_stack(phantom, gap_mm), slices)

@@ -80,19 +80,30 @@ class SadirModel(nn.Module):
         return warp(self.atlas, disp), disp
 
     # --- training --------------------------------------------------------------------------------
-    def loss(self, truth: torch.Tensor, cond: torch.Tensor, reg: float = 1e-6) -> dict[str, torch.Tensor]:
-        """SSD + (1 - Dice) of the deformed atlas against the soft truth (B, 1, n^3), + reg <Lv0, v0>."""
+    def loss(
+        self, truth: torch.Tensor, cond: torch.Tensor, reg: float = 1e-6, truth_fine: torch.Tensor | None = None,
+        fine_weight: float = 0.0,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """SSD + (1 - Dice) of the deformed atlas against the soft truth (B, 1, n^3), + reg <Lv0, v0>;
+        with ``truth_fine`` (B, 1, m^3) also ``fine_weight`` x the same terms for the output-size atlas
+        (what is evaluated: the model-size displacement upsampled, :meth:`fine_atlas_warp`)."""
         b = truth.shape[0]
         t = torch.randint(0, len(self.alphas_cumprod), (b,), device=truth.device)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1, 1)
         x_t = a.sqrt() * (2 * truth - 1) + (1 - a).sqrt() * torch.randn_like(truth)
         v_hat = self.velocity(x_t, t, cond)
-        moved, _ = self.deform(v_hat)
+        moved, disp = self.deform(v_hat)
         ssd = ((moved - truth) ** 2).mean()
         dice = soft_dice(moved, truth).mean()
         energy = self.shooting.energy(v_hat).mean() / truth[0].numel()
-        return {"loss": ssd + (1 - dice) + reg * energy, "ssd": ssd.detach(), "dice": dice.detach(),
-                "energy": energy.detach()}  # fmt: skip
+        terms = {"loss": ssd + (1 - dice) + reg * energy, "ssd": ssd.detach(), "dice": dice.detach(),
+                 "energy": energy.detach()}  # fmt: skip
+        if truth_fine is not None and fine_weight > 0:
+            moved_fine, _ = self.fine_atlas_warp(disp)
+            dice_fine = soft_dice(moved_fine, truth_fine).mean()
+            terms["loss"] = terms["loss"] + fine_weight * (((moved_fine - truth_fine) ** 2).mean() + 1 - dice_fine)
+            terms["dice_fine"] = dice_fine.detach()
+        return terms
 
     # --- sampling --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from scipy import ndimage
 from skimage.measure import euler_number
@@ -27,6 +27,9 @@ from ..utils.device import resolve_device
 from . import data
 from .model import SadirModel
 from .warp import jacobian_determinant
+
+if TYPE_CHECKING:  # results carry SimpleITK images; training (train.py) runs without SimpleITK
+    import SimpleITK as sitk
 
 #: name of the shipped model in Resources/models.json
 DEFAULT_MODEL = "sadir-myocardium"

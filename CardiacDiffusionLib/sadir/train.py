@@ -14,6 +14,8 @@ fixed; at the steps listed in ``model.atlas_steps`` the atlas with the network f
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ from monai.networks.nets import UNet
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..models.store import register_architecture
+from ..errors import InputError
+from ..models.store import load_model, register_architecture
 from ..training.task import Task
 from . import data
 from .atlas import load_atlas, upsample_displacement
@@ -34,32 +37,100 @@ VAL_SEED = 4000
 UNET_ARCHITECTURE = "sadir_unet3d"
 
 
+PACK_VERSION = 1
+
+
+def phantom_samples(
+    seeds, gap_range=(8.0, 12.0), size: int = data.MODEL_SIZE, rng_seed: int = 0, output_size: int = data.OUTPUT_SIZE,
+) -> dict:  # fmt: skip
+    """Training arrays of MR phantoms ``seeds`` (label-only SAX stacks, all myocardium slices, gap drawn
+    from ``gap_range`` per phantom): soft truth at ``size``, truth at the output size, sparse slices, mask."""
+    rng = np.random.default_rng([rng_seed, 31])
+    keys = ("truth", "truth_fine", "sparse", "mask")
+    arrays: dict[str, list] = {k: [] for k in keys}
+    for seed in seeds:
+        s = data.make_sample(int(seed), gap_mm=float(rng.uniform(*gap_range)), slices=None, size=size,
+                             output_size=output_size)  # fmt: skip
+        for k in keys:
+            arrays[k].append(s[k])
+    return {"truth": np.stack(arrays["truth"]).astype(np.float32), "truth_fine": np.stack(arrays["truth_fine"]).astype(bool),
+            "sparse": np.stack(arrays["sparse"]).astype(bool), "mask": np.stack(arrays["mask"]).astype(bool)}  # fmt: skip
+
+
+def pack_samples(
+    path, seeds, val_seeds=range(VAL_SEED, VAL_SEED + 4), gap_range=(8.0, 12.0), workers: int = 1,
+    size: int = data.MODEL_SIZE, output_size: int = data.OUTPUT_SIZE,
+) -> None:  # fmt: skip
+    """Write the training samples of ``seeds`` (and the validation phantoms) to one compressed ``.npz``,
+    so training runs where SimpleITK (which the phantoms need) is not installed, e.g. a GPU server.
+    Masks bit-packed along x; the model-size truth is not stored (the block average of the fine one)."""
+    seeds = list(seeds)
+    chunks = [seeds[i::workers] for i in range(workers)]  # each chunk draws its own gaps: the pack records them
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(phantom_samples, chunks, [gap_range] * workers, [size] * workers, [c[0] for c in chunks],
+                              [output_size] * workers))  # fmt: skip
+    train = {k: np.concatenate([part[k] for part in parts]) for k in ("truth_fine", "sparse", "mask")}
+    val = phantom_samples(val_seeds, gap_range, size, int(val_seeds[0]), output_size)
+    arrays = {f"{prefix}{k}": np.packbits(v[k], axis=-1) for prefix, v in (("", train), ("val_", val)) for k in train}
+    order = np.concatenate(chunks)
+    np.savez_compressed(path, version=PACK_VERSION, seeds=order, val_seeds=np.asarray(val_seeds), **arrays)
+
+
+def load_pack(
+    path, prefix: str = "", size: int = data.MODEL_SIZE, output_size: int = data.OUTPUT_SIZE,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The samples of a :func:`pack_samples` file (``prefix`` "val_": its validation phantoms)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise InputError(f"data.packed: file not found: {path}; make it with scripts/pack_sadir_phantoms.py")
+    with np.load(path) as f:
+        if int(f["version"]) != PACK_VERSION:
+            raise InputError(f"data.packed {path}: pack version {int(f['version'])}, expected {PACK_VERSION}; pack again")
+        sizes = {"truth_fine": output_size, "sparse": size, "mask": size}
+        packed = {k: f[prefix + k] for k in sizes}
+    if [packed[k].shape[-2] for k in sizes] != list(sizes.values()):
+        raise InputError(f"data.packed {path}: samples of {packed['sparse'].shape[-2]}^3 / {packed['truth_fine'].shape[-2]}^3, "
+                         f"the model needs {size}^3 / {output_size}^3; pack again")  # fmt: skip
+    out = {k: np.unpackbits(packed[k], axis=-1, count=n).astype(bool) for k, n in sizes.items()}
+    out["truth"] = np.stack([data.downsample(t, size) for t in out["truth_fine"]])
+    return out
+
+
 class PhantomMyocardium(Dataset):
+    """Phantom samples, made here (``phantoms`` seeds from ``first_seed``) or read from ``packed``.
+    ``fine``: also return the output-size truth (for ``model.fine_weight``)."""
+
     def __init__(
         self, phantoms: int = 160, first_seed: int = 0, gap_range=(8.0, 12.0), full_fraction: float = 0.5,
-        size: int = data.MODEL_SIZE,
+        size: int = data.MODEL_SIZE, output_size: int = data.OUTPUT_SIZE, packed: str | None = None,
+        fine: bool = False, prefix: str = "",
     ):  # fmt: skip
-        rng = np.random.default_rng([first_seed, 31])
-        self.samples = []
-        for seed in range(first_seed, first_seed + phantoms):
-            s = data.make_sample(seed, gap_mm=float(rng.uniform(*gap_range)), slices=None, size=size)
-            planes = np.flatnonzero(s["mask"].any(axis=(1, 2)))
-            self.samples.append((s["truth"], s["sparse"], s["mask"], planes))
-        self.full_fraction = full_fraction
+        if packed:
+            arrays = load_pack(packed, prefix, size, output_size)
+        else:
+            seeds = range(first_seed, first_seed + phantoms)
+            arrays = phantom_samples(seeds, gap_range, size, first_seed, output_size)
+        self.truth, self.truth_fine = arrays["truth"], arrays["truth_fine"]
+        self.sparse, self.mask = arrays["sparse"], arrays["mask"]
+        self.planes = [np.flatnonzero(m.any(axis=(1, 2))) for m in self.mask]
+        self.full_fraction, self.fine = full_fraction, fine
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.truth)
 
     def __getitem__(self, i: int):
-        truth, sparse, mask, planes = self.samples[i]
+        sparse, mask, planes = self.sparse[i].astype(np.float32), self.mask[i].astype(np.float32), self.planes[i]
         if np.random.uniform() > self.full_fraction and len(planes) > data.MIN_SLICES:
             keep = np.random.choice(planes, np.random.randint(data.MIN_SLICES, len(planes)), replace=False)
             drop = np.setdiff1d(planes, keep)
-            sparse, mask = sparse.copy(), mask.copy()
             sparse[drop] = 0
             mask[drop] = 0
+        truth = torch.from_numpy(self.truth[i].astype(np.float32))[None]
         cond = torch.from_numpy(np.stack([sparse, mask]))
-        return torch.from_numpy(truth)[None], cond
+        if self.fine:
+            return truth, cond, torch.from_numpy(self.truth_fine[i].astype(np.float32))[None]
+        return truth, cond
 
 
 def update_atlas(
@@ -122,18 +193,31 @@ class SadirTask(Task):
         self.atlas_steps = {int(s) for s in config.pop("atlas_steps", [])}  # empty: the atlas stays fixed
         self.atlas_subjects = int(config.pop("atlas_subjects", 32))
         self.atlas_iters, self.atlas_lr = int(config.pop("atlas_iters", 30)), float(config.pop("atlas_lr", 0.03))
-        self.first_seed = 0
+        self.fine_weight = float(config.pop("fine_weight", 0.0))  # loss on the output-size deformed atlas too
+        atlas_from = config.pop("atlas_from", None)  # a stored SADIR model whose (learned) atlas starts training
+        self.first_seed, self.packed = 0, None
         self.subjects_: list[dict] | None = None
         self.model_config_ = config
         model = SadirModel(config)
         n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
-        model.atlas.copy_(torch.from_numpy(load_atlas(f"{atlas_dir}/sadir_myocardium_{n}.nii.gz"))[None, None])
-        model.atlas_fine.copy_(torch.from_numpy(load_atlas(f"{atlas_dir}/sadir_myocardium_{m}.nii.gz"))[None, None])
+        if atlas_from:
+            source = load_model(atlas_from).module
+            if source.atlas.shape != model.atlas.shape or source.atlas_fine.shape != model.atlas_fine.shape:
+                raise InputError(f"model.atlas_from {atlas_from}: atlas sizes differ from the model's ({n}, {m})")
+            model.atlas.copy_(source.atlas)
+            model.atlas_fine.copy_(source.atlas_fine)
+        else:
+            model.atlas.copy_(torch.from_numpy(load_atlas(f"{atlas_dir}/sadir_myocardium_{n}.nii.gz"))[None, None])
+            model.atlas_fine.copy_(torch.from_numpy(load_atlas(f"{atlas_dir}/sadir_myocardium_{m}.nii.gz"))[None, None])
         return model
 
     def build_dataset(self, config: dict) -> Dataset:
         self.first_seed = int(config.get("first_seed", 0))
-        return PhantomMyocardium(**config)
+        self.packed = config.get("packed")
+        sizes = {"size": self.model_config_.get("size", data.MODEL_SIZE),
+                 "output_size": self.model_config_.get("output_size", data.OUTPUT_SIZE)}  # fmt: skip
+        self.data_sizes_ = sizes
+        return PhantomMyocardium(**{**sizes, **config}, fine=self.fine_weight > 0)
 
     def parameters(self, model: nn.Module):
         return model.net.parameters()  # the atlas changes only in after_step (update_atlas)
@@ -157,16 +241,21 @@ class SadirTask(Task):
         return metrics
 
     def loss(self, model: nn.Module, batch):
-        truth, cond = batch
-        return model.loss(truth, cond, self.reg)
+        truth, cond, *fine = batch
+        return model.loss(truth, cond, self.reg, truth_fine=fine[0] if fine else None, fine_weight=self.fine_weight)
 
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
-        val = PhantomMyocardium(4, VAL_SEED, full_fraction=1.0)
+        if self.packed:
+            val = PhantomMyocardium(packed=self.packed, prefix="val_", full_fraction=1.0, **self.data_sizes_)
+        else:
+            val = PhantomMyocardium(4, VAL_SEED, full_fraction=1.0, **self.data_sizes_)
         dices = []
-        for truth, sparse, mask, _ in val.samples:
-            cond = torch.from_numpy(np.stack([sparse, mask]))[None]
-            _, moved, _ = model.sample(cond)
-            dices.append(float(soft_dice((moved > 0.5).float(), torch.from_numpy(truth > 0.5).float()[None, None])))
+        device = model.atlas.device
+        for i in range(len(val)):
+            truth, cond = val[i]
+            _, moved, _ = model.sample(cond[None].to(device))
+            truth = truth[None].to(device)
+            dices.append(float(soft_dice((moved > 0.5).float(), (truth > 0.5).float())))
         return {"val_dice_32": float(np.mean(dices))}
 
     def model_config(self, config: dict) -> dict:
