@@ -4,7 +4,7 @@ All three see the same label-only SAX slices (8 by default, spread over the myoc
 never trained on (seeds from sadir.train.TEST_SEED; ED for even, ES for odd seeds). Scored on the
 64^3 normalised LV frame (1.75 mm) against the phantom's analytic myocardium at those voxel centres.
 
-    python scripts/eval_sadir.py --sadir out/sadir/main/model.safetensors --unet out/sadir_unet/main/model.safetensors
+    python scripts/eval_sadir.py --sadir runs/sadir/atlas/model.safetensors --unet runs/sadir_unet/model.safetensors
 """
 
 from __future__ import annotations
