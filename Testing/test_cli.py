@@ -153,3 +153,15 @@ def test_help_imports_no_heavy_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
+def test_gap_protocol_without_the_kept_labels(tmp_path):
+    """--no-labels: dmcvr segments the kept slices itself; label-copying baselines get images only."""
+    args = ["evaluate", "gap", "--data", str(ACDC), "--patients", "61", "--limit", "1", "--device", "cpu"]
+    assert main(args + ["--methods", "shape", "--out", str(tmp_path / "with.json")]) == 0
+    assert main(args + ["--methods", "shape", "dmcvr", "--steps", "5", "--no-labels", "--out", str(tmp_path / "without.json")]) == 0
+    with_labels, without = (json.loads((tmp_path / f).read_text()) for f in ("with.json", "without.json"))
+    assert without["shape"]["dice"] == {"LV": None, "MYO": None, "RV": None} and not without["shape"]["kept_labels"]
+    assert without["shape"]["psnr"] == with_labels["shape"]["psnr"]  # its images do not use labels
+    assert without["dmcvr"]["dice"]["LV"] > 0.7 and without["dmcvr"]["dice"]["MYO"] > 0.4  # found and segmented the heart

@@ -457,6 +457,27 @@ def test_reconstruction_job_loads_new_nodes(mrml_scene):
 
 
 @mrml_only
+def test_reconstruction_job_passes_the_shape_prior_to_dmcvr_only(mrml_scene, tmp_path):
+    from CardiacDiffusionLib.cli.main import build_parser
+    from CardiacDiffusionLib.errors import InputError
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    sax_node = mrml.volume_node_from_image(mrml_scene, sax_images()[0], "SAX")
+    args = {}
+    for method, prior in (("dmcvr", 0.0), ("dmcvr", None), ("shape", 0.7)):
+        (tmp_path / f"{method}{prior}").mkdir()
+        job = ReconstructionJob(mrml_scene, sax_node, method=method, shape_prior=prior)
+        args[method, prior] = job._export(tmp_path / f"{method}{prior}")
+    assert args["dmcvr", 0.0][-2:] == ["--shape-prior", "0.0"]  # 0 (network labels alone) is not "unset"
+    assert "--shape-prior" not in args["dmcvr", None] and "--shape-prior" not in args["shape", 0.7]
+    parsed = build_parser().parse_args(["reconstruct", *args["dmcvr", 0.0], "--out", str(tmp_path / "out")])
+    assert parsed.shape_prior == 0.0 and parsed.method == "dmcvr"  # the CLI reads what the job writes
+    with pytest.raises(InputError, match="shape prior weight must be in \\[0, 1\\]"):
+        ReconstructionJob(mrml_scene, sax_node, method="dmcvr", shape_prior=1.5)
+
+
+@mrml_only
 @needs_cli
 def test_reconstruction_job_failure_leaves_scene(mrml_scene):
     from CardiacDiffusionLib.slicer_adapter import mrml

@@ -70,6 +70,7 @@ class ReconstructionParameterNode:
     method: Annotated[str, Choice(list(METHODS))] = "shape"
     spacing: Annotated[float, WithinRange(0.1, 20.0)] = 1.0
     steps: Annotated[int, WithinRange(0, 1000)] = 0
+    shapePrior: Annotated[float, WithinRange(-0.05, 1.0)] = -0.05  # below 0: the library's default
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -167,6 +168,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.run(
                 p.saxVolume, p.saxLabels, [p.laxLabels1, p.laxLabels2, p.laxLabels3], method=p.method,
                 spacing=p.spacing, steps=p.steps or None, device=device, wait=False,
+                shape_prior=p.shapePrior if p.shapePrior >= 0 else None,
                 progress_callback=self.onProgress, output_volume=p.outputVolume,
                 output_segmentation=p.outputSegmentation,
             )  # fmt: skip
@@ -221,16 +223,20 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
+        shape_prior=None,
     ):  # fmt: skip
         """Reconstruct ``sax_volume``.
 
         ``wait=True`` blocks and returns a ``ReconstructionResult`` (``.volume``, ``.segmentation``,
         ``.table``, ``.lax_dice``); ``wait=False`` returns the running ``ReconstructionJob`` (call
         ``poll()`` from a timer, ``cancel()`` to stop it). ``progress_callback(fraction, text)``.
+        ``shape_prior`` (dmcvr, 0-1): weight of shape-based interpolation in the generated slices' labels
+        (None: the library default, 0.4; 0: the network's labels alone).
         """
         job = ReconstructionJob(
             slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
             steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
+            shape_prior=shape_prior,
         )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:

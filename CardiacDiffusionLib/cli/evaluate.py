@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="auto|cpu|cuda|mps for dmcvr (default auto)")
     g.add_argument("--model", help="dmcvr model name or .safetensors (default: the shipped one)")
     g.add_argument("--shape-prior", type=float, help="dmcvr: weight of the shape prior in generated labels (default 0.4)")
+    g.add_argument("--no-labels", action="store_true",
+                   help="remove the kept slices' labels: dmcvr segments them itself; the other methods are scored "
+                        "on images only (their Dice is null)")  # fmt: skip
     g.add_argument("--out", help="write the JSON table here too")
     g.set_defaults(func=run_gap)
     register_ldm(protocols)
@@ -49,8 +52,9 @@ def run_gap(args: argparse.Namespace) -> int:
         raise InputError(f"--data {data}: no ACDC-layout .h5 volumes found (for the chosen patients)")
     dmcvr = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
                                ("strength", args.strength), ("shape_prior", args.shape_prior)) if v is not None}  # fmt: skip
-    print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}", file=sys.stderr)
-    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr})
+    given = "without the kept slices' labels" if args.no_labels else "with the kept slices' labels"
+    print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}, {given}", file=sys.stderr)
+    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr}, kept_labels=not args.no_labels)
     text = json.dumps(table, indent=2)
     print(text)
     if args.out:

@@ -5,6 +5,9 @@ is predicted by each method from the kept slices only. Scores per volume: Dice p
 over the volume's dropped slices (one 3D Dice), PSNR over the dropped slices together and SSIM
 averaged over them (intensities in [0, 1], data range 1). Scores are then averaged over volumes
 (a label absent from a volume's dropped slices and its prediction is left out of the mean).
+
+``kept_labels=False`` removes the kept slices' labels first (a clinician's unlabelled stack): only
+methods that segment on their own (dmcvr) then give labels; the others are scored on images only.
 """
 
 from __future__ import annotations
@@ -28,20 +31,21 @@ def split_kept_dropped(n: int) -> tuple[np.ndarray, np.ndarray]:
     return kept, dropped
 
 
-def score_volume(stack: SliceStack, method: str, **options) -> dict | None:
+def score_volume(stack: SliceStack, method: str, kept_labels: bool = True, **options) -> dict | None:
     """Scores of one method on one labelled stack; None when the stack is too short."""
     kept, dropped = split_kept_dropped(stack.n)
     if len(dropped) == 0:
         return None
-    images, labels = get_method(method)(stack.subset(kept), stack.positions[dropped], **options)
+    given = stack.subset(kept) if kept_labels else stack.subset(kept).with_labels(None)
+    images, labels = get_method(method)(given, stack.positions[dropped], **options)
     truth_images = stack.pixels[dropped]
     result = {
         "psnr": psnr(images, truth_images, data_range=1.0),
         "ssim": float(np.mean([ssim(a, b, data_range=1.0) for a, b in zip(images, truth_images)])),
         "dice": {},
     }
-    for value, name in MR_LABELS.items():
-        result["dice"][name] = dice(labels == value, stack.labels[dropped] == value)
+    for value, name in MR_LABELS.items():  # no labels predicted (none given to a method that needs them): None
+        result["dice"][name] = None if labels is None else dice(labels == value, stack.labels[dropped] == value)
     return result
 
 
@@ -50,17 +54,19 @@ def evaluate_gap(
     methods: list[str],
     progress: Callable[[int, str], None] | None = None,
     options: dict[str, dict] | None = None,
+    kept_labels: bool = True,
 ) -> dict[str, dict]:
-    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n}}``; ``options[method]`` go to it."""
+    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n, "kept_labels": bool}}``;
+    ``options[method]`` go to it; ``kept_labels=False``: the kept slices' labels are not given."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for index, stack in enumerate(stacks):
         for method in methods:
-            scores = score_volume(stack, method, **(options or {}).get(method, {}))
+            scores = score_volume(stack, method, kept_labels, **(options or {}).get(method, {}))
             if scores is not None:
                 per_method[method].append(scores)
         if progress:
             progress(index, stack.source)
-    return {m: summarise(rows) for m, rows in per_method.items()}
+    return {m: {**summarise(rows), "kept_labels": kept_labels} for m, rows in per_method.items()}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -46,7 +46,7 @@ class ReconstructionJob(CLIJob):
     def __init__(
         self, scene, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (), method: str = "shape",
         spacing: float = 1.0, steps: int | None = None, device: str = "auto", python: str | None = None,
-        output_volume=None, output_segmentation=None, keep_files: bool = False,
+        output_volume=None, output_segmentation=None, keep_files: bool = False, shape_prior: float | None = None,
     ):  # fmt: skip
         if sax_volume is None:
             raise InputError("SAX volume: none selected; choose the SAX stack to reconstruct")
@@ -56,11 +56,14 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         if not spacing > 0:
             raise InputError(f"target spacing must be positive, got {spacing} mm")
+        if shape_prior is not None and not 0 <= shape_prior <= 1:
+            raise InputError(f"shape prior weight must be in [0, 1] (0 = the network's labels alone), got {shape_prior}")
         super().__init__(scene, python, keep_files)
         self.sax_volume = sax_volume
         self.sax_labels = sax_labels
         self.lax_label_nodes = [n for n in lax_label_nodes if n is not None]
         self.method, self.spacing, self.steps, self.device = method, float(spacing), steps, device
+        self.shape_prior = shape_prior  # dmcvr: weight of shape interpolation in generated labels; None: default
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
         self._lax_names: dict[str, str] = {}
@@ -74,6 +77,8 @@ class ReconstructionJob(CLIJob):
         arguments += ["--device", self.device]
         if self.steps:
             arguments += ["--steps", str(int(self.steps))]
+        if self.shape_prior is not None and self.method == "dmcvr":
+            arguments += ["--shape-prior", repr(float(self.shape_prior))]
         if self.sax_labels is not None:
             path = folder / "sax_labels.nrrd"
             write_label_node(self.sax_labels, path, reference=mrml.image_from_volume_node(self.sax_volume))
