@@ -15,6 +15,7 @@ fixed; at the steps listed in ``model.atlas_steps`` the atlas with the network f
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ def pack_samples(
     so training runs where SimpleITK (which the phantoms need) is not installed, e.g. a GPU server.
     Masks bit-packed along x; the model-size truth is not stored (the block average of the fine one)."""
     seeds = list(seeds)
+    workers = max(1, min(int(workers), len(seeds)))
     chunks = [seeds[i::workers] for i in range(workers)]  # each chunk draws its own gaps: the pack records them
     with ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(phantom_samples, chunks, [gap_range] * workers, [size] * workers, [c[0] for c in chunks],
@@ -80,8 +82,6 @@ def load_pack(
     path, prefix: str = "", size: int = data.MODEL_SIZE, output_size: int = data.OUTPUT_SIZE,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """The samples of a :func:`pack_samples` file (``prefix`` "val_": its validation phantoms)."""
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise InputError(f"data.packed: file not found: {path}; make it with scripts/pack_sadir_phantoms.py")
     with np.load(path) as f:
