@@ -18,7 +18,6 @@ shifts and uneven gaps are kept; a mask channel marks the observed voxels (insid
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
