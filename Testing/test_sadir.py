@@ -290,3 +290,27 @@ def test_training_from_a_pack_with_the_fine_loss_and_a_learned_atlas(tmp_path):
         both = moved.loss(truth, cond, truth_fine=fine, fine_weight=1.0)
     added, dice_fine = float(both["loss"] - plain["loss"]), float(both["dice_fine"])
     assert "dice_fine" not in plain and 0.3 < dice_fine < 1 and 1 - dice_fine < added < 1 - dice_fine + 0.1
+
+
+def test_alternating_atlas_steps_take_their_subjects_from_the_pack(tmp_path, monkeypatch):
+    from CardiacDiffusionLib.sadir.atlas import save_atlas
+    from CardiacDiffusionLib.sadir.train import pack_samples
+    from CardiacDiffusionLib.training.runner import train
+
+    start = data.make_sample(7, size=16, output_size=32)["truth_fine"]
+    for n in (16, 32):
+        save_atlas(tmp_path / "atlas" / f"sadir_myocardium_{n}.nii.gz", data.downsample(start, n), {"spacing_mm": 1})
+    pack_samples(tmp_path / "pack.npz", [0, 1], val_seeds=[4000], size=16, output_size=32)
+
+    def no_phantoms(*args, **kwargs):
+        raise AssertionError("phantoms made during packed training")
+
+    monkeypatch.setattr(data, "make_sample", no_phantoms)  # as on a server without SimpleITK
+    config = {"task": "CardiacDiffusionLib.sadir.train:SadirTask", "device": "cpu", "optim": {"lr": 1e-3},
+              "model": {**TINY, "atlas_dir": str(tmp_path / "atlas"), "atlas_steps": [2], "atlas_subjects": 2,
+                        "atlas_iters": 5, "atlas_lr": 0.01},
+              "data": {"packed": str(tmp_path / "pack.npz")},
+              "train": {"steps": 2, "batch_size": 1, "ema_decay": 0.9, "validate_every": 0}}  # fmt: skip
+    train(None, config, tmp_path / "run", progress="none")
+    records = [r for r in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "after_step" in r]
+    assert len(records) == 1 and '"atlas_taken": 1.0' in records[0], records

@@ -217,7 +217,8 @@ class SadirTask(Task):
         sizes = {"size": self.model_config_.get("size", data.MODEL_SIZE),
                  "output_size": self.model_config_.get("output_size", data.OUTPUT_SIZE)}  # fmt: skip
         self.data_sizes_ = sizes
-        return PhantomMyocardium(**{**sizes, **config}, fine=self.fine_weight > 0)
+        self.dataset_ = PhantomMyocardium(**{**sizes, **config}, fine=self.fine_weight > 0)
+        return self.dataset_
 
     def parameters(self, model: nn.Module):
         return model.net.parameters()  # the atlas changes only in after_step (update_atlas)
@@ -226,9 +227,7 @@ class SadirTask(Task):
         if step not in self.atlas_steps:
             return None
         if self.subjects_ is None:  # training subjects with all their slices, the same at every atlas step
-            seeds = range(self.first_seed, self.first_seed + self.atlas_subjects)
-            n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
-            self.subjects_ = [data.make_sample(seed, slices=None, size=n, output_size=m) for seed in seeds]
+            self.subjects_ = self._atlas_subjects(model)
         # the exported (EMA) network predicts the maps
         predictor = averaged if averaged is not None else model
         training = predictor.training
@@ -239,6 +238,17 @@ class SadirTask(Task):
             model.atlas.copy_(averaged.atlas)
             model.atlas_fine.copy_(averaged.atlas_fine)
         return metrics
+
+    def _atlas_subjects(self, model: SadirModel) -> list[dict]:
+        """The first ``atlas_subjects`` training phantoms: from the pack when training reads one (no
+        SimpleITK needed there), else made here (gap 10 mm)."""
+        if self.packed:
+            d = self.dataset_
+            return [{"sparse": d.sparse[i].astype(np.float32), "mask": d.mask[i].astype(np.float32),
+                     "truth_fine": d.truth_fine[i]} for i in range(min(self.atlas_subjects, len(d)))]  # fmt: skip
+        seeds = range(self.first_seed, self.first_seed + self.atlas_subjects)
+        n, m = model.atlas.shape[-1], model.atlas_fine.shape[-1]
+        return [data.make_sample(seed, slices=None, size=n, output_size=m) for seed in seeds]
 
     def loss(self, model: nn.Module, batch):
         truth, cond, *fine = batch
