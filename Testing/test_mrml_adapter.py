@@ -473,8 +473,9 @@ def test_reconstruction_job_passes_the_shape_prior_to_dmcvr_only(mrml_scene, tmp
     assert "--shape-prior" not in args["dmcvr", None] and "--shape-prior" not in args["shape", 0.7]
     parsed = build_parser().parse_args(["reconstruct", *args["dmcvr", 0.0], "--out", str(tmp_path / "out")])
     assert parsed.shape_prior == 0.0 and parsed.method == "dmcvr"  # the CLI reads what the job writes
-    with pytest.raises(InputError, match="shape prior weight must be in \\[0, 1\\]"):
-        ReconstructionJob(mrml_scene, sax_node, method="dmcvr", shape_prior=1.5)
+    for bad in (1.5, 1.0, -0.1):  # dmcvr() refuses w = 1 (the prior alone): said before the child starts
+        with pytest.raises(InputError, match="shape prior weight must be in \\[0, 1\\)"):
+            ReconstructionJob(mrml_scene, sax_node, method="dmcvr", shape_prior=bad)
 
 
 @mrml_only

@@ -22,7 +22,7 @@ from CardiacDiffusionLib.models.store import load_model
 from CardiacDiffusionLib.sadir import data
 from CardiacDiffusionLib.sadir.atlas import upsample_displacement
 from CardiacDiffusionLib.sadir.epdiff import EPDiffShooting
-from CardiacDiffusionLib.sadir.model import soft_dice
+from CardiacDiffusionLib.sadir.model import shape_fit
 from CardiacDiffusionLib.sadir.train import TEST_SEED
 from CardiacDiffusionLib.sadir.warp import warp
 
@@ -41,8 +41,8 @@ def register(atlas: torch.Tensor, truth: torch.Tensor, grid: int, truncation: in
 
     for _ in range(iters):
         moved, v_hat = moved_atlas()
-        loss = ((moved - truth) ** 2).mean() + 1 - soft_dice(moved, truth).mean()
-        loss = loss + reg * shooting.energy(v_hat).mean() / truth.numel()
+        ssd, dice_soft = shape_fit(moved, truth)
+        loss = ssd + 1 - dice_soft + reg * shooting.energy(v_hat).mean() / truth.numel()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -70,7 +70,7 @@ class ReconstructionParameterNode:
     method: Annotated[str, Choice(list(METHODS))] = "shape"
     spacing: Annotated[float, WithinRange(0.1, 20.0)] = 1.0
     steps: Annotated[int, WithinRange(0, 1000)] = 0
-    shapePrior: Annotated[float, WithinRange(-0.05, 1.0)] = -0.05  # below 0: the library's default
+    shapePrior: Annotated[float, WithinRange(-0.05, 0.95)] = -0.05  # below 0: the library's default
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -230,7 +230,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         ``wait=True`` blocks and returns a ``ReconstructionResult`` (``.volume``, ``.segmentation``,
         ``.table``, ``.lax_dice``); ``wait=False`` returns the running ``ReconstructionJob`` (call
         ``poll()`` from a timer, ``cancel()`` to stop it). ``progress_callback(fraction, text)``.
-        ``shape_prior`` (dmcvr, 0-1): weight of shape-based interpolation in the generated slices' labels
+        ``shape_prior`` (dmcvr, 0 to < 1): weight of shape-based interpolation in the generated slices' labels
         (None: the library default, 0.4; 0: the network's labels alone).
         """
         job = ReconstructionJob(

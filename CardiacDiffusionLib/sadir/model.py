@@ -19,13 +19,13 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from ..dmcvr.ddim import ddim_timesteps
 from ..models.store import register_architecture
+from .atlas import upsample_displacement
 from .epdiff import EPDiffShooting
 from .warp import warp
 
@@ -43,6 +43,11 @@ def soft_dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
     """(B,) soft Dice of two [0, 1] volumes (B, 1, ...)."""
     dims = tuple(range(1, pred.ndim))
     return (2 * (pred * target).sum(dims) + eps) / (pred.sum(dims) + target.sum(dims) + eps)
+
+
+def shape_fit(moved: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SSD, soft Dice), batch means, of a deformed atlas against the truth: the training loss is SSD + 1 - Dice."""
+    return ((moved - truth) ** 2).mean(), soft_dice(moved, truth).mean()
 
 
 class SadirModel(nn.Module):
@@ -93,15 +98,14 @@ class SadirModel(nn.Module):
         x_t = a.sqrt() * (2 * truth - 1) + (1 - a).sqrt() * torch.randn_like(truth)
         v_hat = self.velocity(x_t, t, cond)
         moved, disp = self.deform(v_hat)
-        ssd = ((moved - truth) ** 2).mean()
-        dice = soft_dice(moved, truth).mean()
+        ssd, dice = shape_fit(moved, truth)
         energy = self.shooting.energy(v_hat).mean() / truth[0].numel()
         terms = {"loss": ssd + (1 - dice) + reg * energy, "ssd": ssd.detach(), "dice": dice.detach(),
                  "energy": energy.detach()}  # fmt: skip
         if truth_fine is not None and fine_weight > 0:
             moved_fine, _ = self.fine_atlas_warp(disp)
-            dice_fine = soft_dice(moved_fine, truth_fine).mean()
-            terms["loss"] = terms["loss"] + fine_weight * (((moved_fine - truth_fine) ** 2).mean() + 1 - dice_fine)
+            ssd_fine, dice_fine = shape_fit(moved_fine, truth_fine)
+            terms["loss"] = terms["loss"] + fine_weight * (ssd_fine + 1 - dice_fine)
             terms["dice_fine"] = dice_fine.detach()
         return terms
 
@@ -129,8 +133,7 @@ class SadirModel(nn.Module):
 
     def fine_atlas_warp(self, disp: torch.Tensor) -> torch.Tensor:
         """The output-size atlas deformed by the model-size displacement (upsampled, voxel units rescaled)."""
-        m = self.atlas_fine.shape[-1]
-        up = F.interpolate(disp, size=(m,) * 3, mode="trilinear", align_corners=False) * (m / disp.shape[-1])
+        up = upsample_displacement(disp, self.atlas_fine.shape[-1])
         return warp(self.atlas_fine, up), up
 
 

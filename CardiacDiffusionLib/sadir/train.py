@@ -29,7 +29,7 @@ from ..models.store import load_model, register_architecture
 from ..training.task import Task
 from . import data
 from .atlas import load_atlas, upsample_displacement
-from .model import ARCHITECTURE, SadirModel, soft_dice
+from .model import ARCHITECTURE, SadirModel, shape_fit, soft_dice
 from .reconstruct import topology
 from .warp import warp
 
@@ -165,7 +165,8 @@ def update_atlas(
             loss = 0.0
             for disp, truth in zip(disps, truths):
                 moved = warp(atlas, disp)
-                loss = loss + (((moved - truth) ** 2).mean() + 1 - soft_dice(moved, truth).mean()) * len(truth)
+                ssd, dice = shape_fit(moved, truth)
+                loss = loss + (ssd + 1 - dice) * len(truth)
             loss = loss / len(subjects)
             history.append(float(loss.detach()))
             if it < iters:  # the last pass only measures

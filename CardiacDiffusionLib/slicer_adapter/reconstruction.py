@@ -56,8 +56,8 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         if not spacing > 0:
             raise InputError(f"target spacing must be positive, got {spacing} mm")
-        if shape_prior is not None and not 0 <= shape_prior <= 1:
-            raise InputError(f"shape prior weight must be in [0, 1] (0 = the network's labels alone), got {shape_prior}")
+        if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
+            raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
         super().__init__(scene, python, keep_files)
         self.sax_volume = sax_volume
         self.sax_labels = sax_labels
