@@ -396,6 +396,9 @@ def test_cli_lma(case, tmp_path, monkeypatch, capsys):
     bad.write_text("slice,sector,tos_ms\n" + "".join(f"1,{s},{400 if s == 3 else 50}\n" for s in range(1, 19)))
     assert cli.main(["lma", "--slices", str(labels), "--tos-csv", str(bad), "--out", str(out)]) == 2
     assert "physiological range" in capsys.readouterr().err
+    # a negative SADIR refinement is refused before any work
+    args = ["lma", "--slices", str(labels), "--tos-csv", str(bad), "--method", "sadir", "--sadir-refine", "-1"]
+    assert cli.main(args + ["--out", str(out)]) == 2 and "--sadir-refine -1" in capsys.readouterr().err
 
 
 def test_lma_on_the_shipped_sadir_myocardium(case):

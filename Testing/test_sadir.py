@@ -137,15 +137,17 @@ def test_reconstruction_is_a_deformed_atlas_with_kept_topology(phantom_stack):
     model = _randomise_output(SadirModel({**TINY, "size": 16, "output_size": 32}), seed=1)
     model.atlas.copy_(torch.from_numpy(data.downsample(other["truth_fine"], 16))[None, None])
     model.atlas_fine.copy_(torch.from_numpy(data.downsample(other["truth_fine"], 32))[None, None])
-    result = reconstruct_myocardium(phantom_stack, model, device="cpu")
+    result = reconstruct_myocardium(phantom_stack, model, device="cpu", refine_iters=0)
     arr = (__import__("SimpleITK").GetArrayFromImage(result.labels))
     assert set(np.unique(arr)) == {0, 2} and arr.shape == (32, 32, 32)
     assert result.jacobian_min > 0 and result.topology["ok"], result.topology
     assert result.displacement.shape == (3, 32, 32, 32) and np.abs(result.displacement).max() > 0.01
     assert topology(model.atlas_fine[0, 0].numpy() >= 0.5)["ok"]
     assert result.labels.GetSpacing() == pytest.approx((3.5, 3.5, 3.5))
+    # refinement (its gain is measured with the shipped model below) moves v0 and keeps a diffeomorphism
     refined = reconstruct_myocardium(phantom_stack, model, device="cpu", refine_iters=6)
-    assert refined.slice_dice > result.slice_dice and refined.jacobian_min > 0
+    assert np.abs(refined.displacement - result.displacement).max() > 1e-3
+    assert refined.jacobian_min > 0 and refined.topology["ok"]
     np.testing.assert_allclose(np.array(result.labels.GetDirection()).reshape(3, 3), phantom_stack.direction, atol=1e-9)
 
 
@@ -156,6 +158,8 @@ def test_errors_name_the_input(phantom_stack):
         reconstruct_myocardium(phantom_stack.with_labels(None), SadirModel(TINY))
     with pytest.raises(InputError, match="SADIR model"):
         reconstruct_myocardium(phantom_stack, "no-such-model")
+    with pytest.raises(InputError, match="refine steps -1"):
+        reconstruct_myocardium(phantom_stack, SadirModel(TINY), refine_iters=-1)
 
 
 def test_shipped_model_on_a_held_out_phantom():
@@ -168,10 +172,17 @@ def test_shipped_model_on_a_held_out_phantom():
     import SimpleITK as sitk
 
     sample = data.make_sample(TEST_SEED + 3)  # never trained on
-    result = reconstruct_myocardium(sample["stack"], device="cpu")
-    pred = sitk.GetArrayFromImage(result.labels) == 2
     truth = sample["truth_fine"].astype(bool)
-    assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.9  # v0.3: 0.941 measured; shape 0.923
+
+    def volume_dice(result) -> float:
+        pred = sitk.GetArrayFromImage(result.labels) == 2
+        return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+
+    network = reconstruct_myocardium(sample["stack"], device="cpu", refine_iters=0)
+    result = reconstruct_myocardium(sample["stack"], device="cpu")  # default: + test-time refinement
+    assert volume_dice(network) > 0.9  # v0.3: 0.941 measured; shape 0.923
+    # the fit to the given slices also moves the shape between them towards the truth: measured 0.941 -> 0.948
+    assert volume_dice(result) > volume_dice(network) + 0.003 and result.slice_dice > network.slice_dice
     # from v0.2 on (smoothness weight 1e-2) clearly invertible: v0.3 0.60 measured here (v0.1 had ~1e-3)
     assert result.jacobian_min > 0.1 and result.topology["ok"] and not result.flags
 

@@ -2,7 +2,8 @@
 
 Cases, timed in one process with ``utils/bench.measure`` (peak RSS per case via VmHWM):
 ``shape_detector`` (baseline: shape-based myocardium, onset detector), ``shape_regressor`` (learned
-TOS), ``sadir_detector`` (when ``sadir.reconstruct_myocardium`` exists) and ``sadir_shooting`` (one
+TOS), ``sadir_detector`` (when ``sadir.reconstruct_myocardium`` exists; ``sadir_norefine_detector`` the same without
+the test-time refinement) and ``sadir_shooting`` (one
 10-step EPDiff shoot + warp at --size^3, the deformation step of SADIR). Ratios are to the baseline
 of the same run.
 
@@ -55,6 +56,8 @@ def main() -> None:
     try:  # SADIR's myocardium needs its code and a registered model
         run_lma(stack, strain=strain, method="sadir")
         cases["sadir_detector"] = lambda: run_lma(stack, strain=strain, method="sadir", tos_method="detector")
+        cases["sadir_norefine_detector"] = lambda: run_lma(  # the network's v0 alone, no test-time refinement
+            stack, strain=strain, method="sadir", tos_method="detector", sadir_options={"refine_iters": 0})
     except InputError as error:
         skipped["sadir_detector"] = str(error)
         print(f"sadir_detector skipped: {error}", flush=True)

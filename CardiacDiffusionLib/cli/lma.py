@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("shape", "sadir"), default="shape", help="3D myocardium reconstruction")
     p.add_argument("--sadir-model", help="--method sadir: model name or .safetensors (default: the shipped one)")
     p.add_argument("--device", default="auto", help="--method sadir: auto|cpu|cuda|mps")
+    p.add_argument("--sadir-refine", type=int, default=None, metavar="N",
+                   help="--method sadir: test-time fit steps of v0 to the slices (default: the library's; 0: off)")
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the myocardium volume, mm")
     p.add_argument("--include-apical", action="store_true", help="let apical free-wall segments be suggested too")
     p.add_argument("--out", required=True, help="output folder")
@@ -88,6 +90,8 @@ def _load_strain(path: str) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     from ..activation.pipeline import run_lma, write_outputs
 
+    if args.sadir_refine is not None and args.sadir_refine < 0:
+        raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) or a positive number of steps")
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention)
     result = run_lma(
         stack,
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         spacing=args.spacing,
         include_apical=args.include_apical,
-        sadir_options={"device": args.device, **({"model": args.sadir_model} if args.sadir_model else {})}
+        sadir_options={"device": args.device, **({"model": args.sadir_model} if args.sadir_model else {}),
+                       **({"refine_iters": args.sadir_refine} if args.sadir_refine is not None else {})}
         if args.method == "sadir" else None,
     )
     paths = write_outputs(result, args.out)

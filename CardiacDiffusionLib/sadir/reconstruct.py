@@ -25,7 +25,7 @@ from ..geometry.stack import SliceStack
 from ..models.store import load_model
 from ..utils.device import resolve_device
 from . import data
-from .model import SadirModel
+from .model import SadirModel, soft_dice
 from .warp import jacobian_determinant
 
 if TYPE_CHECKING:  # results carry SimpleITK images; training (train.py) runs without SimpleITK
@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # results carry SimpleITK images; training (train.py) runs wi
 #: name of the shipped model in Resources/models.json
 DEFAULT_MODEL = "sadir-myocardium"
 MYOCARDIUM_LABEL = data.MYO
+#: test-time refinement defaults (steps, Adam lr on the v0 coefficients, pull towards the network's v0)
+REFINE_STEPS, REFINE_LR, REFINE_PRIOR = 20, 1e-3, 1.0
 
 
 @dataclass
@@ -42,7 +44,7 @@ class SadirResult:
     probability: sitk.Image  # float32 deformed soft atlas in [0, 1]
     jacobian_min: float  # min det D(phi^-1) on the model grid
     topology: dict
-    slice_dice: float  # agreement with the given slices on their planes (self-consistency)
+    slice_dice: float  # agreement of the output with the given slices on their planes (output grid)
     frame: data.LVFrame
     flags: list[str] = field(default_factory=list)
     method: str = "sadir"
@@ -64,15 +66,27 @@ def topology(mask: np.ndarray) -> dict:
 
 
 def refine(net: SadirModel, v_hat: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, iters: int,
-           lr: float = 0.003, reg: float = 1e-3) -> torch.Tensor:  # fmt: skip
-    """Test-time refinement (optional, not part of SADIR): a few Adam steps on v0 from the network's answer,
-    fitting the deformed atlas to the given slices on their planes (masked SSD + reg <Lv0, v0>)."""
-    param = torch.view_as_real(v_hat.detach().clone()).requires_grad_(True)
+           lr: float = REFINE_LR, prior: float = REFINE_PRIOR) -> torch.Tensor:  # fmt: skip
+    """Test-time refinement: ``iters`` Adam steps on v0 from the network's answer ``v_hat``, fitting the
+    output-size deformed atlas to the given slices on their planes (``sparse``, ``mask``: (1, 1, m^3) on the
+    output grid): masked SSD + (1 - masked soft Dice) + ``prior`` <L(v0 - v_hat), v0 - v_hat> / voxels.
+
+    The prior keeps v0 near the network's answer in the shooting metric (the slices alone under-determine
+    the shape between them); the answer stays a shot diffeomorphism of the atlas. Chosen on the tuning
+    phantoms (docs/models/sadir.md); a first version (fit on the 3.5 mm model grid, v0 pulled towards 0)
+    lowered the volume Dice."""
+    anchor = v_hat.detach()
+    param = torch.view_as_real(anchor.clone()).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
+    seen = mask.sum().clamp_min(1)
     for _ in range(iters):
         v = torch.view_as_complex(param)
-        moved, _ = net.deform(v)
-        loss = (mask * (moved - sparse) ** 2).sum() + reg * net.shooting.energy(net.shooting.coefficients(v)).sum()
+        _, disp = net.deform(v)
+        moved, _ = net.fine_atlas_warp(disp)
+        ssd = (mask * (moved - sparse) ** 2).sum() / seen
+        dice = soft_dice(mask * moved, mask * sparse).mean()
+        pull = net.shooting.energy(v - anchor).mean() / net.atlas[0, 0].numel()
+        loss = ssd + 1 - dice + prior * pull
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -97,16 +111,19 @@ def _load(model) -> SadirModel:
 
 def reconstruct_myocardium(
     stack: SliceStack, model: SadirModel | str | Path | None = None, steps: int | None = None, device: str = "auto",
-    seed: int = 0, refine_iters: int = 0,
+    seed: int = 0, refine_iters: int = REFINE_STEPS,
 ) -> SadirResult:  # fmt: skip
     """SADIR reconstruction of the LV myocardium from a SAX stack whose slices carry labels (2 = myocardium).
 
     ``model``: a :class:`SadirModel`, a registered name or a .safetensors path (default: the shipped
     ``sadir-myocardium``). ``steps``: DDIM steps (default: the model's). ``seed``: the start noise.
-    ``refine_iters``: optional test-time fit of v0 to the given slices after sampling (see :func:`refine`).
+    ``refine_iters``: test-time fit of v0 to the given slices after sampling (:func:`refine`; 0: the network's
+    v0 as sampled).
     """
     if stack.n < data.MIN_SLICES:
         raise InputError(f"{stack.source}: {stack.n} slice(s); SADIR needs at least {data.MIN_SLICES} SAX slices")
+    if refine_iters < 0:
+        raise InputError(f"refine steps {refine_iters}: give 0 (off) or a positive number")
     data.check_stack(stack)
     net = _load(model)
     dev = resolve_device(device)
@@ -115,22 +132,23 @@ def reconstruct_myocardium(
     fine = frame.resized(net.atlas_fine.shape[-1])
     sparse, mask = data.sparse_volume(stack, frame)
     cond = torch.from_numpy(np.stack([sparse, mask]))[None].to(dev)
+    sparse_fine, mask_fine = data.sparse_volume(stack, fine)
     with torch.no_grad():
-        v_hat, moved, disp = net.sample(cond, steps, seed=seed)
+        v_hat, _, disp = net.sample(cond, steps, seed=seed)
     if refine_iters > 0:
+        target, seen = (torch.from_numpy(a)[None, None].to(dev) for a in (sparse_fine, mask_fine))
         with torch.enable_grad():
-            v_hat = refine(net, v_hat, cond[:, :1], cond[:, 1:], refine_iters)
+            v_hat = refine(net, v_hat, target, seen, refine_iters)
     with torch.no_grad():
         if refine_iters > 0:
-            moved, disp = net.deform(v_hat)
+            _, disp = net.deform(v_hat)
         prob, up = net.fine_atlas_warp(disp)
         jac = float(jacobian_determinant(disp).min())
     prob = prob[0, 0].cpu().numpy().astype(np.float32)
     myo = prob >= 0.5
     topo = topology(myo)
-    coarse = moved[0, 0].cpu().numpy() >= 0.5
-    observed = mask > 0
-    seen_truth, seen_pred = sparse[observed] > 0.5, coarse[observed]
+    observed = mask_fine > 0
+    seen_truth, seen_pred = sparse_fine[observed] > 0.5, myo[observed]
     denom = seen_truth.sum() + seen_pred.sum()
     slice_dice = float(2 * (seen_truth & seen_pred).sum() / denom) if denom else 1.0
     flags = []
