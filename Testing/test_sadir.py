@@ -325,3 +325,14 @@ def test_alternating_atlas_steps_take_their_subjects_from_the_pack(tmp_path, mon
     train(None, config, tmp_path / "run", progress="none")
     records = [r for r in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "after_step" in r]
     assert len(records) == 1 and '"atlas_taken": 1.0' in records[0], records
+
+
+def test_slice_slab_spans_the_given_slices(phantom_stack):
+    frame = data.lv_frame(phantom_stack, 64)
+    slab = data.slice_slab(phantom_stack, frame)
+    _, mask = data.sparse_volume(phantom_stack, frame)
+    planes = np.flatnonzero(mask.any(axis=(1, 2)))
+    assert len(planes) == phantom_stack.n and slab[planes].all()
+    # contiguous from the first to the last slice's plane, nothing beyond: 8 slices ~10 mm apart on 1.75 mm planes
+    assert slab.sum() == planes[-1] - planes[0] + 1 and not slab[: planes[0]].any() and not slab[planes[-1] + 1 :].any()
+    assert 35 < slab.sum() * frame.spacing < 90

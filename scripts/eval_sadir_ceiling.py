@@ -67,17 +67,19 @@ def main(argv=None) -> int:
         s = data.make_sample(seed, slices=8)
         truth = s["truth_fine"].astype(bool)
         spacing = s["frame"].resized(data.OUTPUT_SIZE).spacing
+        slab = data.slice_slab(s["stack"], s["frame"].resized(data.OUTPUT_SIZE))  # the planes the 8 slices span
         for setting in a.grid:
             grid, truncation, lr = setting.split(":")
             start = time.time()
             pred = register(atlas, torch.from_numpy(truth.astype(np.float32))[None, None], int(grid), int(truncation),
                             float(lr), a.iters, a.reg)  # fmt: skip
             row = {"seed": seed, "grid": int(grid), "truncation": int(truncation), "lr": float(lr),
-                   "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, (spacing,) * 3), "seconds": time.time() - start}  # fmt: skip
+                   "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, (spacing,) * 3),
+                   "dice_slab": dice(pred[slab], truth[slab]), "seconds": time.time() - start}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {g: {k: float(np.mean([r[k] for r in rows if f"{r['grid']}:{r['truncation']}" == ":".join(g.split(":")[:2])]))
-                   for k in ("dice", "hd95_mm")} for g in a.grid}  # fmt: skip
+                   for k in ("dice", "hd95_mm", "dice_slab")} for g in a.grid}  # fmt: skip
     with open(a.out, "w") as f:
         json.dump({"iters": a.iters, "reg": a.reg, "model": a.model, "summary": summary, "rows": rows}, f, indent=2)
     print(json.dumps(summary, indent=2))

@@ -135,6 +135,17 @@ def sparse_volume(stack: SliceStack, frame: LVFrame) -> tuple[np.ndarray, np.nda
     return sparse, mask
 
 
+def slice_slab(stack: SliceStack, frame: LVFrame) -> np.ndarray:
+    """(size,) bool along the frame's slice axis (array axis 0): True from the first to the last plane that
+    holds a slice. Beyond it the slices do not tell where the base or the apex ends (evaluation)."""
+    _, mask = sparse_volume(stack, frame)
+    planes = np.flatnonzero(mask.reshape(frame.size, -1).any(1))
+    slab = np.zeros(frame.size, bool)
+    if planes.size:
+        slab[planes[0] : planes[-1] + 1] = True
+    return slab
+
+
 def label_stack(phantom: MRPhantom, gap_mm: float = 10.0, pixel_mm: float = 2.0, matrix: int = 72) -> SliceStack:
     """Label-only SAX stack of ``phantom`` planned as :func:`~..phantoms.scanner.acquire_sax` plans it.
 
