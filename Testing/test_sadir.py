@@ -187,6 +187,27 @@ def test_shipped_model_on_a_held_out_phantom():
     assert result.jacobian_min > 0.1 and result.topology["ok"] and not result.flags
 
 
+def test_slices_without_myocardium_do_not_change_the_networks_answer():
+    """A clinical stack also holds slices above the base and below the apex (no myocardium). The network was
+    trained on slices showing myocardium: fed the empty ones as observed zeros it lost ~0.03 Dice (tuning
+    phantoms 0.951 -> 0.923); it now conditions on the myocardium slices only."""
+    from CardiacDiffusionLib.models.store import list_models
+    from CardiacDiffusionLib.sadir.reconstruct import DEFAULT_MODEL
+    from CardiacDiffusionLib.sadir.train import TEST_SEED
+
+    if DEFAULT_MODEL not in [m["name"] for m in list_models()]:
+        pytest.skip("no shipped SADIR model")
+    import SimpleITK as sitk
+
+    full = data.label_stack(MRPhantom(TEST_SEED + 1, "ES"), 10.0)
+    shown = data.myocardium_slices(full, None)
+    assert full.n - shown.n >= 2  # empty slices above the base and below the apex
+    a = reconstruct_myocardium(full, device="cpu", refine_iters=0)
+    b = reconstruct_myocardium(shown, device="cpu", refine_iters=0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a.labels), sitk.GetArrayFromImage(b.labels))
+    assert a.labels.GetOrigin() == b.labels.GetOrigin()
+
+
 def _cup(n: int) -> np.ndarray:
     """A thick-walled cup (one shell, genus 0) on an n^3 grid: a ball minus an inner ball open at the top."""
     c = n / 2

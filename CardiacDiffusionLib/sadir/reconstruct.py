@@ -128,9 +128,12 @@ def reconstruct_myocardium(
     net = _load(model)
     dev = resolve_device(device)
     net = net.to(dev).eval()
-    frame = data.lv_frame(stack, net.atlas.shape[-1])
+    # the network conditions on the slices that show myocardium, as in training; the refinement and the
+    # slice check use every slice: those above the base and below the apex bound where the myocardium ends
+    shown = data.myocardium_slices(stack, None)
+    frame = data.lv_frame(shown, net.atlas.shape[-1])
     fine = frame.resized(net.atlas_fine.shape[-1])
-    sparse, mask = data.sparse_volume(stack, frame)
+    sparse, mask = data.sparse_volume(shown, frame)
     cond = torch.from_numpy(np.stack([sparse, mask]))[None].to(dev)
     sparse_fine, mask_fine = data.sparse_volume(stack, fine)
     with torch.no_grad():
