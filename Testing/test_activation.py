@@ -413,7 +413,7 @@ def test_lma_on_the_shipped_sadir_myocardium(case):
     assert np.mean(np.abs(painted - truth)) < 5.0  # 3.5 ms measured, as with the shape-based myocardium
 
 
-def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path):
+def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path, capfd):
     """The PNG, looked at from the lateral wall, is red (late); from the septum, blue (early)."""
     from CardiacDiffusionLib.activation.render import render_tos_png
 
@@ -427,3 +427,4 @@ def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path):
         assert len(body) > 0.05 * len(rgb)
         redness[name] = float(np.mean(body[:, 0] - body[:, 2]))
     assert redness["lateral"] > 50 and redness["septal"] < redness["lateral"] - 50, redness
+    assert "bad X server" not in capfd.readouterr().err  # no display: straight to EGL, no failed X attempt

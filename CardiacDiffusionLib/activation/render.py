@@ -7,6 +7,8 @@ left, i.e. from the RV insertion's opposite side) with the base up.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,18 @@ import vtk
 
 from ..errors import InputError
 from .mapping import TOS_ARRAY
+
+
+def _offscreen_window() -> vtk.vtkRenderWindow:
+    """VTK's default window, except on Linux without a display (and no VTK_DEFAULT_OPENGL_WINDOW choice):
+    there VTK (9.4+) first tries X, logs "bad X server connection" and then falls back to EGL; go to EGL
+    directly when it can make a context."""
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW") and hasattr(vtk, "vtkEGLRenderWindow"):
+        window = vtk.vtkEGLRenderWindow()
+        if window.SupportsOpenGL():
+            return window
+    return vtk.vtkRenderWindow()
 
 
 def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=None, size=(640, 560),
@@ -51,7 +65,7 @@ def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=Non
     renderer.AddViewProp(bar)
     bar.GetTitleTextProperty().SetColor(0, 0, 0)
     bar.GetLabelTextProperty().SetColor(0, 0, 0)
-    window = vtk.vtkRenderWindow()
+    window = _offscreen_window()
     window.SetOffScreenRendering(1)
     window.SetSize(*size)
     window.AddRenderer(renderer)
