@@ -85,6 +85,16 @@ def test_sunnybrook_true_geometry(phase19):
 
 
 @needs_sunnybrook
+def test_transposed_stack_is_the_same_slices_in_space(phase19):
+    flipped = phase19.transposed()
+    assert np.allclose(flipped.normal, -phase19.normal) and flipped.n == phase19.n
+    a = phase19.to_image()
+    b = sitk.Resample(flipped.to_image(), a, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0, sitk.sitkFloat32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(b), sitk.GetArrayFromImage(a))
+    np.testing.assert_array_equal(flipped.transposed().pixels, phase19.pixels)
+
+
+@needs_sunnybrook
 def test_sunnybrook_phases():
     phases = dicom_phases(DICOM_DIR)
     assert [p["phase"] for p in phases] == [0, 1]

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack
+from ..geometry.stack import SliceStack, normal_points_to_apex
 
 LV, MYO, RV = 1, 2, 3
 MIN_MYO_PIXELS = 12
@@ -101,9 +101,7 @@ def pixel_points(stack: SliceStack, k: int, rc: np.ndarray) -> np.ndarray:
 
 def _axis(stack: SliceStack, myo_slices: np.ndarray) -> np.ndarray:
     """Stack normal signed base -> apex: the LV (cavity + wall) area shrinks towards the apex."""
-    areas = np.array([np.isin(stack.labels[k], (LV, MYO)).sum() for k in myo_slices], float)
-    slope = np.polyfit(stack.positions[myo_slices], areas, 1)[0] if len(myo_slices) > 1 else -1.0
-    return stack.normal if slope <= 0 else -stack.normal
+    return stack.normal if normal_points_to_apex(stack, myo_slices, (LV, MYO)) else -stack.normal
 
 
 def _contact_angles(stack, k, centre, e0, e1):

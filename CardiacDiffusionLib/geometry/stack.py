@@ -212,6 +212,31 @@ class SliceStack:
             meta={k: v for k, v in self.meta.items() if k != "slice_meta"},
         )
 
+    def transposed(self) -> "SliceStack":
+        """The same slices described with rows and columns swapped: same voxels in space, the normal
+        (row x column) flips and the slice order reverses."""
+        swap = (lambda a: None if a is None else np.transpose(a, (0, 2, 1)))  # fmt: skip
+        return replace(
+            self,
+            pixels=swap(self.pixels),
+            labels=swap(self.labels),
+            row_dir=self.col_dir,
+            col_dir=self.row_dir,
+            pixel_spacing=(self.pixel_spacing[1], self.pixel_spacing[0]),
+            meta={k: v for k, v in self.meta.items() if k != "slice_meta"},
+        )
+
+
+def normal_points_to_apex(stack: SliceStack, slices=None, lv_values=(1, 2)) -> bool:
+    """True when the stack's normal points base -> apex: the LV (cavity + wall, project labels) shrinks
+    along it (fitted over ``slices``, default all labelled ones). A single slice gives True."""
+    if stack.labels is None:
+        raise InputError(f"{stack.source}: base and apex are told apart by the LV labels; the stack has none")
+    idx = np.arange(stack.n) if slices is None else np.asarray(slices)
+    areas = np.array([np.isin(stack.labels[k], lv_values).sum() for k in idx], float)
+    idx, areas = idx[areas > 0], areas[areas > 0]
+    return len(idx) < 2 or np.polyfit(stack.positions[idx], areas, 1)[0] <= 0
+
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     return (

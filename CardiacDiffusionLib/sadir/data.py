@@ -110,18 +110,23 @@ def lv_frame(stack: SliceStack, size: int = MODEL_SIZE) -> LVFrame:
     return LVFrame(origin, direction, size, spacing)
 
 
+def slice_planes(stack: SliceStack, frame: LVFrame) -> np.ndarray:
+    """(n_slices,) index of each slice's nearest voxel plane of ``frame`` (outside [0, size): not in the frame)."""
+    return np.round((stack.positions - frame.origin @ stack.normal) / frame.spacing).astype(int)
+
+
 def sparse_volume(stack: SliceStack, frame: LVFrame) -> tuple[np.ndarray, np.ndarray]:
     """(myocardium, mask) float32 arrays (size^3) with each slice on its nearest voxel plane."""
     n, s = frame.size, frame.spacing
     sparse = np.zeros((n, n, n), np.float32)
     mask = np.zeros((n, n, n), np.float32)
-    z0 = frame.origin @ stack.normal
+    planes = slice_planes(stack, frame)
     i = np.arange(n) * s
     y, x = np.meshgrid(i, i, indexing="ij")
     rows, cols = stack.shape2d
     sx, sy = stack.pixel_spacing
     for j in range(stack.n):
-        k = int(np.round((stack.positions[j] - z0) / s))
+        k = int(planes[j])
         if not 0 <= k < n:
             continue
         plane = frame.origin + k * s * stack.normal + x[..., None] * stack.row_dir + y[..., None] * stack.col_dir

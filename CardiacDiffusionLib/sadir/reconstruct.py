@@ -21,7 +21,7 @@ from scipy import ndimage
 from skimage.measure import euler_number
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack
+from ..geometry.stack import SliceStack, normal_points_to_apex
 from ..models.store import load_model
 from ..utils.device import resolve_device
 from . import data
@@ -125,6 +125,8 @@ def reconstruct_myocardium(
     if refine_iters < 0:
         raise InputError(f"refine steps {refine_iters}: give 0 (off) or a positive number")
     data.check_stack(stack)
+    if not normal_points_to_apex(stack):  # the frame's z must run base -> apex, as in training
+        stack = stack.transposed()
     net = _load(model)
     dev = resolve_device(device)
     net = net.to(dev).eval()
@@ -161,6 +163,12 @@ def reconstruct_myocardium(
         flags.append(f"output topology differs from a single closed shell: {topo}")
     if slice_dice < 0.7:
         flags.append(f"reconstruction agrees poorly with the given slices (Dice {slice_dice:.2f})")
+    planes = data.slice_planes(shown, frame)
+    outside = int(np.sum((planes < 0) | (planes >= frame.size)))
+    if outside:
+        span = float(np.ptp(shown.positions))
+        flags.append(f"{outside} of {shown.n} myocardium slices lie outside the model's {data.FOV_MM:.0f} mm frame "
+                     f"(the myocardium slices span {span:.0f} mm) and were not used; check the slice spacing")  # fmt: skip
     labels = fine.to_image((myo * MYOCARDIUM_LABEL).astype(np.uint8))
     return SadirResult(labels, fine.to_image(prob), jac, topo, slice_dice, fine, flags,
                        displacement=up[0].cpu().numpy())  # fmt: skip
