@@ -100,8 +100,8 @@ def pixel_points(stack: SliceStack, k: int, rc: np.ndarray) -> np.ndarray:
 
 
 def _axis(stack: SliceStack, myo_slices: np.ndarray) -> np.ndarray:
-    """Stack normal signed base -> apex: the LV (cavity + wall) area shrinks towards the apex."""
-    return stack.normal if normal_points_to_apex(stack, myo_slices, (LV, MYO)) else -stack.normal
+    """Stack normal signed base -> apex: the heart's area (LV cavity + wall, RV) shrinks towards the apex."""
+    return stack.normal if normal_points_to_apex(stack, myo_slices) else -stack.normal
 
 
 def _contact_angles(stack, k, centre, e0, e1):

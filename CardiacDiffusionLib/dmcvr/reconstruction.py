@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack
+from ..geometry.stack import SliceStack, shrinks_along
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
@@ -237,7 +237,50 @@ def dmcvr(
     cancel: Callable[[], bool] | None = None,
     shape_prior: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels (m, rows, cols) at ``targets`` (mm along the normal) on the stack's own grid."""
+    """Images and labels (m, rows, cols) at ``targets`` (mm along the normal) on the stack's own grid.
+
+    The networks learnt slices described with the normal pointing base -> apex (ACDC, the phantoms): a
+    stack described the other way (rows and columns swapped, a valid DICOM description) shows them the
+    mirror image. Such a stack is re-described (``SliceStack.transposed``, the same voxels in space) and
+    the results transposed back; base and apex are told apart by the given labels, else by the morphology
+    net's labels of the acquired slices (geometry.stack.normal_points_to_apex)."""
+    options = dict(steps=steps, device=device, model=model, strength=strength, batch_size=batch_size,
+                   progress=progress, cancel=cancel, shape_prior=shape_prior)  # fmt: skip
+    if _points_to_apex(stack, device, model, batch_size):
+        return _dmcvr(stack, targets, **options)
+    images, labels = _dmcvr(stack.transposed(), -np.asarray(targets, float), **options)
+    return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
+
+
+def _points_to_apex(stack: SliceStack, device: str, model: str | None, batch_size: int | None) -> bool:
+    """Whether the stack's normal points base -> apex (the heart's area shrinks along it)."""
+    pixels, labels = aligned_arrays(stack)
+    if labels is None or not labels.any():
+        net, size, spacing = load_dmcvr(model, str(resolve_device(device)))
+        lo, hi = normalisation(pixels)
+        norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
+        frame = CropFrame(heart_center(net, norm, stack.pixel_spacing, size, spacing), stack.pixel_spacing, size, spacing)
+        crops = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
+        segment = lambda b: net.morph_net(b.to(net.device)).argmax(1).cpu()  # noqa: E731
+        with torch.inference_mode():
+            labels = run_batched(segment, crops, int(batch_size or 32), net.device).numpy()
+    areas = (labels > 0).reshape(len(labels), -1).sum(1)  # LV cavity, LV wall, RV cavity
+    return shrinks_along(stack.positions, areas)
+
+
+def _dmcvr(
+    stack: SliceStack,
+    targets: np.ndarray,
+    steps: int | None = None,
+    device: str = "auto",
+    model: str | None = None,
+    strength: float | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    shape_prior: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dmcvr` on a stack whose normal points base -> apex."""
     shape_prior = float(DEFAULT_SHAPE_PRIOR if shape_prior is None else shape_prior)
     if not 0 <= shape_prior < 1:
         raise InputError(f"dmcvr shape_prior: {shape_prior}; expected a weight in [0, 1) (0 = the network alone)")

@@ -227,15 +227,28 @@ class SliceStack:
         )
 
 
-def normal_points_to_apex(stack: SliceStack, slices=None, lv_values=(1, 2)) -> bool:
-    """True when the stack's normal points base -> apex: the LV (cavity + wall, project labels) shrinks
-    along it (fitted over ``slices``, default all labelled ones). A single slice gives True."""
+def normal_points_to_apex(stack: SliceStack, slices=None, values=(1, 2, 3)) -> bool:
+    """True when the stack's normal points base -> apex: the heart's short-axis area (project labels: LV
+    cavity, LV wall and RV cavity) shrinks along it (fitted over ``slices``, default all). With the LV alone
+    a flat-walled LV tilted the fit (ACDC 047 ES); with the RV, largest at the base, it does not. A stack
+    whose area barely changes keeps its description (True)."""
     if stack.labels is None:
-        raise InputError(f"{stack.source}: base and apex are told apart by the LV labels; the stack has none")
+        raise InputError(f"{stack.source}: base and apex are told apart by the labels; the stack has none")
     idx = np.arange(stack.n) if slices is None else np.asarray(slices)
-    areas = np.array([np.isin(stack.labels[k], lv_values).sum() for k in idx], float)
-    idx, areas = idx[areas > 0], areas[areas > 0]
-    return len(idx) < 2 or np.polyfit(stack.positions[idx], areas, 1)[0] <= 0
+    areas = np.array([np.isin(stack.labels[k], values).sum() for k in idx], float)
+    return shrinks_along(stack.positions[idx], areas)
+
+
+def shrinks_along(positions, areas, tolerance: float = 0.25) -> bool:
+    """False only when the areas (per slice, 0 = nothing there) clearly grow with the positions: a line
+    fitted over the slices with area rises by more than ``tolerance`` x their mean over their extent
+    (a flat stack, or fewer than two slices with area, keeps its description: True)."""
+    positions, areas = np.asarray(positions, float), np.asarray(areas, float)
+    keep = areas > 0
+    if keep.sum() < 2:
+        return True
+    slope = np.polyfit(positions[keep], areas[keep], 1)[0]
+    return bool(slope * np.ptp(positions[keep]) <= tolerance * areas[keep].mean())
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
