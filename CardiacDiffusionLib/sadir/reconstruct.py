@@ -1,8 +1,9 @@
 """``reconstruct_myocardium``: the 3D LV myocardium of a labelled SAX stack as a deformed atlas (SADIR).
 
 Output: a uint8 SimpleITK volume with the project label 2 (LV myocardium) on the 64^3 normalised LV
-frame grid (1.75 mm, axes along the stack's row, column and normal), positioned in the input's LPS
-frame, so it overlays the input slices directly. It is the shipped atlas (>= 0.5 after warping)
+frame grid (1.75 mm, axes along the stack's row, column and normal; for a stack described apex -> base,
+its column, row and reversed normal), positioned in the input's LPS frame, so it overlays the input
+slices directly. It is the shipped atlas (>= 0.5 after warping)
 moved by the shot diffeomorphism, so its topology is the atlas's; this is checked, not assumed:
 the minimum Jacobian determinant of phi^-1 (> 0: the map folds nowhere) and the topology of the
 output (one 26-connected component, no enclosed cavity, Euler characteristic 1, i.e. a shell of
