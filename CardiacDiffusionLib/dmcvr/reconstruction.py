@@ -44,7 +44,7 @@ from ..geometry.stack import SliceStack, shrinks_along
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
-from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, label_center
+from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, crop_angle, label_center
 from .interpolate import interpolation_plan
 from .ddim import ddim_decode, ddim_encode
 from .model import DMCVRModel, Latents, from_diffusion_range, to_diffusion_range
@@ -296,12 +296,24 @@ def _dmcvr(
     norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
     given = labels is not None and labels.any()
     center = label_center(labels) if given else heart_center(net, norm, stack.pixel_spacing, size, spacing)
-    frame = CropFrame(center, stack.pixel_spacing, size, spacing)
-    crops = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
-    targets = np.asarray(targets, float)
-    out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
+
     def class_probs(x: torch.Tensor) -> torch.Tensor:
         return run_batched(lambda b: F.softmax(net.morph_net(b.to(net.device)), 1).cpu(), x, batch_size, net.device)
+
+    def crop(angle: float) -> tuple[CropFrame, torch.Tensor]:
+        frame = CropFrame(center, stack.pixel_spacing, size, spacing, angle=angle)
+        return frame, torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
+
+    # the RV where the training slices have it (in-plane turn; from the given labels, else the net's own)
+    if given:
+        angle = crop_angle(labels, stack.pixel_spacing)
+    else:
+        with torch.inference_mode():
+            own = class_probs(crop(0.0)[1]).argmax(1).numpy()
+        angle = crop_angle(own, (spacing, spacing))
+    frame, crops = crop(angle)
+    targets = np.asarray(targets, float)
+    out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
 
     with torch.inference_mode():
         probs = class_probs(out)
