@@ -268,19 +268,8 @@ def _points_to_apex(stack: SliceStack, device: str, model: str | None, batch_siz
     return shrinks_along(stack.positions, areas)
 
 
-def _dmcvr(
-    stack: SliceStack,
-    targets: np.ndarray,
-    steps: int | None = None,
-    device: str = "auto",
-    model: str | None = None,
-    strength: float | None = None,
-    batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-    shape_prior: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`dmcvr` on a stack whose normal points base -> apex."""
+def _dmcvr(stack: SliceStack, targets, steps, device, model, strength, batch_size, progress, cancel, shape_prior):  # fmt: skip
+    """:func:`dmcvr` (arguments as there) on a stack whose normal points base -> apex."""
     shape_prior = float(DEFAULT_SHAPE_PRIOR if shape_prior is None else shape_prior)
     if not 0 <= shape_prior < 1:
         raise InputError(f"dmcvr shape_prior: {shape_prior}; expected a weight in [0, 1) (0 = the network alone)")
