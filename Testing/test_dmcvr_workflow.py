@@ -17,7 +17,6 @@ from CardiacDiffusionLib.dmcvr.data import (CropFrame, SaxSliceDataset, acdc_vol
                                            pack_volumes)
 from CardiacDiffusionLib.dmcvr.ddim import Cancelled
 from CardiacDiffusionLib.errors import InputError
-from CardiacDiffusionLib.geometry.stack import SliceStack
 from CardiacDiffusionLib.metrics.overlap import dice
 from CardiacDiffusionLib.models.store import load_model, save_model, sha256_file, shipped_registry_path
 from CardiacDiffusionLib.phantoms.mr import MRPhantom
@@ -234,16 +233,6 @@ def test_a_stack_described_apex_to_base_gets_the_same_answer(phantom_stack):
         np.testing.assert_array_equal(np.transpose(labels_t, (0, 2, 1)), labels)
 
 
-def _turned(stack, quarter_turns: int = 1):
-    """The same slices described with the in-plane axes turned by 90 degrees (normal unchanged)."""
-    for _ in range(quarter_turns):
-        rows, cols = stack.shape2d
-        turn = (lambda a: None if a is None else np.ascontiguousarray(np.transpose(a, (0, 2, 1))[:, ::-1, :]))  # fmt: skip
-        stack = SliceStack(turn(stack.pixels), stack.origins + (cols - 1) * stack.pixel_spacing[0] * stack.row_dir,
-                           stack.col_dir, -stack.row_dir, stack.pixel_spacing[::-1], turn(stack.labels))  # fmt: skip
-    return stack
-
-
 @needs_acdc
 @pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
 def test_a_turned_stack_is_turned_back_to_the_training_pose(monkeypatch):
@@ -257,7 +246,7 @@ def test_a_turned_stack_is_turned_back_to_the_training_pose(monkeypatch):
     stack = read_acdc(ACDC / "patient061_frame01.h5")
     kept, dropped = split_kept_dropped(stack.n)
     given, targets, truth = stack.subset(kept), stack.positions[dropped], stack.labels[dropped]
-    turned = _turned(given)
+    turned = given.turned()
     assert crop_angle(given.labels, given.pixel_spacing) == 0.0  # ACDC's own pose is kept
     assert abs(abs(np.rad2deg(crop_angle(turned.labels, turned.pixel_spacing))) - 90) < 20
 

@@ -85,13 +85,17 @@ def test_sunnybrook_true_geometry(phase19):
 
 
 @needs_sunnybrook
-def test_transposed_stack_is_the_same_slices_in_space(phase19):
+def test_transposed_and_turned_stacks_are_the_same_slices_in_space(phase19):
     flipped = phase19.transposed()
     assert np.allclose(flipped.normal, -phase19.normal) and flipped.n == phase19.n
     a = phase19.to_image()
     b = sitk.Resample(flipped.to_image(), a, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0, sitk.sitkFloat32)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(b), sitk.GetArrayFromImage(a))
     np.testing.assert_array_equal(flipped.transposed().pixels, phase19.pixels)
+    turned = phase19.turned()  # 90 degrees in-plane: same voxels, same normal
+    assert np.allclose(turned.normal, phase19.normal) and np.allclose(turned.positions, phase19.positions)
+    c = sitk.Resample(turned.to_image(), a, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0, sitk.sitkFloat32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(c), sitk.GetArrayFromImage(a))
 
 
 @needs_sunnybrook

@@ -32,6 +32,7 @@ re-creates the details under the interpolated semantic and morphology codes.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -244,32 +245,6 @@ def dmcvr(
     mirror image. Such a stack is re-described (``SliceStack.transposed``, the same voxels in space) and
     the results transposed back; base and apex are told apart by the given labels, else by the morphology
     net's labels of the acquired slices (geometry.stack.normal_points_to_apex)."""
-    options = dict(steps=steps, device=device, model=model, strength=strength, batch_size=batch_size,
-                   progress=progress, cancel=cancel, shape_prior=shape_prior)  # fmt: skip
-    if _points_to_apex(stack, device, model, batch_size):
-        return _dmcvr(stack, targets, **options)
-    images, labels = _dmcvr(stack.transposed(), -np.asarray(targets, float), **options)
-    return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
-
-
-def _points_to_apex(stack: SliceStack, device: str, model: str | None, batch_size: int | None) -> bool:
-    """Whether the stack's normal points base -> apex (the heart's area shrinks along it)."""
-    pixels, labels = aligned_arrays(stack)
-    if labels is None or not labels.any():
-        net, size, spacing = load_dmcvr(model, str(resolve_device(device)))
-        lo, hi = normalisation(pixels)
-        norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
-        frame = CropFrame(heart_center(net, norm, stack.pixel_spacing, size, spacing), stack.pixel_spacing, size, spacing)
-        crops = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
-        segment = lambda b: net.morph_net(b.to(net.device)).argmax(1).cpu()  # noqa: E731
-        with torch.inference_mode():
-            labels = run_batched(segment, crops, int(batch_size or 32), net.device).numpy()
-    areas = (labels > 0).reshape(len(labels), -1).sum(1)  # LV cavity, LV wall, RV cavity
-    return shrinks_along(stack.positions, areas)
-
-
-def _dmcvr(stack: SliceStack, targets, steps, device, model, strength, batch_size, progress, cancel, shape_prior):  # fmt: skip
-    """:func:`dmcvr` (arguments as there) on a stack whose normal points base -> apex."""
     shape_prior = float(DEFAULT_SHAPE_PRIOR if shape_prior is None else shape_prior)
     if not 0 <= shape_prior < 1:
         raise InputError(f"dmcvr shape_prior: {shape_prior}; expected a weight in [0, 1) (0 = the network alone)")
@@ -280,33 +255,81 @@ def _dmcvr(stack: SliceStack, targets, steps, device, model, strength, batch_siz
     if steps < 1 or steps > len(_schedule(net, strength)):
         raise InputError(f"dmcvr steps: {steps}; expected 1..{len(_schedule(net, strength))} at strength {strength}")
     batch_size = int(batch_size or DEFAULT_BATCH.get(dev.type, 32))
-    pixels, labels = aligned_arrays(stack)
-    lo, hi = normalisation(pixels)
-    norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
-    given = labels is not None and labels.any()
-    center = label_center(labels) if given else heart_center(net, norm, stack.pixel_spacing, size, spacing)
-
-    def class_probs(x: torch.Tensor) -> torch.Tensor:
-        return run_batched(lambda b: F.softmax(net.morph_net(b.to(net.device)), 1).cpu(), x, batch_size, net.device)
-
-    def crop(angle: float) -> tuple[CropFrame, torch.Tensor]:
-        frame = CropFrame(center, stack.pixel_spacing, size, spacing, angle=angle)
-        return frame, torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
-
-    # the RV where the training slices have it (in-plane turn; from the given labels, else the net's own)
-    if given:
-        angle = crop_angle(labels, stack.pixel_spacing)
-    else:
-        with torch.inference_mode():
-            own = class_probs(crop(0.0)[1]).argmax(1).numpy()
-        angle = crop_angle(own, (spacing, spacing))
-    frame, crops = crop(angle)
     targets = np.asarray(targets, float)
+    options = dict(steps=steps, strength=strength, batch_size=batch_size, progress=progress, cancel=cancel,
+                   shape_prior=shape_prior)  # fmt: skip
+    view = _View.of(net, stack, size, spacing, batch_size)
+    if view.points_to_apex():
+        return _generate(net, view, targets, **options)
+    flipped = _View.of(net, stack.transposed(), size, spacing, batch_size)  # the net sees a new image: look again
+    images, labels = _generate(net, flipped, -targets, **options)
+    return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
+
+
+def _class_probs(net: DMCVRModel, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The morphology net's class probabilities (n, C, size, size) of crops (n, 1, size, size)."""
+    with torch.inference_mode():
+        return run_batched(lambda b: F.softmax(net.morph_net(b.to(net.device)), 1).cpu(), crops, batch_size, net.device)
+
+
+@dataclass
+class _View:
+    """A stack as the networks take it: intensities normalised, the heart's centre, and either the given
+    labels or the morphology net's class probabilities of the unturned crops (``own``)."""
+
+    stack: SliceStack
+    pixels: np.ndarray
+    labels: np.ndarray | None  # the given labels; None when the stack has none
+    lo: float
+    hi: float
+    norm: np.ndarray
+    center: tuple[float, float]
+    size: int
+    spacing: float
+    own: torch.Tensor | None = None  # without given labels: the net's probabilities of the crops at angle 0
+
+    @classmethod
+    def of(cls, net: DMCVRModel, stack: SliceStack, size: int, spacing: float, batch_size: int) -> "_View":
+        pixels, labels = aligned_arrays(stack)
+        lo, hi = normalisation(pixels)
+        norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
+        if labels is not None and labels.any():
+            return cls(stack, pixels, labels, lo, hi, norm, label_center(labels), size, spacing)
+        view = cls(stack, pixels, None, lo, hi, norm, heart_center(net, norm, stack.pixel_spacing, size, spacing),
+                   size, spacing)  # fmt: skip
+        view.own = _class_probs(net, view.crops(0.0)[1], batch_size)
+        return view
+
+    def crops(self, angle: float) -> tuple[CropFrame, torch.Tensor]:
+        frame = CropFrame(self.center, self.stack.pixel_spacing, self.size, self.spacing, angle=angle)
+        return frame, torch.from_numpy(np.clip(frame.sample_stack(self.norm), 0, 1)[:, None].astype(np.float32))
+
+    def slice_labels(self) -> tuple[np.ndarray, tuple[float, float]]:
+        """Labels of the acquired slices and their pixel spacing: the given ones, else the net's (crop grid)."""
+        if self.labels is not None:
+            return self.labels, self.stack.pixel_spacing
+        return self.own.argmax(1).numpy(), (self.spacing, self.spacing)
+
+    def points_to_apex(self) -> bool:
+        """Whether the stack's normal points base -> apex: the heart's area (LV cavity, wall, RV) shrinks
+        along it (the rule of geometry.stack.normal_points_to_apex, on these labels)."""
+        labels, _ = self.slice_labels()
+        return shrinks_along(self.stack.positions, (labels > 0).reshape(len(labels), -1).sum(1))
+
+
+def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size, progress, cancel, shape_prior):  # fmt: skip
+    """:func:`dmcvr` (arguments resolved there) on a stack whose normal points base -> apex."""
+    stack, pixels, labels, lo, hi = view.stack, view.pixels, view.labels, view.lo, view.hi
+    given = labels is not None
+    # the RV where the training slices have it (in-plane turn; from the given labels, else the net's own)
+    angle = crop_angle(*view.slice_labels())
+    frame, crops = view.crops(angle)
     out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
 
-    with torch.inference_mode():
-        probs = class_probs(out)
-        acquired_probs = None if given else class_probs(crops).numpy()
+    probs = _class_probs(net, out, batch_size)
+    acquired_probs = None  # without given labels: the net's, of the crops used (unturned: already at hand)
+    if not given:
+        acquired_probs = (view.own if angle == 0.0 else _class_probs(net, crops, batch_size)).numpy()
     acquired_labels = labels if given else acquired_probs.argmax(1)
     # a structure absent from both acquired neighbours is not generated between them, and one present in only
     # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):

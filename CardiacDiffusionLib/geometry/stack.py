@@ -226,6 +226,22 @@ class SliceStack:
             meta={k: v for k, v in self.meta.items() if k != "slice_meta"},
         )
 
+    def turned(self) -> "SliceStack":
+        """The same slices described with the in-plane axes turned by 90 degrees: the new rows run along
+        the old columns, the new columns against the old rows; the normal and the slice order stay."""
+        rows, cols = self.shape2d
+        turn = (lambda a: None if a is None else np.ascontiguousarray(np.transpose(a, (0, 2, 1))[:, ::-1, :]))  # fmt: skip
+        return replace(
+            self,
+            pixels=turn(self.pixels),
+            labels=turn(self.labels),
+            origins=self.origins + (cols - 1) * self.pixel_spacing[0] * self.row_dir,
+            row_dir=self.col_dir,
+            col_dir=-self.row_dir,
+            pixel_spacing=(self.pixel_spacing[1], self.pixel_spacing[0]),
+            meta={k: v for k, v in self.meta.items() if k != "slice_meta"},
+        )
+
 
 def normal_points_to_apex(stack: SliceStack, slices=None, values=(1, 2, 3)) -> bool:
     """True when the stack's normal points base -> apex: the heart's short-axis area (project labels: LV
