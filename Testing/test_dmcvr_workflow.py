@@ -301,18 +301,29 @@ def test_shape_prior_moves_generated_labels_towards_shape_interpolation(phantom_
 
 @needs_acdc
 @pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
-def test_heart_is_found_without_labels_in_an_end_systolic_stack():
-    """ACDC 070 ES, the gap protocol's 3 kept slices: a large false LV blob in one slice outweighed by area
-    the small ES cavity seen in all three (centre 149 mm off); ranked by slices first it is found."""
+@pytest.mark.parametrize(
+    "volume, measured",
+    [
+        # a large false LV blob in one slice outweighed by area the small ES cavity seen in all three kept
+        # slices (149 mm off); ranked by slices first it is found
+        ("patient070_frame10", "0.3 mm (148.7 mm when ranked by area)"),
+        # a false candidate found in as many slices as the heart came first (162 mm off); the crop where
+        # the net is surest is the heart
+        ("patient068_frame12", "2.6 mm (162.4 mm taking the first candidate)"),
+    ],
+)
+def test_heart_is_found_without_labels_in_an_end_systolic_stack(volume, measured):
+    """ACDC end-systolic stacks, the gap protocol's kept slices: the heart's centre from the net alone
+    lies within 20 mm of the labels' centre."""
     from CardiacDiffusionLib.io.acdc import read_acdc
     from CardiacDiffusionLib.reconstruction.baselines import aligned_arrays
     from CardiacDiffusionLib.reconstruction.gap import split_kept_dropped
 
-    stack = read_acdc(ACDC / "patient070_frame10.h5")
+    stack = read_acdc(ACDC / f"{volume}.h5")
     stack = stack.subset(split_kept_dropped(stack.n)[0])
     pixels, labels = aligned_arrays(stack)
     lo, hi = R.normalisation(pixels)
     net, size, spacing = R.load_dmcvr(None, "cpu")
     found = np.array(R.heart_center(net, (np.minimum(pixels, hi) - lo) / (hi - lo), stack.pixel_spacing, size, spacing))
     offset_mm = np.linalg.norm((found - np.array(R.label_center(labels))) * np.array(stack.pixel_spacing[::-1]))
-    assert offset_mm < 20, offset_mm  # measured 0.3 mm (148.7 mm when ranked by area)
+    assert offset_mm < 20, (offset_mm, measured)
