@@ -18,11 +18,11 @@ for phase, name in ((1, "19"), (0, "8")):  # read_dicom_stack phase index -> Sun
     labels, contoured = sunnybrook_labels(st, SB / "contours")
     st = st.with_labels(labels).subset(sorted(c["slice"] for c in contoured))
     print("phase", name, "slices", st.n, "normal", np.round(st.normal, 2), "base->apex by labels:", normal_points_to_apex(st))
-    orig = R._points_to_apex
+    orig = R._View.points_to_apex
     for variant, forced in (("canonical", None), ("mirrored", True)):
         if forced:
-            R._points_to_apex = lambda *a: not orig(*a)
+            R._View.points_to_apex = lambda view: not orig(view)
         for kept in (True, False):
             r = score_volume(st, "dmcvr", kept, device="cpu")
             print(" ", variant, "labels" if kept else "no labels", {k: (round(v, 3) if v is not None else None) for k, v in r["dice"].items()})
-        R._points_to_apex = orig
+        R._View.points_to_apex = orig
