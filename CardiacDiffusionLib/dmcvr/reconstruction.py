@@ -3,7 +3,7 @@
 Any SAX stack gets the training treatment (:mod:`.data`): intensities clipped at the 99th
 percentile and min-max scaled per volume, then one crop of the model's size and pixel spacing
 around the heart sampled from the acquired grid. The heart centre comes from the given labels,
-or from the morphology net run on the whole field of view. The three DMCVR latents of the
+or from the morphology net (whole field of view for candidates, then crops: :func:`heart_center`). The three DMCVR latents of the
 acquired crops (z_sem, morphology code, DDIM-inverted x_t) are interpolated at the targets' true
 positions (uneven gaps work: lerp z_sem and morphology, slerp x_t), decoded in batches,
 segmented by the morphology net, and mapped back to the stack's own grid: images on the input's intensity scale, labels by
@@ -254,8 +254,9 @@ def dmcvr(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels (m, rows, cols) at ``targets`` (mm along the normal) on the stack's own grid.
 
-    The networks learnt slices described with the normal pointing base -> apex (ACDC, the phantoms): a
-    stack described the other way (rows and columns swapped, a valid DICOM description) shows them the
+    The networks learnt slices described with the normal pointing base -> apex (ACDC as its files are
+    read, the phantoms; ACDC's arrays are most likely the mirror of true anatomy so described, see the
+    model card's Limits): a stack described the other way (rows and columns swapped, a valid DICOM description) shows them the
     mirror image. Such a stack is re-described (``SliceStack.transposed``, the same voxels in space) and
     the results transposed back; base and apex are told apart by the given labels, else by the morphology
     net's labels of the acquired slices (geometry.stack.normal_points_to_apex)."""
