@@ -165,3 +165,21 @@ def test_gap_protocol_without_the_kept_labels(tmp_path):
     assert without["shape"]["dice"] == {"LV": None, "MYO": None, "RV": None} and not without["shape"]["kept_labels"]
     assert without["shape"]["psnr"] == with_labels["shape"]["psnr"]  # its images do not use labels
     assert without["dmcvr"]["dice"]["LV"] > 0.7 and without["dmcvr"]["dice"]["MYO"] > 0.4  # found and segmented the heart
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
+@pytest.mark.parametrize("volume, unsure", [("patient057_frame01", True), ("patient068_frame12", False)])
+def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volume, unsure):
+    """dmcvr without SAX labels: ACDC 057 (a 512 x 428 image at the files' nominal 1.5 mm, so a heart twice
+    life-size) is localised with net confidence 0.88, below LOCALISATION_MIN_CONFIDENCE: a warning on the
+    console and in geometry.json; 068 ES (found, 0.94) gets none."""
+    from CardiacDiffusionLib.io.acdc import read_acdc
+
+    pixels = read_acdc(ACDC / f"{volume}.h5").pixels[::2]  # the gap protocol's kept slices, images only
+    sax = write(pixels, tmp_path / "sax.nii.gz", spacing=(1.5, 1.5, 20.0))
+    assert main(["reconstruct", "--method", "dmcvr", "--steps", "1", "--sax", sax, "--out", str(tmp_path / "out")]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "dmcvr found the heart without labels" in line]
+    kept = [w for w in json.loads((tmp_path / "out" / "geometry.json").read_text())["warnings"] if "unsure" in w]
+    assert (len(said), len(kept)) == ((1, 1) if unsure else (0, 0)), said
+    if unsure:
+        assert said[0].startswith("warning: ") and "net confidence 0.8" in said[0] and "give SAX labels" in said[0]

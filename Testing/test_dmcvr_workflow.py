@@ -324,6 +324,7 @@ def test_heart_is_found_without_labels_in_an_end_systolic_stack(volume, measured
     pixels, labels = aligned_arrays(stack)
     lo, hi = R.normalisation(pixels)
     net, size, spacing = R.load_dmcvr(None, "cpu")
-    found = np.array(R.heart_center(net, (np.minimum(pixels, hi) - lo) / (hi - lo), stack.pixel_spacing, size, spacing))
-    offset_mm = np.linalg.norm((found - np.array(R.label_center(labels))) * np.array(stack.pixel_spacing[::-1]))
+    center, confidence = R.heart_center(net, (np.minimum(pixels, hi) - lo) / (hi - lo), stack.pixel_spacing, size, spacing)
+    offset_mm = np.linalg.norm((np.array(center) - np.array(R.label_center(labels))) * np.array(stack.pixel_spacing[::-1]))
     assert offset_mm < 20, (offset_mm, measured)
+    assert confidence >= R.LOCALISATION_MIN_CONFIDENCE, confidence  # found, and sure of it: no warning
