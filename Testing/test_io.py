@@ -258,7 +258,8 @@ def test_acdc_reads_and_converts_labels():
     np.testing.assert_allclose(stack.normal, [0, 0, 1])
 
     measured = read_acdc(path, spacing=(1.5625, 10.0))
-    assert measured.meta["spacing_known"] and measured.meta["warnings"] == []
+    assert measured.meta["spacing_known"] and len(measured.meta["warnings"]) == 1
+    assert "no orientation" in measured.meta["warnings"][0] and "mirror" in measured.meta["warnings"][0]
     assert measured.pixel_spacing == (1.5625, 1.5625)
     np.testing.assert_allclose(measured.gaps, 10.0)
     assert read_stack(path).n == stack.n  # the generic stack reader dispatches .h5 to ACDC

@@ -149,7 +149,7 @@ def run_lma(
     qa.require_slices(stack.n, stack.source)
     full = lv_frame(stack, rv_insertion, base, apex)
     qa.require_slices(len(full.slices), f"{stack.source}: slices holding LV myocardium")
-    flags: list[dict] = []
+    flags = [qa.flag("input", str(warning)) for warning in stack.meta.get("warnings", [])]  # e.g. geometry not stored
     indices, values, source = _tos_input(full, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags)
     frame = full.subset(indices)
     flags += qa.alignment_flags(stack, full) + qa.coverage_flags(full, frame) + qa.tos_flags(values)

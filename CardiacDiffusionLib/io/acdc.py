@@ -55,7 +55,8 @@ def read_acdc(
     """One ACDC file as an axis-aligned :class:`SliceStack`, labels in the project convention.
 
     ``spacing = (in-plane mm, slice gap mm)``; without it :data:`NOMINAL_SPACING` is used and the stack
-    is marked ``meta["spacing_known"] = False`` with a warning in ``meta["warnings"]``.
+    is marked ``meta["spacing_known"] = False`` with a warning in ``meta["warnings"]``. The files store no
+    orientation either: identity directions, with a warning that sides are not reliable.
     """
     path = Path(path)
     name = name or path.name
@@ -82,6 +83,12 @@ def read_acdc(
         f"{name}: ACDC HDF5 files store no spacing; nominal {in_plane} mm pixels and {gap} mm slice gap "
         "assumed, so millimetre values are approximate"
     ]
+    # the anatomy in these arrays (chest wall beside the RV, abdomen below, base slice first) is the mirror of
+    # a true-geometry stack so described (docs/models/dmcvr.md, Limits): sizes hold, sides do not
+    warnings.append(
+        f"{name}: ACDC HDF5 files store no orientation; identity directions assumed, which most likely show the "
+        "patient's mirror image: left/right-dependent results (anterior vs inferior AHA segments) are not reliable"
+    )
     match = _NAME.search(path.name)
     n = len(image)
     return SliceStack(
