@@ -178,7 +178,7 @@ def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volu
     pixels = read_acdc(ACDC / f"{volume}.h5").pixels[::2]  # the gap protocol's kept slices, images only
     sax = write(pixels, tmp_path / "sax.nii.gz", spacing=(1.5, 1.5, 20.0))
     assert main(["reconstruct", "--method", "dmcvr", "--steps", "1", "--sax", sax, "--out", str(tmp_path / "out")]) == 0
-    said = [line for line in capsys.readouterr().out.splitlines() if "dmcvr found the heart without labels" in line]
+    said = [line for line in capsys.readouterr().out.splitlines() if "dmcvr is unsure where the heart is" in line]
     kept = [w for w in json.loads((tmp_path / "out" / "geometry.json").read_text())["warnings"] if "unsure" in w]
     assert (len(said), len(kept)) == ((1, 1) if unsure else (0, 0)), said
     if unsure:

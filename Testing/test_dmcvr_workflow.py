@@ -328,3 +328,18 @@ def test_heart_is_found_without_labels_in_an_end_systolic_stack(volume, measured
     offset_mm = np.linalg.norm((np.array(center) - np.array(R.label_center(labels))) * np.array(stack.pixel_spacing[::-1]))
     assert offset_mm < 20, (offset_mm, measured)
     assert confidence >= R.LOCALISATION_MIN_CONFIDENCE, confidence  # found, and sure of it: no warning
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_an_image_without_a_heart_gets_a_warning_not_a_traceback():
+    """Noise in place of a SAX stack, no labels: dmcvr still answers on the input's grid, and says it is
+    unsure where the heart is (measured net confidence 0.86)."""
+    from CardiacDiffusionLib.errors import QualityWarning
+    from CardiacDiffusionLib.geometry.stack import SliceStack
+
+    rng = np.random.default_rng(0)
+    noise = SliceStack(rng.random((4, 96, 96)).astype(np.float32), np.array([[0, 0, 10.0 * k] for k in range(4)]),
+                       (1, 0, 0), (0, 1, 0), (1.5, 1.5), source="noise")  # fmt: skip
+    with pytest.warns(QualityWarning, match="noise: dmcvr is unsure where the heart is"):
+        images, labels = R.dmcvr(noise, np.array([5.0, 15.0]), steps=1, device="cpu")
+    assert images.shape == labels.shape == (2, 96, 96) and np.all(np.isfinite(images))

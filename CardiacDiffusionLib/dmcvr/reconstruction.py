@@ -296,10 +296,10 @@ def _warn_if_unsure(view: "_View") -> None:
     if view.confidence is not None and view.confidence < LOCALISATION_MIN_CONFIDENCE:
         r, c = view.center
         warnings.warn(QualityWarning(
-            f"{view.stack.source}: dmcvr found the heart without labels, but unsure (net confidence {view.confidence:.2f} "
-            f"< {LOCALISATION_MIN_CONFIDENCE}; crop centred at row {r:.0f}, column {c:.0f}): check that the labels lie "
-            "on the heart, or give SAX labels; a wrong pixel spacing (a heart much larger or smaller than "
-            "life-size) also causes this"
+            f"{view.stack.source}: dmcvr is unsure where the heart is without labels (net confidence "
+            f"{view.confidence:.2f} < {LOCALISATION_MIN_CONFIDENCE}; crop centred at row {r:.0f}, column {c:.0f}): check "
+            "that the labels lie on the heart, or give SAX labels; a wrong pixel spacing (a heart much larger or "
+            "smaller than life-size) also causes this"
         ), stacklevel=3)  # fmt: skip
 
 
