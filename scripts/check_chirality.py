@@ -25,7 +25,7 @@ def assess(stack, use_labels):
     view = R._View.of(net, s, size, spacing, 16)
     angle = crop_angle(*view.slice_labels())
     frame, crops = view.crops(angle)
-    p = R._class_probs(net, crops, 16).numpy()
+    p = R.class_probs(net, crops, 16).numpy()
     lab = p.argmax(1)
     conf = float(p.max(1)[lab > 0].mean()) if (lab > 0).any() else 0.0
     t = np.rint(frame.sample_stack(truth.astype(float), order=0)).astype(int)

@@ -3,7 +3,7 @@
 Any SAX stack gets the training treatment (:mod:`.data`): intensities clipped at the 99th
 percentile and min-max scaled per volume, then one crop of the model's size and pixel spacing
 around the heart sampled from the acquired grid. The heart centre comes from the given labels,
-or from the morphology net (whole field of view for candidates, then crops: :func:`heart_center`). The three DMCVR latents of the
+or from the morphology net (whole field of view for candidates, then crops: :func:`.localise.heart_center`). The three DMCVR latents of the
 acquired crops (z_sem, morphology code, DDIM-inverted x_t) are interpolated at the targets' true
 positions (uneven gaps work: lerp z_sem and morphology, slerp x_t), decoded in batches,
 segmented by the morphology net, and mapped back to the stack's own grid: images on the input's intensity scale, labels by
@@ -38,7 +38,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
@@ -48,6 +47,7 @@ from ..reconstruction.baselines import aligned_arrays, linear, register_method, 
 from ..utils.device import resolve_device, run_batched
 from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, crop_angle, label_center
 from .interpolate import interpolation_plan
+from .localise import LOCALISATION_MIN_CONFIDENCE, class_probs, heart_center
 from .ddim import ddim_decode, ddim_encode
 from .model import DMCVRModel, Latents, from_diffusion_range, to_diffusion_range
 
@@ -64,15 +64,6 @@ DEFAULT_STRENGTH = 1.0
 #: from 0-0.7 with smoothing 0, 1, 2 px (docs/models/dmcvr.md); 0.5 and above lost RV Dice there
 DEFAULT_SHAPE_PRIOR = 0.4
 SHAPE_PRIOR_SIGMA_PX = 1.0
-#: heart localisation without labels (heart_center): LV candidates tried, weight of the fraction of
-#: slices a candidate is found in. Chosen on ACDC 001-060 (top 2-4, weight 0-0.1; docs/models/dmcvr.md):
-#: the old rule (first candidate by slices, then area) missed small end-systolic hearts
-CANDIDATES = 3
-SLICE_WEIGHT = 0.05
-#: below this confidence of the chosen candidate (mean top-class probability of the net's labels in its
-#: crop) a localisation without labels is reported as uncertain (QualityWarning). ACDC 001-080, kept slices
-#: of the gap protocol: found hearts 0.89-0.98 (below 0.91 only 038 ED/ES, HCM), the misses (057) 0.88
-LOCALISATION_MIN_CONFIDENCE = 0.91
 
 
 def default_model_name() -> str:
@@ -109,72 +100,6 @@ def normalisation(pixels: np.ndarray, percentile: float = CLIP_PERCENTILE) -> tu
     if hi - lo <= 1e-8:
         raise InputError("SAX stack: the image is constant; nothing to reconstruct")
     return lo, hi
-
-
-def heart_center(
-    model: DMCVRModel, norm: np.ndarray, pixel_spacing, size: int, spacing: float
-) -> tuple[tuple[float, float], float]:
-    """(row, col) of the heart in the acquired grid, from the morphology net alone (no labels given), and the
-    net's confidence there (mean top-class probability of its labelled pixels in the chosen crop; 0 if none).
-
-    1. Segment the whole field of view at the training pixel size. The crop-trained net also
-       fires on other organs, so LV candidates are places where LV-cavity blobs ringed by
-       myocardium are found (the heart stays put through a SAX stack, false positives rarely do).
-    2. Segment a crop centred on each of the ``CANDIDATES`` best candidates (most slices, then
-       area) -- the net's own setting -- and keep the one where the net is surest: mean top-class
-       probability of its labelled pixels, plus ``SLICE_WEIGHT`` x the fraction of slices the
-       candidate was found in.
-    3. Centre on the bounding box of that crop's labels within 60 mm of the LV, as the training
-       crops are centred on the labels' bounding box.
-    """
-    rows, cols = norm.shape[1:]
-    extent = max(rows * pixel_spacing[1], cols * pixel_spacing[0]) / spacing
-    full = int(np.ceil(extent / model.size_multiple) * model.size_multiple)
-    middle = ((rows - 1) / 2, (cols - 1) / 2)
-
-    def probs(frame: CropFrame) -> np.ndarray:
-        x = torch.from_numpy(np.clip(frame.sample_stack(norm), 0, 1)[:, None].astype(np.float32))
-        return _class_probs(model, x, 16).numpy()
-
-    def to_grid(frame: CropFrame, rc) -> tuple[float, float]:  # crop (row, col) -> acquired grid (axis-aligned)
-        off = (np.asarray(rc, float) - (frame.size - 1) / 2) * spacing
-        return frame.center[0] + off[0] / pixel_spacing[1], frame.center[1] + off[1] / pixel_spacing[0]
-
-    frame = CropFrame(middle, pixel_spacing, full, spacing)
-    labels = probs(frame).argmax(1)
-    count = np.zeros(labels.shape[1:])
-    for slice_labels in labels:  # LV cavity blobs ringed by myocardium (other organs rarely are)
-        blobs, m = ndimage.label(slice_labels == 1)
-        for i in range(1, m + 1):
-            blob = blobs == i
-            ring = ndimage.binary_dilation(blob, iterations=2) & ~blob
-            if blob.sum() * spacing**2 >= 50 and np.mean(slice_labels[ring] == 2) > 0.5:
-                count += blob
-    if not count.any():
-        count = np.isin(labels, (1, 2)).sum(axis=0).astype(float)
-    regions, n = ndimage.label(count > 0)
-    if n == 0:
-        return middle, 0.0
-    index = np.arange(1, n + 1)
-    slices, area = ndimage.maximum(count, regions, index=index), ndimage.sum(count, regions, index=index)
-    best_score, best = -np.inf, None
-    for k in np.lexsort((area, slices))[::-1][:CANDIDATES]:
-        crop = CropFrame(to_grid(frame, ndimage.center_of_mass(count * (regions == k + 1))), pixel_spacing, size, spacing)
-        p = probs(crop)
-        crop_labels = p.argmax(1)
-        if not crop_labels.any():
-            continue
-        confidence = float(p.max(1)[crop_labels > 0].mean())
-        score = confidence + SLICE_WEIGHT * slices[k] / len(labels)
-        if score > best_score:
-            best_score, best = score, (crop, crop_labels, confidence)
-    if best is None:
-        return middle, 0.0
-    crop, crop_labels, confidence = best
-    rr, cc = np.mgrid[0:size, 0:size]
-    near = np.hypot(rr - (size - 1) / 2, cc - (size - 1) / 2) * spacing <= 60.0
-    center = label_center(crop_labels * near)
-    return (crop.center if center is None else to_grid(crop, center)), confidence
 
 
 def _fill(
@@ -303,12 +228,6 @@ def _warn_if_unsure(view: "_View") -> None:
         ), stacklevel=3)  # fmt: skip
 
 
-def _class_probs(net: DMCVRModel, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The morphology net's class probabilities (n, C, size, size) of crops (n, 1, size, size)."""
-    with torch.inference_mode():
-        return run_batched(lambda b: F.softmax(net.morph_net(b.to(net.device)), 1).cpu(), crops, batch_size, net.device)
-
-
 @dataclass
 class _View:
     """A stack as the networks take it: intensities normalised, the heart's centre, and either the given
@@ -335,7 +254,7 @@ class _View:
             return cls(stack, pixels, labels, lo, hi, norm, label_center(labels), size, spacing)
         center, confidence = heart_center(net, norm, stack.pixel_spacing, size, spacing)
         view = cls(stack, pixels, None, lo, hi, norm, center, size, spacing, confidence=confidence)
-        view.own = _class_probs(net, view.crops(0.0)[1], batch_size)
+        view.own = class_probs(net, view.crops(0.0)[1], batch_size)
         return view
 
     def crops(self, angle: float) -> tuple[CropFrame, torch.Tensor]:
@@ -364,10 +283,10 @@ def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size
     frame, crops = view.crops(angle)
     out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
 
-    probs = _class_probs(net, out, batch_size)
+    probs = class_probs(net, out, batch_size)
     acquired_probs = None  # without given labels: the net's, of the crops used (unturned: already at hand)
     if not given:
-        acquired_probs = (view.own if angle == 0.0 else _class_probs(net, crops, batch_size)).numpy()
+        acquired_probs = (view.own if angle == 0.0 else class_probs(net, crops, batch_size)).numpy()
     acquired_labels = labels if given else acquired_probs.argmax(1)
     # a structure absent from both acquired neighbours is not generated between them, and one present in only
     # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):
