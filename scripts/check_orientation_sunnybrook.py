@@ -17,7 +17,7 @@ for phase, name in ((1, "19"), (0, "8")):  # read_dicom_stack phase index -> Sun
     st = read_dicom_stack(SB / "dicom", phase=phase)
     labels, contoured = sunnybrook_labels(st, SB / "contours")
     st = st.with_labels(labels).subset(sorted(c["slice"] for c in contoured))
-    print("phase", name, "slices", st.n, "normal", np.round(st.normal, 2), "base->apex by labels:", normal_points_to_apex(st))
+    print("phase", name, "slices", st.n, "normal", np.round(st.normal, 2), "normal base->apex (anatomy, else labels):", normal_points_to_apex(st))
     orig = R._View.points_to_apex
     for variant, forced in (("canonical", None), ("mirrored", True)):
         if forced:

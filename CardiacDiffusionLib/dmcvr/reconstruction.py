@@ -41,7 +41,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
-from ..geometry.stack import SliceStack, shrinks_along
+from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, shrinks_along
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
@@ -192,8 +192,9 @@ def dmcvr(
     read, the phantoms; ACDC's arrays are most likely the mirror of true anatomy so described, see the
     model card's Limits): a stack described the other way (rows and columns swapped, a valid DICOM description) shows them the
     mirror image. Such a stack is re-described (``SliceStack.transposed``, the same voxels in space) and
-    the results transposed back; base and apex are told apart by the given labels, else by the morphology
-    net's labels of the acquired slices (geometry.stack.normal_points_to_apex)."""
+    the results transposed back; base and apex are told apart by the anatomy where the geometry is true,
+    else by the given labels or the morphology net's labels of the acquired slices
+    (geometry.stack.normal_points_to_apex)."""
     shape_prior = float(DEFAULT_SHAPE_PRIOR if shape_prior is None else shape_prior)
     if not 0 <= shape_prior < 1:
         raise InputError(f"dmcvr shape_prior: {shape_prior}; expected a weight in [0, 1) (0 = the network alone)")
@@ -268,8 +269,12 @@ class _View:
         return self.own.argmax(1).numpy(), (self.spacing, self.spacing)
 
     def points_to_apex(self) -> bool:
-        """Whether the stack's normal points base -> apex: the heart's area (LV cavity, wall, RV) shrinks
-        along it (the rule of geometry.stack.normal_points_to_apex, on these labels)."""
+        """Whether the stack's normal points base -> apex: by the anatomy where the geometry is true, else
+        the heart's area (LV cavity, wall, RV) shrinks along it (geometry.stack.normal_points_to_apex's
+        rules, on these labels)."""
+        by_anatomy = anatomy_says_normal_points_to_apex(self.stack)
+        if by_anatomy is not None:
+            return by_anatomy
         labels, _ = self.slice_labels()
         return shrinks_along(self.stack.positions, (labels > 0).reshape(len(labels), -1).sum(1))
 

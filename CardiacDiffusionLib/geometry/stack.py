@@ -243,11 +243,33 @@ class SliceStack:
         )
 
 
+#: where the LV apex lies from its base in patient coordinates (LPS): left, anterior, inferior. The long
+#: axis of a heart in the usual position lies within ~30-45 deg of it (the MR phantoms: within 11 deg)
+APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
+
+
+def anatomy_says_normal_points_to_apex(stack: SliceStack) -> bool | None:
+    """Whether the normal points base -> apex by the patient's anatomy (the apex lies left, anterior and
+    inferior of the base), when the geometry can say: None if the orientation is not stored (``meta
+    ["orientation_known"]`` False, or a normal within 5 deg of a scanner axis, as files without orientation
+    get; a short-axis plane is double-oblique) or the normal lies across the expected axis (|cos| < 0.5)."""
+    normal = np.asarray(stack.normal, float)
+    if stack.meta.get("orientation_known") is False or np.abs(normal).max() > np.cos(np.deg2rad(5.0)):
+        return None
+    cos = float(normal @ APEX_DIRECTION_LPS)
+    return None if abs(cos) < 0.5 else cos > 0
+
+
 def normal_points_to_apex(stack: SliceStack, slices=None, values=(1, 2, 3)) -> bool:
-    """True when the stack's normal points base -> apex: the heart's short-axis area (project labels: LV
-    cavity, LV wall and RV cavity) shrinks along it (fitted over ``slices``, default all). With the LV alone
-    a flat-walled LV tilted the fit (ACDC 047 ES); with the RV, largest at the base, it does not. A stack
-    whose area barely changes keeps its description (True)."""
+    """True when the stack's normal points base -> apex: by the anatomy where the geometry is true
+    (:func:`anatomy_says_normal_points_to_apex`), else because the heart's short-axis area (project labels:
+    LV cavity, LV wall and RV cavity) shrinks along it (fitted over ``slices``, default all). With the LV
+    alone a flat-walled LV tilted the fit (ACDC 047 ES); with the RV, largest at the base, it does not. A
+    stack whose area barely changes keeps its description (True). The area rule can decide differently for
+    two phases of one acquisition (Sunnybrook SC-HF-I-1 phases 8 and 19); the anatomy cannot."""
+    by_anatomy = anatomy_says_normal_points_to_apex(stack)
+    if by_anatomy is not None:
+        return by_anatomy
     if stack.labels is None:
         raise InputError(f"{stack.source}: base and apex are told apart by the labels; the stack has none")
     idx = np.arange(stack.n) if slices is None else np.asarray(slices)

@@ -105,6 +105,7 @@ def read_acdc(
             "patient": int(match.group(1)) if match else None,
             "frame": int(match.group(2)) if match else None,
             "spacing_known": known,
+            "orientation_known": False,
             "warnings": warnings,
         },
     )
