@@ -182,6 +182,20 @@ def test_angle_convention_survives_a_mirrored_stack(case):
     assert np.abs(vtk_to_numpy(a.mesh.GetPointData().GetArray("TOS_ms")) - tos).mean() < 8.0
 
 
+def test_a_mirror_image_heart_is_flagged(case, results):
+    """Pixels and labels mirrored in-plane with the geometry kept (what a flipped axis in a file does): the
+    heart in space is its mirror image, the insertion taken as anterior is the inferior one (measured 132 deg
+    from the patient's anterior) and lma.json says so. The heart as scanned gets no flag."""
+    from dataclasses import replace
+
+    assert not any(f["code"] == "anatomy_mismatch" for r in results.values() for f in r.lma["qa"])
+    s = case.stack
+    mirrored = replace(s, pixels=s.pixels[:, :, ::-1].copy(), labels=s.labels[:, :, ::-1].copy())
+    flags = [f for f in run_lma(mirrored, strain=case.strain).lma["qa"] if f["code"] == "anatomy_mismatch"]
+    assert len(flags) == 1 and "mirrored" in flags[0]["message"]
+    assert float(flags[0]["message"].split(" deg from")[0].split()[-1]) > 110
+
+
 # ---- the map on the mesh ----------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["detector", "regressor"])
 def test_mesh_tos_matches_truth_and_late_region_overlaps(case, results, method):

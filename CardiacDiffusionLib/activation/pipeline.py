@@ -152,7 +152,8 @@ def run_lma(
     flags = [qa.flag("input", str(warning)) for warning in stack.meta.get("warnings", [])]  # e.g. geometry not stored
     indices, values, source = _tos_input(full, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags)
     frame = full.subset(indices)
-    flags += qa.alignment_flags(stack, full) + qa.coverage_flags(full, frame) + qa.tos_flags(values)
+    flags += qa.alignment_flags(stack, full) + qa.anatomy_flags(stack, full) + qa.coverage_flags(full, frame)
+    flags += qa.tos_flags(values)
     myo, deformation = _myocardium(stack, method, spacing, sadir_options)
     if deformation:
         flags += qa.jacobian_flags(deformation.get("displacement"), deformation.get("jacobian_min"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack
+from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex
 from .sectors import LVFrame
 from .tos import TOS_RANGE_MS
 
@@ -21,6 +21,8 @@ FEW_SLICES = 6
 CENTRE_LINE_TOLERANCE_MM = 4.0
 #: peak shortening smaller than this (|Ecc|) carries no timing: the curve is noise
 MIN_SHORTENING = 0.03
+#: the patient's anterior direction (LPS)
+ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 
 
 def flag(code: str, message: str, severity: str = "warning") -> dict:
@@ -63,6 +65,24 @@ def alignment_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
             out.append(flag("slices_misaligned", f"LV centres lie up to {off:.1f} mm off a straight long axis "
                             f"(tolerance {CENTRE_LINE_TOLERANCE_MM:g} mm): slices may be misregistered"))  # fmt: skip
     return out
+
+
+def anatomy_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
+    """Where the geometry is true: angle 0, the anterior RV insertion, must lie on the patient's anterior
+    side. In a mirrored image (a flipped axis in the file, labels made in another orientation) the rule that
+    finds it (septum first, right-handed about base -> apex) takes the inferior insertion, and anterior and
+    inferior segments swap. MR phantoms: 42-74 deg from anterior as they are, 106-140 deg mirrored."""
+    if anatomy_says_normal_points_to_apex(stack) is None:
+        return []  # orientation not stored: nothing to compare with (the reader says so)
+    anterior = ANTERIOR_LPS - (ANTERIOR_LPS @ frame.axis) * frame.axis
+    if np.linalg.norm(anterior) < 0.3:
+        return []  # a long axis close to antero-posterior: the plane holds too little of "anterior"
+    angle = float(np.degrees(np.arccos(np.clip(frame.e0 @ anterior / np.linalg.norm(anterior), -1.0, 1.0))))
+    if angle <= 90.0:
+        return []
+    return [flag("anatomy_mismatch", f"the anterior RV insertion found lies {angle:.0f} deg from the patient's "
+                 "anterior (expected within 90): the image or its labels may be mirrored (a flipped axis in the "
+                 "file?); anterior and inferior segments, and the suggested lead segment, would be swapped")]  # fmt: skip
 
 
 def tos_flags(tos: np.ndarray) -> list[dict]:
