@@ -77,7 +77,8 @@ def anatomy_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
     anterior = ANTERIOR_LPS - (ANTERIOR_LPS @ frame.axis) * frame.axis
     if np.linalg.norm(anterior) < 0.3:
         return []  # a long axis close to antero-posterior: the plane holds too little of "anterior"
-    angle = float(np.degrees(np.arccos(np.clip(frame.e0 @ anterior / np.linalg.norm(anterior), -1.0, 1.0))))
+    cos = float(frame.e0 @ anterior / np.linalg.norm(anterior))
+    angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
     if angle <= 90.0:
         return []
     return [flag("anatomy_mismatch", f"the anterior RV insertion found lies {angle:.0f} deg from the patient's "

@@ -15,9 +15,9 @@ from ..utils.device import run_batched
 from .data import CropFrame, label_center
 from .model import DMCVRModel
 
-#: LV candidates tried (heart_center), weight of the fraction of
-#: slices a candidate is found in. Chosen on ACDC 001-060 (top 2-4, weight 0-0.1; docs/models/dmcvr.md):
-#: the old rule (first candidate by slices, then area) missed small end-systolic hearts
+#: LV candidates tried (heart_center), and the weight of the fraction of slices a candidate is found in.
+#: Chosen on ACDC 001-060 (top 2-4, weight 0-0.1; docs/models/dmcvr.md): the old rule (the first candidate
+#: by slices, then area) missed small end-systolic hearts
 CANDIDATES = 3
 SLICE_WEIGHT = 0.05
 #: below this confidence of the chosen candidate (mean top-class probability of the net's labels in its
@@ -80,7 +80,8 @@ def heart_center(
     slices, area = ndimage.maximum(count, regions, index=index), ndimage.sum(count, regions, index=index)
     best_score, best = -np.inf, None
     for k in np.lexsort((area, slices))[::-1][:CANDIDATES]:
-        crop = CropFrame(to_grid(frame, ndimage.center_of_mass(count * (regions == k + 1))), pixel_spacing, size, spacing)
+        lv = ndimage.center_of_mass(count * (regions == k + 1))
+        crop = CropFrame(to_grid(frame, lv), pixel_spacing, size, spacing)
         p = probs(crop)
         crop_labels = p.argmax(1)
         if not crop_labels.any():

@@ -190,7 +190,7 @@ def format_table(result: dict) -> str:
     for arm, r in arms.items():
         lines.append(f"| {arm} | " + " | ".join(f"{r['dice'][n]['mean']:.3f}" for n in names) + " |")
     vae = result["vae_round_trip_test"]
-    lines.append(f"| VAE round trip (label Dice) | " + " | ".join(f"{vae['label_dice'][n]['mean']:.3f}" for n in names) + " |")
+    lines.append("| VAE round trip (label Dice) | " + " | ".join(f"{vae['label_dice'][n]['mean']:.3f}" for n in names) + " |")
     agree = result["label_image_agreement"]["generated"]
     lines.append("| label-image agreement (gen.) | " + " | ".join(f"{agree[n]['mean']:.3f}" for n in names) + " |")
     lines.append("")
