@@ -183,3 +183,20 @@ def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volu
     assert (len(said), len(kept)) == ((1, 1) if unsure else (0, 0)), said
     if unsure:
         assert said[0].startswith("warning: ") and "net confidence 0.8" in said[0] and "give SAX labels" in said[0]
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
+def test_gap_protocol_per_volume_rows_carry_the_warnings(tmp_path):
+    """--per-volume: each volume's scores; the means are the rows' means; dmcvr's QualityWarning on 057
+    (unsure where the heart is, without labels) is kept with its volume."""
+    out = tmp_path / "gap.json"
+    argv = ["evaluate", "gap", "--data", str(ACDC), "--patients", "57-57", "--methods", "linear", "dmcvr",
+            "--steps", "1", "--no-labels", "--per-volume", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = json.loads(out.read_text())
+    for method in ("linear", "dmcvr"):
+        rows = table[method]["rows"]
+        assert [r["volume"] for r in rows] == ["patient057_frame01.h5", "patient057_frame09.h5"]
+        assert table[method]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]), abs=1e-3)
+    assert all(r["dice"]["LV"] is None and r["warnings"] == [] for r in table["linear"]["rows"])
+    assert all(len(r["warnings"]) == 1 and "unsure where the heart is" in r["warnings"][0] for r in table["dmcvr"]["rows"])

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-labels", action="store_true",
                    help="remove the kept slices' labels: dmcvr segments them itself; the other methods are scored "
                         "on images only (their Dice is null)")  # fmt: skip
+    g.add_argument("--per-volume", action="store_true",
+                   help="add each volume's scores (and any warning its method gave) under \"rows\"")
     g.add_argument("--out", help="write the JSON table here too")
     g.set_defaults(func=run_gap)
     register_ldm(protocols)
@@ -54,7 +56,8 @@ def run_gap(args: argparse.Namespace) -> int:
                                ("strength", args.strength), ("shape_prior", args.shape_prior)) if v is not None}  # fmt: skip
     given = "without the kept slices' labels" if args.no_labels else "with the kept slices' labels"
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}, {given}", file=sys.stderr)
-    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr}, kept_labels=not args.no_labels)
+    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr}, kept_labels=not args.no_labels,
+                         per_volume=args.per_volume)
     text = json.dumps(table, indent=2)
     print(text)
     if args.out:

@@ -12,11 +12,13 @@ methods that segment on their own (dmcvr) then give labels; the others are score
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from ..errors import QualityWarning
 from ..geometry.stack import SliceStack
 from ..labels import MR_LABELS
 from ..metrics.image import psnr, ssim
@@ -55,18 +57,37 @@ def evaluate_gap(
     progress: Callable[[int, str], None] | None = None,
     options: dict[str, dict] | None = None,
     kept_labels: bool = True,
+    per_volume: bool = False,
 ) -> dict[str, dict]:
     """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n, "kept_labels": bool}}``;
-    ``options[method]`` go to it; ``kept_labels=False``: the kept slices' labels are not given."""
+    ``options[method]`` go to it; ``kept_labels=False``: the kept slices' labels are not given.
+    ``per_volume=True`` adds ``"rows"``: each volume's scores and the QualityWarnings its method raised
+    (which then are not shown as warnings)."""
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for index, stack in enumerate(stacks):
         for method in methods:
-            scores = score_volume(stack, method, kept_labels, **(options or {}).get(method, {}))
+            with warnings.catch_warnings(record=per_volume) as caught:
+                if per_volume:
+                    warnings.simplefilter("always", QualityWarning)
+                scores = score_volume(stack, method, kept_labels, **(options or {}).get(method, {}))
             if scores is not None:
-                per_method[method].append(scores)
+                said = [w for w in caught or [] if issubclass(w.category, QualityWarning)]
+                per_method[method].append({"volume": stack.source, **scores, "warnings": [str(w.message) for w in said]})
+            for w in caught or []:
+                if not issubclass(w.category, QualityWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if progress:
             progress(index, stack.source)
-    return {m: {**summarise(rows), "kept_labels": kept_labels} for m, rows in per_method.items()}
+    out = {m: {**summarise(rows), "kept_labels": kept_labels} for m, rows in per_method.items()}
+    if per_volume:
+        for m, rows in per_method.items():
+            out[m]["rows"] = [{**r, "dice": {k: _round(v) for k, v in r["dice"].items()}, "psnr": _round(r["psnr"]),
+                               "ssim": _round(r["ssim"])} for r in rows]  # fmt: skip
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
 def summarise(rows: list[dict]) -> dict:
