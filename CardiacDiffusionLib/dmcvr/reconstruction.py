@@ -41,7 +41,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
-from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, shrinks_along
+from ..geometry.stack import SliceStack, normal_points_to_apex
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
@@ -269,14 +269,9 @@ class _View:
         return self.own.argmax(1).numpy(), (self.spacing, self.spacing)
 
     def points_to_apex(self) -> bool:
-        """Whether the stack's normal points base -> apex: by the anatomy where the geometry is true, else
-        the heart's area (LV cavity, wall, RV) shrinks along it (geometry.stack.normal_points_to_apex's
-        rules, on these labels)."""
-        by_anatomy = anatomy_says_normal_points_to_apex(self.stack)
-        if by_anatomy is not None:
-            return by_anatomy
-        labels, _ = self.slice_labels()
-        return shrinks_along(self.stack.positions, (labels > 0).reshape(len(labels), -1).sum(1))
+        """Whether the stack's normal points base -> apex (geometry.stack.normal_points_to_apex: by the
+        anatomy where the geometry is true, else by the heart's area along it in these labels)."""
+        return normal_points_to_apex(self.stack, labels=self.slice_labels()[0])
 
 
 def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size, progress, cancel, shape_prior):  # fmt: skip

@@ -260,20 +260,22 @@ def anatomy_says_normal_points_to_apex(stack: SliceStack) -> bool | None:
     return None if abs(cos) < 0.5 else cos > 0
 
 
-def normal_points_to_apex(stack: SliceStack, slices=None, values=(1, 2, 3)) -> bool:
+def normal_points_to_apex(stack: SliceStack, slices=None, values=(1, 2, 3), labels: np.ndarray | None = None) -> bool:
     """True when the stack's normal points base -> apex: by the anatomy where the geometry is true
     (:func:`anatomy_says_normal_points_to_apex`), else because the heart's short-axis area (project labels:
     LV cavity, LV wall and RV cavity) shrinks along it (fitted over ``slices``, default all). With the LV
     alone a flat-walled LV tilted the fit (ACDC 047 ES); with the RV, largest at the base, it does not. A
     stack whose area barely changes keeps its description (True). The area rule can decide differently for
-    two phases of one acquisition (Sunnybrook SC-HF-I-1 phases 8 and 19); the anatomy cannot."""
+    two phases of one acquisition (Sunnybrook SC-HF-I-1 phases 8 and 19); the anatomy cannot. ``labels``
+    (n, any grid) stand in for the stack's own, e.g. a network's labels of its slices."""
     by_anatomy = anatomy_says_normal_points_to_apex(stack)
     if by_anatomy is not None:
         return by_anatomy
-    if stack.labels is None:
+    labels = stack.labels if labels is None else labels
+    if labels is None:
         raise InputError(f"{stack.source}: base and apex are told apart by the labels; the stack has none")
     idx = np.arange(stack.n) if slices is None else np.asarray(slices)
-    areas = np.array([np.isin(stack.labels[k], values).sum() for k in idx], float)
+    areas = np.array([np.isin(labels[k], values).sum() for k in idx], float)
     return shrinks_along(stack.positions[idx], areas)
 
 
