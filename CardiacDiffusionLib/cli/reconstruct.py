@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
-from ..errors import QualityWarning
+from ..errors import quality_warnings
 from .common import add_label_convention, lax_inputs
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
@@ -50,15 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "dmcvr":
         options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
                    "shape_prior": args.shape_prior}  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:  # a result that may be wrong: said, and kept in geometry.json
-        warnings.simplefilter("always", QualityWarning)
+    with quality_warnings() as said:  # a result that may be wrong: said, and kept in geometry.json
         result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
-    for warning in caught:
-        if issubclass(warning.category, QualityWarning):
-            print(f"warning: {warning.message}")
-            report["warnings"].append(str(warning.message))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    for warning in said:
+        print(f"warning: {warning}")
+    report["warnings"] += said
     out.mkdir(parents=True, exist_ok=True)
     write_image(result.image, out / "reconstruction_image.nii.gz")
     written = ["reconstruction_image.nii.gz"]

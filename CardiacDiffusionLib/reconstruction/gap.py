@@ -12,13 +12,13 @@ methods that segment on their own (dmcvr) then give labels; the others are score
 
 from __future__ import annotations
 
-import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import QualityWarning
+from ..errors import quality_warnings
 from ..geometry.stack import SliceStack
 from ..labels import MR_LABELS
 from ..metrics.image import psnr, ssim
@@ -66,16 +66,10 @@ def evaluate_gap(
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for index, stack in enumerate(stacks):
         for method in methods:
-            with warnings.catch_warnings(record=per_volume) as caught:
-                if per_volume:
-                    warnings.simplefilter("always", QualityWarning)
+            with quality_warnings() if per_volume else nullcontext([]) as said:
                 scores = score_volume(stack, method, kept_labels, **(options or {}).get(method, {}))
             if scores is not None:
-                said = [w for w in caught or [] if issubclass(w.category, QualityWarning)]
-                per_method[method].append({"volume": stack.source, **scores, "warnings": [str(w.message) for w in said]})
-            for w in caught or []:
-                if not issubclass(w.category, QualityWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                per_method[method].append({"volume": stack.source, **scores, "warnings": said})
         if progress:
             progress(index, stack.source)
     out = {m: {**summarise(rows), "kept_labels": kept_labels} for m, rows in per_method.items()}
