@@ -22,7 +22,7 @@ CANDIDATES = 3
 SLICE_WEIGHT = 0.05
 #: below this confidence of the chosen candidate (mean top-class probability of the net's labels in its
 #: crop) a localisation without labels is reported as uncertain (QualityWarning). ACDC 001-080, kept slices
-#: of the gap protocol: found hearts 0.89-0.98 (below 0.91 only 038 ED/ES, HCM), the misses (057) 0.88
+#: of the gap protocol: found hearts 0.89-0.97 (below 0.91 only 038 ED/ES, HCM), the misses (057) 0.88
 LOCALISATION_MIN_CONFIDENCE = 0.91
 
 
