@@ -7,8 +7,8 @@ or from the morphology net (whole field of view for candidates, then crops: :fun
 The three DMCVR latents of the acquired crops (z_sem, morphology code, DDIM-inverted x_t) are
 interpolated at the targets' true positions (uneven gaps work: lerp z_sem and morphology, slerp x_t),
 decoded in batches, segmented by the morphology net, and mapped back to the stack's own grid: images on
-the input's intensity scale, labels by argmax of the bilinearly upsampled class probabilities. Outside the crop the image is the
-linear baseline and the labels the nearest acquired slice's (background without labels). A
+the input's intensity scale, labels by argmax of the bilinearly upsampled class probabilities. Outside
+the crop the image is the linear baseline and the labels the nearest acquired slice's (background without labels). A
 structure absent from both acquired neighbours of a target is not labelled there, and one that only one
 neighbour holds is labelled only up to half-way to the other.
 Acquired positions keep their pixels, and their labels when the user gave labels.
@@ -191,8 +191,8 @@ def dmcvr(
     The networks learnt slices described with the normal pointing base -> apex (ACDC as its files are
     read, the phantoms; ACDC's arrays are most likely the mirror of true anatomy so described, see the
     model card's Limits): a stack described the other way (rows and columns swapped, a valid DICOM
-    description) shows them the mirror image. Such a stack is re-described (``SliceStack.transposed``, the same voxels in space) and
-    the results transposed back; base and apex are told apart by the anatomy where the geometry is true,
+    description) shows them the mirror image. Such a stack is re-described (``SliceStack.transposed``, the
+    same voxels in space) and the results transposed back; base and apex are told apart by the anatomy where the geometry is true,
     else by the given labels or the morphology net's labels of the acquired slices
     (geometry.stack.normal_points_to_apex)."""
     shape_prior = float(DEFAULT_SHAPE_PRIOR if shape_prior is None else shape_prior)
