@@ -200,3 +200,26 @@ def test_gap_protocol_per_volume_rows_carry_the_warnings(tmp_path):
         assert table[method]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]), abs=1e-3)
     assert all(r["dice"]["LV"] is None and r["warnings"] == [] for r in table["linear"]["rows"])
     assert all(len(r["warnings"]) == 1 and "unsure where the heart is" in r["warnings"][0] for r in table["dmcvr"]["rows"])
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
+def test_compare_gives_paired_differences_of_a_per_volume_table(tmp_path, capsys):
+    """`evaluate compare`: per-volume differences; their mean is the difference of the table's means (every
+    volume scored by both); a table without rows or a method it lacks is a clear error."""
+    table = tmp_path / "gap.json"
+    argv = ["evaluate", "gap", "--data", str(ACDC), "--patients", "61-62", "--methods", "nearest", "shape",
+            "--per-volume", "--out", str(table)]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "paired.json"
+    assert main(["evaluate", "compare", str(table), "--method", "shape", "--against", "nearest", "--out", str(out)]) == 0
+    assert "shape - nearest" in capsys.readouterr().out
+    gap, paired = json.loads(table.read_text()), json.loads(out.read_text())["nearest"]
+    assert paired["psnr"]["n"] == 4 and paired["psnr"]["wins"] == 4  # shape's image is linear's: above nearest
+    assert paired["psnr"]["mean"] == pytest.approx(gap["shape"]["psnr"] - gap["nearest"]["psnr"], abs=2e-4)
+    assert paired["dice"]["MYO"]["mean"] == pytest.approx(gap["shape"]["dice"]["MYO"] - gap["nearest"]["dice"]["MYO"], abs=2e-4)
+    assert main(["evaluate", "compare", str(table), "--method", "dmcvr", "--against", "nearest"]) == 2
+    assert "no method 'dmcvr'" in capsys.readouterr().err
+    gap["nearest"].pop("rows")
+    table.write_text(json.dumps(gap))
+    assert main(["evaluate", "compare", str(table), "--method", "shape", "--against", "nearest"]) == 2
+    assert "--per-volume" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from CardiacDiffusionLib.metrics import (
     hd,
     hd95,
     jaccard,
+    paired_difference,
     per_label,
     psnr,
     rvd_percent,
@@ -281,3 +282,21 @@ def test_ssim_wang_setting():
         assert abs(v - skimage_default) > 1e-3  # the setting matters
     assert ssim(noisy, images, 1.0) == pytest.approx(np.mean(values), abs=1e-15)
     assert ssim(images[0], images[0], 1.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_paired_difference_tells_a_shift_from_noise():
+    """A method 0.1 better on every case plus noise: interval around 0.1, excludes 0, Wilcoxon p small;
+    the same noise alone: interval around 0; missing scores are left out; ties counted."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(10, 20, 40)
+    noise = rng.normal(0, 0.05, 40)
+    better = paired_difference(list(base + 0.1 + noise), list(base))
+    assert better["n"] == 40 and better["wins"] == 40 and better["mean"] == pytest.approx(0.1 + noise.mean(), abs=1e-4)
+    assert better["ci95"][0] < better["mean"] < better["ci95"][1] and better["ci95"][0] > 0.07
+    assert better["wilcoxon_p"] < 1e-6
+    same = paired_difference(list(base + noise - noise.mean()), list(base))
+    assert same["ci95"][0] < 0 < same["ci95"][1] and same["wilcoxon_p"] > 0.3
+    gaps = paired_difference([1.0, None, 3.0, float("nan"), 2.0, 4.0], [1.0, 2.0, 2.5, 1.0, 2.5, 3.0])
+    assert (gaps["n"], gaps["wins"], gaps["ties"], gaps["losses"]) == (4, 2, 1, 1)
+    with pytest.raises(InputError, match="same cases"):
+        paired_difference([1.0, 2.0], [1.0])

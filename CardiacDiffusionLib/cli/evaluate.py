@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add each volume's scores (and any warning its method gave) under \"rows\"")
     g.add_argument("--out", help="write the JSON table here too")
     g.set_defaults(func=run_gap)
+    c = protocols.add_parser("compare", help="paired per-volume differences of one method against others in a "
+                                             "gap table made with --per-volume (mean, 95%% CI, wins, Wilcoxon p)")
+    c.add_argument("table", help="JSON written by `evaluate gap --per-volume --out`")
+    c.add_argument("--method", required=True, help="the method to compare, e.g. dmcvr")
+    c.add_argument("--against", nargs="+", required=True, help="baselines, e.g. linear shape")
+    c.add_argument("--out", help="write the JSON comparison here too")
+    c.set_defaults(func=run_compare)
     register_ldm(protocols)
 
 
@@ -63,6 +70,28 @@ def run_gap(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..reconstruction.gap import compare_methods
+
+    path = Path(args.table)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable JSON gap table ({e})") from None
+    result = compare_methods(table, args.method, args.against)
+    for baseline, scores in result.items():
+        print(f"{args.method} - {baseline}: mean difference [95% CI], wins/ties/losses, Wilcoxon p")
+        for name, d in [("PSNR dB", scores["psnr"]), ("SSIM", scores["ssim"])] + [
+                (f"Dice {k}", v) for k, v in scores["dice"].items()]:  # fmt: skip
+            if d["n"]:
+                ci = "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                print(f"  {name:9s} {d['mean']:+.4f} {ci}  {d['wins']}/{d['ties']}/{d['losses']}  p={d['wilcoxon_p']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -41,7 +41,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
-from ..geometry.stack import SliceStack, normal_points_to_apex
+from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, normal_points_to_apex
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
@@ -208,8 +208,9 @@ def dmcvr(
     targets = np.asarray(targets, float)
     options = dict(steps=steps, strength=strength, batch_size=batch_size, progress=progress, cancel=cancel,
                    shape_prior=shape_prior)  # fmt: skip
-    view = _View.of(net, stack, size, spacing, batch_size)
-    if view.points_to_apex():
+    by_anatomy = anatomy_says_normal_points_to_apex(stack)  # true geometry decides before any localisation
+    view = None if by_anatomy is False else _View.of(net, stack, size, spacing, batch_size)
+    if view is not None and (by_anatomy or view.points_to_apex()):
         _warn_if_unsure(view)
         return _generate(net, view, targets, **options)
     flipped = _View.of(net, stack.transposed(), size, spacing, batch_size)  # the net sees a new image: look again
@@ -312,14 +313,20 @@ def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size
         images[k][inside] = crop_image[inside] * (hi - lo) + lo
         class_maps = _on_grid(frame, probs[k].numpy(), shape2d)
         if prior is not None:
-            q = [ndimage.gaussian_filter((prior[k] == c).astype(np.float32), SHAPE_PRIOR_SIGMA_PX) for c in range(len(class_maps))]
-            class_maps = (1 - shape_prior) * class_maps + shape_prior * np.stack(q)
+            class_maps = blend_with_prior(class_maps, prior[k], shape_prior)
         result[k][inside] = class_maps.argmax(0)[inside]
     acquired = np.nonzero(plo == phi)[0]
     images[acquired] = pixels[plo[acquired]]
     if given:
         result[acquired] = labels[plo[acquired]]
     return images, result
+
+
+def blend_with_prior(class_maps: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - w) p_net + w q`` (module docstring): ``class_maps`` (C, rows, cols) the net's probabilities of a
+    generated slice, ``prior`` its shape-based labels (other rules: scripts/try_dmcvr_label_rules.py)."""
+    q = [ndimage.gaussian_filter((prior == c).astype(np.float32), SHAPE_PRIOR_SIGMA_PX) for c in range(len(class_maps))]
+    return (1 - weight) * class_maps + weight * np.stack(q)
 
 
 def _on_grid(frame: CropFrame, class_probs: np.ndarray, shape2d) -> np.ndarray:

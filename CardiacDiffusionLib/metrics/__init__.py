@@ -1,10 +1,11 @@
-"""Evaluation metrics: overlap (Dice, Jaccard, VOE, RVD), surface distances in mm, PSNR/SSIM.
+"""Evaluation metrics: overlap (Dice, Jaccard, VOE, RVD), surface distances in mm, PSNR/SSIM, paired comparison.
 
 Definitions, units, HD95 variants and the empty-mask convention: docs/METRICS.md.
 """
 
 from .image import psnr, ssim
 from .overlap import dice, jaccard, per_label, rvd_percent, voe_percent
+from .paired import paired_difference
 from .surface import (
     DEFAULT_HD95_VARIANT,
     HD95_VARIANTS,
@@ -19,6 +20,6 @@ from .surface import (
 
 __all__ = [
     "DEFAULT_HD95_VARIANT", "HD95_VARIANTS", "SurfaceDistances", "asd", "assd", "dice", "hd", "hd95",
-    "jaccard", "per_label", "psnr", "rvd_percent", "ssim", "surface_distances", "surface_distances_from_images",
+    "jaccard", "paired_difference", "per_label", "psnr", "rvd_percent", "ssim", "surface_distances", "surface_distances_from_images",
     "voe_percent",
 ]

@@ -18,11 +18,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import quality_warnings
+from ..errors import InputError, quality_warnings
 from ..geometry.stack import SliceStack
 from ..labels import MR_LABELS
 from ..metrics.image import psnr, ssim
 from ..metrics.overlap import dice
+from ..metrics.paired import paired_difference
 from .baselines import get_method
 
 
@@ -95,6 +96,31 @@ def summarise(rows: list[dict]) -> dict:
         "ssim": mean(r["ssim"] for r in rows),
         "volumes": len(rows),
     }
+
+
+def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
+    """Paired differences ``method - baseline`` per volume (metrics.paired) of an :func:`evaluate_gap` table made
+    with ``per_volume=True``: ``{baseline: {"psnr": d, "ssim": d, "dice": {label: d}}}``."""
+    def rows(name: str) -> dict:
+        if name not in table:
+            raise InputError(f"gap table: no method {name!r}; it has {', '.join(sorted(table))}")
+        if "rows" not in table[name]:
+            raise InputError(f"gap table: {name!r} has no per-volume rows; make it with --per-volume")
+        return {r["volume"]: r for r in table[name]["rows"]}
+
+    mine, out = rows(method), {}
+    for baseline in against:
+        theirs = rows(baseline)
+        volumes = sorted(set(mine) & set(theirs))
+        if not volumes:
+            raise InputError(f"gap table: {method!r} and {baseline!r} share no volume")
+
+        def paired(get) -> dict:
+            return paired_difference([get(mine[v]) for v in volumes], [get(theirs[v]) for v in volumes])
+
+        out[baseline] = {"psnr": paired(lambda r: r["psnr"]), "ssim": paired(lambda r: r["ssim"]),
+                         "dice": {k: paired(lambda r, k=k: r["dice"][k]) for k in MR_LABELS.values()}}  # fmt: skip
+    return out
 
 
 def acdc_stacks(folder: Path, patients: Iterable[int] | None = None, limit: int | None = None):
