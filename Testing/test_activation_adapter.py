@@ -60,7 +60,7 @@ def _state(node) -> tuple:
     return node.GetMTime(), node.GetImageData().GetMTime(), voxels.tobytes()
 
 
-def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli):
+def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli, tmp_path):
     import slicer
     from vtk.util.numpy_support import vtk_to_numpy
 
@@ -97,7 +97,7 @@ def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli
     legends = [result.model.GetNthDisplayNode(i) for i in range(result.model.GetNumberOfDisplayNodes())]
     assert any(n.IsA("vtkMRMLColorLegendDisplayNode") for n in legends)
     # the bullseye image and the 17-segment table, with the same suggested lead as in-process
-    png = sitk.ReadImage(str(_written_bullseye(expected)))
+    png = sitk.ReadImage(str(_written_bullseye(expected, tmp_path)))
     assert result.bullseye.GetImageData().GetDimensions() == (*png.GetSize(), 1)
     assert result.bullseye.GetImageData().GetNumberOfScalarComponents() == png.GetNumberOfComponentsPerPixel()
     rows = mrml.dict_from_table(result.table)
@@ -115,16 +115,11 @@ def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli
     assert reports[-1] == (1.0, "done")
 
 
-def _written_bullseye(expected, folder=[]):
-    """The bullseye PNG of ``expected`` written once (to compare sizes with the loaded image)."""
-    import tempfile
-    from pathlib import Path
-
+def _written_bullseye(expected, folder):
+    """The bullseye PNG of ``expected`` written to ``folder`` (to compare sizes with the loaded image)."""
     from CardiacDiffusionLib.activation.bullseye import write_bullseye_png
 
-    if not folder:
-        folder.append(Path(tempfile.mkdtemp(prefix="bullseye-")))
-    return write_bullseye_png(folder[0] / "bullseye.png", expected.segments, expected.lead)
+    return write_bullseye_png(folder / "bullseye.png", expected.segments, expected.lead)
 
 
 def test_activation_job_failure_leaves_the_scene(mrml_scene, case, lma_cli):

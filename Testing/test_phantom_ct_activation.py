@@ -14,14 +14,8 @@ from scipy import ndimage
 
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.labels import CT_LABELS
-from CardiacDiffusionLib.phantoms.activation import (
-    AHA_RING_ORDER,
-    ActivationPhantom,
-    detect_tos,
-    frame_times,
-    lv_cylindrical_coords,
-    sector_angles,
-)
+from CardiacDiffusionLib.activation.tos import detect_tos, frame_times
+from CardiacDiffusionLib.phantoms.activation import AHA_RING_ORDER, ActivationPhantom, lv_cylindrical_coords, sector_angles
 from CardiacDiffusionLib.phantoms.ct import make_ct_phantom
 
 LA, LV, RA, RV, MYO, AO, PA, LAA = 1, 2, 3, 4, 5, 6, 7, 8

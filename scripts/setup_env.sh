@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install CardiacDiffusionLib into it, torch==2.13.0 first so pip
-# takes the local CPU wheel instead of pulling a CUDA build. Idempotent: re-installs only when
+# takes the local CPU wheel instead of pulling a CUDA build (elsewhere: set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu). Idempotent: re-installs only when
 # pyproject.toml or the requested extras changed. Usage: scripts/setup_env.sh [EXTRAS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,8 +21,8 @@ if [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then
   exit 0
 fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "[setup] installing torch==2.13.0 (CPU build) first"
-  "${PIP[@]}" install -q torch==2.13.0
+  echo "[setup] installing torch==2.13.0 (CPU build) first${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  "${PIP[@]}" install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 spec="$ROOT"
 [ -n "$EXTRAS" ] && spec="$ROOT[$EXTRAS]"

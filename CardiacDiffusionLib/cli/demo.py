@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--seed", type=int, default=7, help="phantom seed")
     p.add_argument("--methods", nargs="*", default=None, help="reconstruction methods (default: all available)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps for the diffusion steps")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps for the diffusion steps")
     p.add_argument("--skip", nargs="*", default=[], choices=("lma", "synthetic"), help="workflows to leave out")
     p.set_defaults(func=run)
 

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--limit", type=int, help="evaluate at most this many volumes")
     g.add_argument("--steps", type=int, help="DDIM steps of dmcvr (default: the model's)")
     g.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (1 = full)")
-    g.add_argument("--device", help="auto|cpu|cuda|mps for dmcvr (default auto)")
+    g.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps for dmcvr (default auto)")
     g.add_argument("--model", help="dmcvr model name or .safetensors (default: the shipped one)")
     g.add_argument("--shape-prior", type=float, help="dmcvr: weight of the shape prior in generated labels (default 0.4)")
     g.add_argument("--no-labels", action="store_true",

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     late.add_argument("--late-threshold", type=float, help="late region: TOS >= this many ms (instead of a percentile)")
     p.add_argument("--method", choices=("shape", "sadir"), default="shape", help="3D myocardium reconstruction")
     p.add_argument("--sadir-model", help="--method sadir: model name or .safetensors (default: the shipped one)")
-    p.add_argument("--device", default="auto", help="--method sadir: auto|cpu|cuda|mps")
+    p.add_argument("--device", default="auto", help="--method sadir: auto|cpu|cuda|cuda:N|mps")
     p.add_argument("--sadir-refine", type=int, default=None, metavar="N",
                    help="--method sadir: test-time fit steps of v0 to the slices (default: the library's; 0: off)")
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the myocardium volume, mm")

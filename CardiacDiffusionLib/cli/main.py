@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from ..errors import InputError
+from ..training.cli import parse
 
 #: modules of this package that register sub-commands, in help order
 COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train", "models")
@@ -24,17 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__package__}.{name}")
         module.register(sub)
     return parser
-
-
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse, letting ``key=value`` overrides of commands that take them come after the options too."""
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides += extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:

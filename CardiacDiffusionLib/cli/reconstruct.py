@@ -15,13 +15,13 @@ METHODS = ("nearest", "linear", "shape", "dmcvr")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="reconstruct a SAX stack into a 3D image and label volume")
     p.add_argument("--method", choices=METHODS, default="shape")
-    p.add_argument("--sax", required=True, help="SAX stack: NIfTI/NRRD volume or a DICOM folder")
+    p.add_argument("--sax", required=True, help="SAX stack: NIfTI/NRRD/MHA volume, a DICOM folder or an ACDC HDF5 file")
     p.add_argument("--sax-labels", help="labels of the SAX stack (same grid)")
     p.add_argument("--lax", nargs="*", default=[], help="LAX images (kept for reference; not needed for Dice)")
     p.add_argument("--lax-labels", nargs="*", default=[], help="LAX label images for the LAX Dice check")
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the output, mm (default 1)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (dmcvr only)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (dmcvr only)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (dmcvr only)")
     p.add_argument("--strength", type=float, help="dmcvr: fraction of the diffusion schedule inverted (default the model's, 1 = full)")
     p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
     p.add_argument("--shape-prior", type=float,
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         write_image(result.labels, out / "reconstruction_labels.nii.gz")
         written.append("reconstruction_labels.nii.gz")
     (out / "geometry.json").write_text(json.dumps(report, indent=2))
+    written.append("geometry.json")
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)
     if lax:
         if result.labels is None:

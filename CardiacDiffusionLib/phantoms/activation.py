@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activation.tos import detect_tos, frame_times  # noqa: F401  (one implementation, re-exported)
+from ..activation.tos import frame_times  # the DENSE frame timing the TOS detector assumes: one definition
 from ..errors import InputError
 
 #: AHA ring segments in sector order (each spans 60 degrees from the anterior RV insertion).

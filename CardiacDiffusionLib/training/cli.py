@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, loss.png, model.safetensors")
     p.add_argument("--progress", choices=MODES, default="bar",
                    help="bar (terminal), json (one JSON object per line) or none")  # fmt: skip
-    p.add_argument("--device", help="auto|cpu|cuda|mps (overrides the config's device)")
+    p.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (overrides the config's device)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.steps=1000 optim.lr=1e-4; STAGE:key=value for one stage")  # fmt: skip
@@ -81,11 +81,20 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides of commands that take them come after the options too."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m CardiacDiffusionLib.training", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    from ..cli.main import parse
-
     args = parse(parser, argv)
     try:
         return run(args)
