@@ -15,12 +15,12 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from CardiacDiffusionLib.activation import qa
 from CardiacDiffusionLib.activation.bullseye import SEPTAL, segment_of, segment_table, suggest_lead
-from CardiacDiffusionLib.activation.mapping import mesh_points, read_vtp, write_vtp
+from CardiacDiffusionLib.activation.mapping import late_mask, mesh_points, read_vtp, write_vtp
 from CardiacDiffusionLib.activation.phantom_case import PhantomCase, heart_dir
 from CardiacDiffusionLib.activation.pipeline import OUTPUTS, run_lma, write_outputs
 from CardiacDiffusionLib.activation.regressor import MODEL_NAME, load_default, predict_tos
 from CardiacDiffusionLib.activation.sectors import lv_frame
-from CardiacDiffusionLib.activation.tos import detect_tos, read_tos_csv, tos_from_strain, write_tos_csv
+from CardiacDiffusionLib.activation.tos import check_tos_range, detect_tos, read_tos_csv, tos_from_strain, write_tos_csv
 from CardiacDiffusionLib.activation.train_tos import TEST_SEED
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.geometry.stack import SliceStack
@@ -416,6 +416,12 @@ def test_cli_lma(case, tmp_path, monkeypatch, capsys):
     # a negative SADIR refinement is refused before any work
     args = ["lma", "--slices", str(labels), "--tos-csv", str(bad), "--method", "sadir", "--sadir-refine", "-1"]
     assert cli.main(args + ["--out", str(out)]) == 2 and "--sadir-refine -1" in capsys.readouterr().err
+    # the outputs never replace an input (the audit: labels named as the output, in the output folder, were)
+    own = out / "myocardium_labels.nii.gz"
+    own.write_bytes(labels.read_bytes())
+    before = own.read_bytes()
+    assert cli.main(["lma", "--slices", str(own), "--strain", str(strain), "--out", str(out)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and own.read_bytes() == before
 
 
 def test_lma_on_the_shipped_sadir_myocardium(case):
@@ -445,3 +451,93 @@ def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path, c
         redness[name] = float(np.mean(body[:, 0] - body[:, 2]))
     assert redness["lateral"] > 50 and redness["septal"] < redness["lateral"] - 50, redness
     assert "bad X server" not in capfd.readouterr().err  # no display: straight to EGL, no failed X attempt
+
+
+# ---- bad input is refused, never mapped ---------------------------------------------------------
+def test_non_finite_frame_interval_and_points_are_refused(case, tmp_path, monkeypatch, capsys):
+    for frame_ms in (float("nan"), float("inf")):
+        with pytest.raises(InputError, match="--frame-ms"):
+            run_lma(case.stack, strain=case.strain, frame_ms=frame_ms)
+    for option in ("base", "apex"):
+        with pytest.raises(InputError, match=f"--{option}: .*finite"):
+            run_lma(case.stack, strain=case.strain, **{option: np.array([np.nan, 0.0, 0.0])})
+    from CardiacDiffusionLib.cli import main as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("lma",))
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing, before any work
+        cli.main(["lma", "--slices", "x.nii.gz", "--strain", "s.npy", "--base", "nan,nan,nan", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "finite" in capsys.readouterr().err
+
+
+def test_strain_without_shortening_suggests_no_lead(case):
+    """All curves flat (a failed export): no onset to time, so no map and no lead segment (not a tie at 17 ms)."""
+    with pytest.raises(InputError, match="only 0 of 162 sector curves shorten"):
+        run_lma(case.stack, strain=np.zeros_like(case.strain))
+    weak = case.strain.copy()
+    weak[:, :10] = 0.001  # 10 of 18 sectors flat in every slice: most of the wall
+    with pytest.raises(InputError, match=f"only {8 * len(weak)} of {weak[..., 0].size}"):
+        run_lma(case.stack, strain=weak)
+    weak = case.strain.copy()
+    weak[0, :3] = 0.001  # a few flat curves (scar, noise): flagged, not refused
+    qa.require_shortening(weak)
+    assert qa.strain_flags(weak)[0]["code"] == "strain_without_shortening"
+
+
+def test_repeated_strain_slices_are_refused(case):
+    slices = case.frame.slices.tolist()
+    with pytest.raises(InputError, match=rf"--strain-slices\): \[{slices[0]}\] given more than once"):
+        run_lma(case.stack, strain=case.strain, strain_slices=[slices[0]] * len(slices))
+
+
+def test_tos_table_in_seconds_is_refused(tmp_path):
+    path = write_tos_csv(tmp_path / "s.csv", {k: np.linspace(0.02, 0.25, 18) for k in (1, 2, 3)})  # 20-250 ms in s
+    with pytest.raises(InputError, match="look like seconds"):
+        read_tos_csv(path)
+    with pytest.raises(InputError, match="look like seconds"):
+        check_tos_range(np.full((3, 18), 0.017), measured=True)  # --frame-ms given in seconds
+
+
+def test_tos_table_with_a_repeated_row_is_refused(tmp_path):
+    path = write_tos_csv(tmp_path / "tos.csv", {1: np.full(18, 40.0)})
+    with path.open("a") as f:
+        f.write("1,4,200\n")
+    with pytest.raises(InputError, match="line 20: slice 1 sector 4 is also on line 5"):
+        read_tos_csv(path)
+
+
+def test_late_threshold_outside_the_physiological_range_is_refused(case):
+    with pytest.raises(InputError, match="--late-threshold"):
+        run_lma(case.stack, strain=case.strain, late_threshold_ms=5000.0)
+    tos = np.linspace(20, 200, 50)
+    for threshold in (-10.0, 0.0, 300.5, float("nan")):
+        with pytest.raises(InputError, match="physiological range"):
+            late_mask(tos, threshold_ms=threshold)
+    assert late_mask(tos, threshold_ms=300.0)[0].sum() == 0 and late_mask(tos, threshold_ms=110.0)[0].any()
+
+
+def test_strain_tos_out_of_range_is_refused_when_most_of_the_map_is(case):
+    """A wrong frame interval puts the whole map past 300 ms: refused as the table path is; a few outliers
+    of a measured map stay a QA flag."""
+    with pytest.raises(InputError, match="162 of 162 value.*outside the physiological range.*frame interval"):
+        run_lma(case.stack, strain=case.strain, frame_ms=1700.0)
+    few = np.full((3, 18), 80.0)
+    few[0, :3] = 350.0
+    check_tos_range(few, measured=True)
+    assert qa.tos_flags(few)[0]["code"] == "tos_out_of_range"
+    with pytest.raises(InputError, match="physiological"):
+        check_tos_range(few)  # typed values: any outlier is an error
+
+
+def test_tos_csv_encodings_and_non_numbers(tmp_path):
+    path = write_tos_csv(tmp_path / "tos.csv", {1: np.linspace(30, 160, 18)})
+    text = path.read_text()
+    (tmp_path / "bom.csv").write_text(text, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    assert np.allclose(read_tos_csv(tmp_path / "bom.csv")[1], read_tos_csv(path)[1])
+    (tmp_path / "binary.csv").write_bytes(b"\x80\x81\xfe\x00" * 64)
+    with pytest.raises(InputError, match="not a text CSV"):
+        read_tos_csv(tmp_path / "binary.csv")
+    lines = text.splitlines()
+    lines[4] = "1,4,nan"
+    (tmp_path / "nan.csv").write_text("\n".join(lines))
+    with pytest.raises(InputError, match="line 5: tos_ms 'nan' is not a number"):
+        read_tos_csv(tmp_path / "nan.csv")

@@ -126,6 +126,9 @@ def test_bracket_weights_and_refusal():
     with pytest.raises(InputError, match="outside"):
         bracket(np.array([0.0, 10.0]), np.array([11.0]))
     np.testing.assert_allclose(target_positions(np.array([0.0, 9.5]), 2.0), [0, 2, 4, 6, 8])
+    assert len(target_positions(np.array([0.0, 199.9]), 0.1)) == 2000
+    with pytest.raises(InputError, match="2001 output slices .* at least 0.101 mm"):
+        target_positions(np.array([0.0, 200.0]), 0.1)
 
 
 def test_lax_check_on_reconstruction_and_refusal():

@@ -223,3 +223,45 @@ def test_compare_gives_paired_differences_of_a_per_volume_table(tmp_path, capsys
     table.write_text(json.dumps(gap))
     assert main(["evaluate", "compare", str(table), "--method", "shape", "--against", "nearest"]) == 2
     assert "--per-volume" in capsys.readouterr().err
+    table.write_text('{"linear": 1}')
+    assert main(["evaluate", "compare", str(table), "--method", "linear", "--against", "nearest"]) == 2
+    assert "not a table" in capsys.readouterr().err
+    assert main(["evaluate", "compare", str(out), "--method", "psnr", "--against", "ssim", "--out", str(out)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_inputs_and_bad_output_places_are_named(mr, tmp_path, capsys):
+    """Found by a bad-input audit: `--out` the inputs' own folder overwrote them (exit 0); an --out that is a
+    file, or lies under one, ended in a traceback, and only after the whole computation."""
+    import shutil
+
+    shutil.copy(mr / "sax_image.nii.gz", tmp_path / "reconstruction_image.nii.gz")
+    shutil.copy(mr / "sax_labels.nii.gz", tmp_path / "reconstruction_labels.nii.gz")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    argv = ["reconstruct", "--sax", str(tmp_path / "reconstruction_image.nii.gz"),
+            "--sax-labels", str(tmp_path / "reconstruction_labels.nii.gz"), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    lax = str(mr / "lax_4ch_labels.nii.gz")
+    labels = str(tmp_path / "reconstruction_labels.nii.gz")
+    assert main(["lax-dice", "--labels", labels, "--lax-labels", lax, "--out", lax]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    a_file = tmp_path / "note.txt"
+    a_file.write_text("mine")
+    for out, said in ((a_file, "is a file"), (a_file / "sub", "lies under the file")):
+        assert main(["reconstruct", "--sax", str(mr / "sax_image.nii.gz"), "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["lax-dice", "--labels", labels, "--lax-labels", lax, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("spacing, said", [("nan", "at least 0.1"), ("inf", "at least 0.1"), ("0.01", "at least 0.1"),
+                                           ("1000", "one slice")])  # fmt: skip
+def test_output_spacing_must_make_a_volume(mr, tmp_path, capsys, spacing, said):
+    """NaN crashed deep in numpy, inf wrote NaN geometry, 1000 mm a one-slice volume, 0.0001 mm ran out of memory."""
+    argv = ["reconstruct", "--sax", str(mr / "sax_image.nii.gz"), "--spacing", spacing, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --spacing") and said in err

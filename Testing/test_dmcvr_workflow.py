@@ -165,6 +165,12 @@ def test_bad_inputs_are_input_errors(phantom_stack, tiny_model, monkeypatch, tmp
         R.dmcvr(phantom_stack, [phantom_stack.positions[-1] + 5], model=str(tiny_model), device="cpu")
     with pytest.raises(InputError):
         R.dmcvr(phantom_stack, phantom_stack.positions[:1], model=str(tmp_path / "missing.safetensors"), device="cpu")
+    with pytest.raises(InputError, match="dmcvr steps: 0"):  # was taken as "the default"
+        R.dmcvr(phantom_stack, phantom_stack.positions[:1], model=str(tiny_model), device="cpu", steps=0)
+    tiny_view = phantom_stack.subset(range(4)).with_labels(None)  # 8 x 8 pixels: a torch traceback before
+    tiny_view.pixels = tiny_view.pixels[:, :8, :8].copy()
+    with pytest.raises(InputError, match="field of view of at least 60 mm"):
+        R.dmcvr(tiny_view, tiny_view.positions[:2] + 1, model=str(tiny_model), device="cpu")
     monkeypatch.setattr(R, "list_models", lambda: [])
     R.load_dmcvr.cache_clear()
     with pytest.raises(InputError, match="no DMCVR model is installed"):

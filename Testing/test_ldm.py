@@ -177,6 +177,22 @@ def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
         run(argparse.Namespace(**{**vars(args), "model": str(tmp_path / "missing.safetensors")}))
 
 
+def test_pairs_are_sampled_a_chunk_at_a_time_with_the_same_result():
+    """iter_pairs samples `chunk` pairs per call (memory bounded whatever n; the audit's `sample --n 200000` ran
+    out of memory allocating every pair at once) and gives the pairs of one big batch."""
+    from CardiacDiffusionLib.ldm.generate import iter_pairs
+
+    model, calls = tiny_ldm(), []
+    sample = model.sample
+    model.sample = lambda n, **kw: calls.append(n) or sample(n, **kw)
+    pairs = list(iter_pairs(model, 5, seed=2, steps=2, chunk=2))
+    assert calls == [2, 2, 1] and [p["seed"] for p in pairs] == [2, 3, 4, 5, 6]
+    whole = list(iter_pairs(model, 5, seed=2, steps=2, chunk=5))
+    for a, b in zip(pairs, whole):
+        np.testing.assert_allclose(a["hu"], b["hu"], atol=0.5)
+        assert (a["raw_labels"] == b["raw_labels"]).mean() > 0.999
+
+
 def test_cleanup_lowers_noisy_fraction_on_a_known_answer():
     _, truth = phantom_pair(0, 32)
     assert noise_report(truth)["noisy_fraction"] == 0.0  # the phantom's true labels are clean

@@ -18,7 +18,7 @@ from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from ..errors import InputError
 from ..geometry.stack import SliceStack
 from .sectors import MYO, LVFrame, pixel_points
-from .tos import N_SECTORS
+from .tos import N_SECTORS, TOS_RANGE_MS
 
 TOS_ARRAY = "TOS_ms"
 LATE_ARRAY = "late_activation"
@@ -136,6 +136,10 @@ def late_mask(
 ) -> tuple[np.ndarray, float]:
     """(late?, threshold used): TOS >= ``threshold_ms`` when given, else >= the ``percentile`` of ``tos``."""
     if threshold_ms is not None:
+        low, high = TOS_RANGE_MS
+        if not low < threshold_ms <= high:  # NaN too: outside the range it marks all or none late
+            raise InputError(f"late-activation threshold (--late-threshold) {threshold_ms:g} ms: give a TOS above "
+                             f"{low:g} and at most {high:g} ms (the physiological range), e.g. 110")  # fmt: skip
         return tos >= threshold_ms, float(threshold_ms)
     if percentile is None or not 0 < percentile < 100:
         raise InputError(f"late-activation percentile must be in (0, 100), got {percentile}")

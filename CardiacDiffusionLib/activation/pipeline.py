@@ -53,9 +53,15 @@ def _tos_input(frame: LVFrame, strain, tos_csv, tos, frame_ms, tos_method, strai
         raise InputError("LMA: give exactly one of strain matrices (--strain) or a TOS table (--tos-csv)")
     if strain is not None:
         indices = frame.slices if strain_slices is None else np.asarray(strain_slices, int)
+        repeated = sorted({int(k) for k in indices if (indices == k).sum() > 1})
+        if repeated:
+            raise InputError(f"strain slices (--strain-slices): {repeated} given more than once; name each stack "
+                             "slice once, one per strain row")  # fmt: skip
         s = check_strain(strain, n_slices=len(indices))
+        qa.require_shortening(s)
         flags += qa.strain_flags(s)
         values = tos_from_strain(s, frame_ms, tos_method)
+        check_tos_range(values, f"TOS from strain (frame_ms {frame_ms:g})", measured=True)
         source = {"kind": "strain", "method": tos_method, "frame_ms": frame_ms, "shape": list(s.shape)}
     else:
         table = read_tos_csv(tos_csv) if tos_csv is not None else {int(k): np.asarray(v, float) for k, v in tos.items()}

@@ -1,8 +1,9 @@
 """QA flags of an LMA run: each flag is ``{"code", "severity", "message"}`` and goes into lma.json.
 
 Hard failures (fewer than 3 slices with myocardium, missing RV insertion, wrong strain shape, TOS
-typed outside the physiological range) are InputErrors elsewhere; these are the warnings a user
-must see next to a result that was still produced.
+typed outside the physiological range or most of a measured map outside it, strain without shortening
+in most curves) are InputErrors; these are the warnings a user must see next to a result that was
+still produced.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ FEW_SLICES = 6
 CENTRE_LINE_TOLERANCE_MM = 4.0
 #: peak shortening smaller than this (|Ecc|) carries no timing: the curve is noise
 MIN_SHORTENING = 0.03
+#: below this fraction of curves with shortening the map has no timing to show: its "late" sectors are
+#: those whose noise peaks last and a lead suggestion would be arbitrary, so the run is refused rather
+#: than flagged (a heart mostly without shortening is no map to place a lead on)
+MIN_RELIABLE_FRACTION = 0.5
 #: the patient's anterior direction (LPS)
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 
@@ -101,6 +106,17 @@ def strain_flags(strain: np.ndarray) -> list[dict]:
         return [flag("strain_without_shortening", f"{int(weak.sum())} sector curve(s) shorten by less than "
                      f"{MIN_SHORTENING:.0%}: their TOS is unreliable (noise, scar or a bad contour)")]  # fmt: skip
     return []
+
+
+def require_shortening(strain: np.ndarray, name: str = "strain") -> None:
+    """InputError when fewer than :data:`MIN_RELIABLE_FRACTION` of the curves shorten by :data:`MIN_SHORTENING`."""
+    reliable = (strain.max(-1) - strain.min(-1)) >= MIN_SHORTENING
+    if reliable.mean() < MIN_RELIABLE_FRACTION:
+        raise InputError(
+            f"{name}: only {int(reliable.sum())} of {reliable.size} sector curves shorten by {MIN_SHORTENING:.0%} or "
+            f"more (at least {MIN_RELIABLE_FRACTION:.0%} needed): without shortening there is no onset to time and "
+            "no lead segment to suggest; check the strain export (Ecc fractions, one curve per sector over systole)"
+        )
 
 
 def jacobian_flags(displacement=None, jacobian_min: float | None = None) -> list[dict]:

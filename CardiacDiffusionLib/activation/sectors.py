@@ -157,6 +157,9 @@ def lv_frame(stack: SliceStack, rv_insertion=None, base=None, apex=None) -> LVFr
     e0 = mean / np.linalg.norm(mean)
     e1 = np.cross(axis, e0)
     angles = np.mod(np.arctan2(dirs @ e1, dirs @ e0), 2 * np.pi)
+    for point, option in ((base, "--base"), (apex, "--apex")):
+        if point is not None and not np.all(np.isfinite(np.asarray(point, float))):
+            raise InputError(f"{option}: the point must be finite LPS coordinates x,y,z (mm)")
     gap = float(np.median(np.abs(np.diff(stack.positions)))) if stack.n > 1 else 8.0
     base_pos = float(np.asarray(base, float) @ axis) if base is not None else positions[0] - gap / 2
     apex_pos = float(np.asarray(apex, float) @ axis) if apex is not None else positions[-1] + gap / 2

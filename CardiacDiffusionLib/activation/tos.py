@@ -21,6 +21,8 @@ N_SECTORS = 18
 #: normal hearts ~20-60 ms, LBBB late walls ~120-250 ms (Xing et al.'s DENSE data stay below ~250 ms
 #: with 17 ms frames); past ~300 ms the LV is relaxing, so such a value is a typo or a failed fit.
 TOS_RANGE_MS = (0.0, 300.0)
+#: TOS all below this (ms) were written in seconds: a slice's latest sector is tens of ms after the R wave
+SECONDS_LIKE_MS = 1.0
 MIN_FRAMES = 8
 
 
@@ -84,8 +86,8 @@ def _crossing(t, curve, start: int, stop: int, level: float) -> float:
 
 def tos_from_strain(strain, frame_ms: float = 17.0, method: str = "detector", model=None) -> np.ndarray:
     """TOS (ms) shaped ``(n_slices, 18)`` from checked strain matrices, by ``detector`` or ``regressor``."""
-    if frame_ms <= 0:
-        raise InputError(f"frame_ms: must be positive, got {frame_ms}")
+    if not (np.isfinite(frame_ms) and frame_ms > 0):
+        raise InputError(f"frame_ms (--frame-ms): must be a positive number of ms, got {frame_ms}")
     s = check_strain(strain)
     if method == "detector":
         return detect_tos(s, frame_ms)
@@ -96,15 +98,23 @@ def tos_from_strain(strain, frame_ms: float = 17.0, method: str = "detector", mo
     raise InputError(f"TOS method {method!r}: use 'detector' or 'regressor'")
 
 
-def check_tos_range(tos, name: str = "TOS") -> None:
-    """InputError when a TOS value lies outside :data:`TOS_RANGE_MS` (for values a person typed)."""
+def check_tos_range(tos, name: str = "TOS", measured: bool = False) -> None:
+    """InputError when TOS values lie outside :data:`TOS_RANGE_MS`: any value a person typed, or most of a
+    ``measured`` map (a few outliers there are the ``tos_out_of_range`` QA flag); values all below
+    :data:`SECONDS_LIKE_MS` are seconds."""
     tos = np.asarray(tos, float)
     low, high = TOS_RANGE_MS
-    bad = np.isfinite(tos) & ((tos < low) | (tos > high))
-    if bad.any():
+    check = "the frame interval (frame_ms, ms)" if measured else "the units and the table"
+    if tos.size and np.nanmax(tos) < SECONDS_LIKE_MS:
         raise InputError(
-            f"{name}: {int(bad.sum())} value(s) outside the physiological range {low:g}-{high:g} ms "
-            f"(e.g. {tos[bad].ravel()[0]:g}); TOS is ms after the R wave, check the units and the table"
+            f"{name}: all values below {SECONDS_LIKE_MS:g} ms (max {np.nanmax(tos):g}) look like seconds; "
+            f"TOS is ms after the R wave (0.03 s = 30 ms), check {check}"
+        )
+    bad = np.isfinite(tos) & ((tos < low) | (tos > high))
+    if (bad.mean() > 0.5) if measured else bad.any():
+        raise InputError(
+            f"{name}: {int(bad.sum())} of {tos.size} value(s) outside the physiological range {low:g}-{high:g} ms "
+            f"(e.g. {tos[bad].ravel()[0]:g}); TOS is ms after the R wave, check {check}"
         )
 
 
@@ -118,12 +128,16 @@ def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name}: file not found: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 byte order mark
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{name}: {path} is not a text CSV ({error}); export the table as CSV (UTF-8)") from None
     need = {"slice", "sector", "tos_ms"}
     if not rows or not need <= {k.strip().lower() for k in rows[0]}:
         raise InputError(f"{name}: {path} needs a header with columns slice, sector, tos_ms and at least one row")
     table: dict[int, np.ndarray] = {}
+    lines: dict[tuple[int, int], int] = {}
     for i, row in enumerate(rows, start=2):
         row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
         try:
@@ -132,6 +146,12 @@ def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
             raise InputError(f"{name}: {path} line {i}: slice and sector must be integers, tos_ms a number") from None
         if not 1 <= sector <= N_SECTORS or k < 0:
             raise InputError(f"{name}: {path} line {i}: sector must be 1..{N_SECTORS} and slice >= 0")
+        if not np.isfinite(tos):
+            raise InputError(f"{name}: {path} line {i}: tos_ms {row['tos_ms']!r} is not a number; give every TOS in ms")
+        if (k, sector) in lines:
+            raise InputError(f"{name}: {path} line {i}: slice {k} sector {sector} is also on line "
+                             f"{lines[k, sector]}; keep one row per slice and sector")  # fmt: skip
+        lines[k, sector] = i
         table.setdefault(k, np.full(N_SECTORS, np.nan))[sector - 1] = tos
     for k, values in table.items():
         if np.isnan(values).any():

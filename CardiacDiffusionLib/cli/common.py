@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
+from typing import Iterable
 
+from ..errors import InputError
 from ..labels import CONVENTIONS
 
 
@@ -28,3 +32,62 @@ def add_label_convention(parser: argparse.ArgumentParser) -> None:
 def lax_inputs(paths: list[str], convention: str, read_labels) -> dict:
     """LAX label images keyed by file name (as they appear in lax_dice.json)."""
     return {Path(p).name: read_labels(p, convention=convention, name=f"--lax-labels {p}") for p in paths}
+
+
+def output_folder(path: str, inputs: Iterable[str | None] = (), writes: Iterable[str] = (), option: str = "--out") -> Path:
+    """``path`` checked as the command's output folder before any work (made when written, :func:`make_folder`):
+    an existing file there or above it, a place that cannot be written, or an output (``writes``: file
+    names) that is one of ``inputs`` is refused."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{option} {out}: is a file; give a folder for the outputs")
+    _check_writable_place(out, option)
+    _refuse_overwriting(option, [out / name for name in writes], inputs)
+    return out
+
+
+def make_folder(out: Path, option: str = "--out") -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{option} {out}: cannot create the folder ({e.strerror or e}); choose another place") from None
+    return out
+
+
+def output_file(path: str, inputs: Iterable[str | None] = (), option: str = "--out") -> Path:
+    """``path`` checked as an output file before any work (not a folder, not an input) and its folder made."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{option} {target}: is a folder; give a file name, e.g. {target / 'result.json'}")
+    _check_writable_place(target.parent, option)
+    _refuse_overwriting(option, [target], inputs)
+    return target
+
+
+def write_json_file(path: str, data, inputs: Iterable[str | None] = (), option: str = "--out") -> None:
+    """Write ``data`` as JSON to the file ``path`` (:func:`output_file`'s checks)."""
+    target = output_file(path, inputs, option)
+    make_folder(target.parent, option)
+    try:
+        target.write_text(json.dumps(data, indent=2))
+    except OSError as e:
+        raise InputError(f"{option} {target}: cannot write it ({e.strerror or e}); choose another place") from None
+
+
+def _check_writable_place(folder: Path, option: str) -> None:
+    """The nearest existing folder at or above ``folder`` is a folder this process can write in."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: lies under the file {existing}; choose another place")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {folder}: cannot write in {existing} (permissions); choose another place")
+
+
+def _refuse_overwriting(option: str, outputs: list[Path], inputs: Iterable[str | None]) -> None:
+    given = {Path(p).resolve(): p for p in inputs if p}
+    for output in outputs:
+        if output.resolve() in given:
+            raise InputError(f"{option}: writing {output} would overwrite the input {given[output.resolve()]}; "
+                             "choose another output folder or file")  # fmt: skip

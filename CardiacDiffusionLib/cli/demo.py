@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from .common import output_folder
+
 BASELINES = ("nearest", "linear", "shape")
 
 
@@ -37,6 +39,7 @@ def default_methods() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    output_folder(args.out)
     reconstruction_demo(Path(args.out), args.seed, args.methods or default_methods(), args.device)
     if "lma" not in args.skip:
         lma_demo(Path(args.out) / "lma", args.seed)

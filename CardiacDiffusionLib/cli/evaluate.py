@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .common import output_file, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +54,8 @@ def parse_range(text: str | None):
 def run_gap(args: argparse.Namespace) -> int:
     from ..reconstruction.gap import acdc_stacks, evaluate_gap
 
+    if args.out:
+        output_file(args.out)  # checked before the long run
     data = Path(args.data)
     if not data.is_dir():
         raise InputError(f"--data {data}: folder not found")
@@ -68,14 +71,15 @@ def run_gap(args: argparse.Namespace) -> int:
     text = json.dumps(table, indent=2)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_json_file(args.out, table)
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from ..reconstruction.gap import compare_methods
 
+    if args.out:
+        output_file(args.out, [args.table])
     path = Path(args.table)
     try:
         table = json.loads(path.read_text())
@@ -90,8 +94,7 @@ def run_compare(args: argparse.Namespace) -> int:
                 ci = "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
                 print(f"  {name:9s} {d['mean']:+.4f} {ci}  {d['wins']}/{d['ties']}/{d['losses']}  p={d['wilcoxon_p']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json_file(args.out, result, inputs=[args.table])
     return 0
 
 
@@ -116,6 +119,8 @@ def run_ldm(args: argparse.Namespace) -> int:
     from ..ldm.evaluate import evaluate_ldm, format_repeats, format_table, summarise_repeats
     from ..ldm.generate import DEFAULT_MODEL, load_ldm
 
+    if args.out:
+        output_file(args.out)
     for name in ("real", "generated", "test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
@@ -130,6 +135,5 @@ def run_ldm(args: argparse.Namespace) -> int:
         result = {"repeats": summarise_repeats(runs), "runs": runs}
         print(format_repeats(result["repeats"]))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json_file(args.out, result)
     return 0

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from .common import add_label_convention, lax_inputs
+from .common import add_label_convention, lax_inputs, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +24,5 @@ def run(args: argparse.Namespace) -> int:
     table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
     print(format_table(table))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(table, indent=2))
+        write_json_file(args.out, table, inputs=[args.labels, *args.lax_labels])
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import add_label_convention
+from .common import add_label_convention, output_folder
 
 
 def _point(text: str) -> np.ndarray:
@@ -16,8 +16,8 @@ def _point(text: str) -> np.ndarray:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a point as x,y,z in LPS mm")
+    if len(values) != 3 or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a point as x,y,z in LPS mm (finite numbers)")
     return np.array(values)
 
 
@@ -88,10 +88,11 @@ def _load_strain(path: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..activation.pipeline import run_lma, write_outputs
+    from ..activation.pipeline import OUTPUTS, run_lma, write_outputs
 
     if args.sadir_refine is not None and args.sadir_refine < 0:
         raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) or a positive number of steps")
+    output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention)
     result = run_lma(
         stack,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from .common import make_folder, output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    out = Path(args.out)
+    out = output_folder(args.out)
     if args.kind == "mr":
         from ..phantoms.scanner import make_subject, write_subject
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         from ..phantoms.ct import make_ct_phantom
 
         image, labels, truth = make_ct_phantom(args.seed, args.size, contrast=not args.no_contrast)
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         written = {"ct_image": out / "ct_image.nii.gz", "ct_labels": out / "ct_labels.nii.gz", "truth": out / "truth.json"}
         sitk.WriteImage(image, str(written["ct_image"]), useCompression=True)
         sitk.WriteImage(labels, str(written["ct_labels"]), useCompression=True)

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import quality_warnings
-from .common import add_label_convention, lax_inputs
+from ..errors import InputError, quality_warnings
+from .common import add_label_convention, lax_inputs, make_folder, output_folder
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
+OUTPUTS = ("reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from ..reconstruction.lax_check import format_table, lax_dice_table
     from ..reconstruction.volume import reconstruct
 
-    out = Path(args.out)
+    for path in args.lax:
+        if not Path(path).exists():
+            raise InputError(f"--lax {path}: file not found")
+    out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     report = stack.geometry_report()
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in said:
         print(f"warning: {warning}")
     report["warnings"] += said
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     write_image(result.image, out / "reconstruction_image.nii.gz")
     written = ["reconstruction_image.nii.gz"]
     if result.labels is not None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from .common import add_device_argument
+from .common import add_device_argument, output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,22 +22,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ldm.generate import DEFAULT_MODEL, load_ldm, sample_pairs, write_pairs
+    from ..ldm.generate import DEFAULT_MODEL, iter_pairs, load_ldm, write_pairs
     from ..utils.device import prepare_device
 
     if args.n < 1:
         raise InputError(f"--n {args.n}: give at least 1 pair")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
+    output_folder(args.out)
     model_name = args.model or DEFAULT_MODEL
     model = load_ldm(model_name, prepare_device(args.device))
     if args.steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--steps {args.steps}: at most {model.scheduler.num_train_timesteps}")
-    pairs = sample_pairs(model, args.n, args.seed, args.steps, cleanup=not args.no_cleanup)
     meta = {"model": str(model_name), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}
-    written = write_pairs(args.out, pairs, float(model.config["spacing_mm"]), meta)
-    for pair in pairs:
-        b, a = pair["noise_before"]["noisy_fraction"], pair["noise_after"]["noisy_fraction"]
-        print(f"seed {pair['seed']}: noisy label voxels {100 * b:.2f} % -> {100 * a:.2f} % after clean-up", file=sys.stderr)
+
+    def reported(pairs):  # each pair as it is written
+        for pair in pairs:
+            b, a = pair["noise_before"]["noisy_fraction"], pair["noise_after"]["noisy_fraction"]
+            print(f"seed {pair['seed']}: noisy label voxels {100 * b:.2f} % -> {100 * a:.2f} % after clean-up", file=sys.stderr)
+            yield pair
+
+    pairs = iter_pairs(model, args.n, args.seed, args.steps, cleanup=not args.no_cleanup)
+    written = write_pairs(args.out, reported(pairs), float(model.config["spacing_mm"]), meta)
     print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0

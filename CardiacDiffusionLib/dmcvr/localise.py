@@ -50,7 +50,9 @@ def heart_center(
     """
     rows, cols = norm.shape[1:]
     extent = max(rows * pixel_spacing[1], cols * pixel_spacing[0]) / spacing
-    full = int(np.ceil(extent / model.size_multiple) * model.size_multiple)
+    # at least the net's own crop: a smaller view (a tight crop, a tiny image) is padded, not shrunk below
+    # what the UNet can downsample
+    full = max(size, int(np.ceil(extent / model.size_multiple) * model.size_multiple))
     middle = ((rows - 1) / 2, (cols - 1) / 2)
 
     def probs(frame: CropFrame) -> np.ndarray:

@@ -63,6 +63,8 @@ DEFAULT_STRENGTH = 1.0
 #: weight of the shape prior in generated slices' labels (module docstring), chosen on ACDC 041-060
 #: from 0-0.7 with smoothing 0, 1, 2 px (docs/models/dmcvr.md); 0.5 and above lost RV Dice there
 DEFAULT_SHAPE_PRIOR = 0.4
+#: a smaller field of view cannot show a whole heart (LV + RV span ~100 mm in short axis); the model's crop is 144 mm
+MIN_VIEW_MM = 60.0
 SHAPE_PRIOR_SIGMA_PX = 1.0
 
 
@@ -200,11 +202,16 @@ def dmcvr(
         raise InputError(f"dmcvr shape_prior: {shape_prior}; expected a weight in [0, 1) (0 = the network alone)")
     dev = resolve_device(device)
     net, size, spacing = load_dmcvr(model, str(dev))
-    steps = int(steps or DEFAULT_STEPS)
+    steps = DEFAULT_STEPS if steps is None else int(steps)
     strength = float(DEFAULT_STRENGTH if strength is None else strength)
     if steps < 1 or steps > len(_schedule(net, strength)):
         raise InputError(f"dmcvr steps: {steps}; expected 1..{len(_schedule(net, strength))} at strength {strength}")
     batch_size = int(batch_size or DEFAULT_BATCH.get(dev.type, 32))
+    view_mm = np.array(stack.shape2d) * np.array(stack.pixel_spacing)[::-1]
+    if view_mm.min() < MIN_VIEW_MM:
+        raise InputError(f"{stack.source}: dmcvr needs a field of view of at least {MIN_VIEW_MM:.0f} mm (the heart "
+                         f"and its surroundings, as in training); this stack shows {view_mm[0]:.0f} x {view_mm[1]:.0f} mm "
+                         "(check the pixel spacing, or use shape-based interpolation)")  # fmt: skip
     targets = np.asarray(targets, float)
     options = dict(steps=steps, strength=strength, batch_size=batch_size, progress=progress, cancel=cancel,
                    shape_prior=shape_prior)  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,17 +37,22 @@ def load_ldm(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cp
 def sample_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50,
                  cleanup: bool = True) -> list[dict]:  # fmt: skip
     """``n`` dicts: hu (z, y, x float32), labels (uint8; cleaned when ``cleanup``), raw_labels, noise before/after."""
+    return list(iter_pairs(model, n, seed, steps, cleanup))
+
+
+def iter_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50, cleanup: bool = True,
+               chunk: int = 8) -> Iterator[dict]:  # fmt: skip
+    """:func:`sample_pairs` one at a time, sampled ``chunk`` at a time: memory stays that of a chunk, whatever ``n``."""
     device = model.latent_scale.device
-    noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(seed + i))
-                         for i in range(n)])  # fmt: skip
-    image, labels = model.sample(n, steps=steps, noise=noise.to(device))
-    out = []
-    for i in range(n):
-        raw = labels[i].cpu().numpy().astype(np.uint8)
-        final = clean_labels(raw) if cleanup else raw
-        out.append({"seed": seed + i, "hu": unit_to_hu(image[i, 0].cpu().numpy()), "raw_labels": raw, "labels": final,
-                    "noise_before": noise_report(raw), "noise_after": noise_report(final)})  # fmt: skip
-    return out
+    for first in range(seed, seed + n, chunk):
+        seeds = range(first, min(first + chunk, seed + n))
+        noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        image, labels = model.sample(len(seeds), steps=steps, noise=noise.to(device))
+        for i, s in enumerate(seeds):
+            raw = labels[i].cpu().numpy().astype(np.uint8)
+            final = clean_labels(raw) if cleanup else raw
+            yield {"seed": s, "hu": unit_to_hu(image[i, 0].cpu().numpy()), "raw_labels": raw, "labels": final,
+                   "noise_before": noise_report(raw), "noise_after": noise_report(final)}  # fmt: skip
 
 
 def to_sitk(array: np.ndarray, spacing_mm: float, pixel: int) -> sitk.Image:
@@ -58,18 +64,20 @@ def to_sitk(array: np.ndarray, spacing_mm: float, pixel: int) -> sitk.Image:
     return img
 
 
-def write_pairs(out: str | Path, pairs: list[dict], spacing_mm: float, meta: dict) -> list[Path]:
-    """sample_XXX_image.nii.gz / sample_XXX_labels.nii.gz per pair and labels.json; the written paths."""
+def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta: dict) -> list[Path]:
+    """sample_XXX_image.nii.gz / sample_XXX_labels.nii.gz per pair (written as each comes: ``pairs`` may be
+    :func:`iter_pairs`) and labels.json; the written paths."""
     from ..io.volumes import write_image
 
     out = Path(out)
-    written = []
+    written, samples = [], []
     for i, pair in enumerate(pairs):
         hu = np.rint(pair["hu"]).astype(np.int16)
         written.append(write_image(to_sitk(hu, spacing_mm, sitk.sitkInt16), out / f"sample_{i:03d}_image.nii.gz"))
         written.append(write_image(to_sitk(pair["labels"], spacing_mm, sitk.sitkUInt8), out / f"sample_{i:03d}_labels.nii.gz"))
+        samples.append({"index": i, "seed": pair["seed"], "noise_before_cleanup": pair["noise_before"],
+                        "noise_after_cleanup": pair["noise_after"]})  # fmt: skip
     info = {"labels": {str(k): v for k, v in CT_LABELS.items()}, "background": 0, "spacing_mm": [spacing_mm] * 3,
-            "samples": [{"index": i, "seed": p["seed"], "noise_before_cleanup": p["noise_before"],
-                         "noise_after_cleanup": p["noise_after"]} for i, p in enumerate(pairs)], **meta}  # fmt: skip
+            "samples": samples, **meta}  # fmt: skip
     (out / "labels.json").write_text(json.dumps(info, indent=2))
     return written + [out / "labels.json"]

@@ -10,6 +10,7 @@ cancelled or failed job leaves the scene as it was.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +55,8 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"method {method!r} is unknown; use one of {METHODS}")
         if device not in DEVICES:
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
-        if not spacing > 0:
-            raise InputError(f"target spacing must be positive, got {spacing} mm")
+        if not (math.isfinite(spacing) and spacing > 0):
+            raise InputError(f"target spacing must be a positive number of mm, got {spacing}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
         super().__init__(scene, python, keep_files)
@@ -75,7 +76,7 @@ class ReconstructionJob(CLIJob):
         mrml.save_volume(self.sax_volume, sax_path)
         arguments = ["--method", self.method, "--sax", str(sax_path), "--spacing", repr(self.spacing)]
         arguments += ["--device", self.device]
-        if self.steps:
+        if self.steps is not None:  # 0 or less reaches the command, which refuses it
             arguments += ["--steps", str(int(self.steps))]
         if self.shape_prior is not None and self.method == "dmcvr":
             arguments += ["--shape-prior", repr(float(self.shape_prior))]
