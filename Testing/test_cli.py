@@ -265,3 +265,19 @@ def test_output_spacing_must_make_a_volume(mr, tmp_path, capsys, spacing, said):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --spacing") and said in err
+
+
+def test_options_that_would_be_ignored_or_mean_nothing_are_refused(mr, tmp_path, capsys):
+    """Audit: --patients 80-61 and --limit 0 said "no volumes found"; --h5-spacing on a NIfTI was ignored;
+    a seed past 64 bits ended in an overflow traceback."""
+    cases = {
+        "the first patient comes first": ["evaluate", "gap", "--data", str(tmp_path), "--patients", "80-61"],
+        "--limit 0: give at least 1": ["evaluate", "gap", "--data", str(tmp_path), "--limit", "0"],
+        "--h5-spacing: only for an ACDC HDF5": ["reconstruct", "--sax", str(mr / "sax_image.nii.gz"),
+                                                "--h5-spacing", "1.5", "10", "--out", str(tmp_path / "o")],
+        "--seed 99999999999999999999: give a seed": ["sample", "--seed", "99999999999999999999", "--out", str(tmp_path / "s")],
+    }  # fmt: skip
+    for said, argv in cases.items():
+        assert main(argv) == 2, said
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()

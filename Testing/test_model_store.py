@@ -226,3 +226,11 @@ def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path):
     else:
         pytest.skip("no header length with low byte 0x80 reached")
     assert isinstance(load_model(path).module, ToyMLP)
+
+
+def test_a_model_is_registered_for_the_workflow_it_serves(home):
+    """The audit registered an LDM as a dmcvr model: refused only at use, deep inside. Now at `models add`."""
+    tos_file = REPO / "Resources" / "models" / "tos_regressor.safetensors"
+    with pytest.raises(InputError, match="a tos_net model serves the lma workflow, not dmcvr; register it with --workflow lma"):
+        add_model("tos-as-dmcvr", "dmcvr", tos_file)
+    assert add_model("tos-mine", "lma", tos_file)["architecture"] == "tos_net"

@@ -46,9 +46,12 @@ def parse_range(text: str | None):
         return None
     try:
         first, _, last = text.partition("-")
-        return range(int(first), int(last or first) + 1)
+        first, last = int(first), int(last or first)
     except ValueError:
         raise InputError(f"--patients {text!r}: expected a range like 61-80") from None
+    if last < first:
+        raise InputError(f"--patients {text!r}: the first patient comes first, e.g. {last}-{first}")
+    return range(first, last + 1)
 
 
 def run_gap(args: argparse.Namespace) -> int:
@@ -56,6 +59,8 @@ def run_gap(args: argparse.Namespace) -> int:
 
     if args.out:
         output_file(args.out)  # checked before the long run
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: give at least 1 volume (or leave it out for all)")
     data = Path(args.data)
     if not data.is_dir():
         raise InputError(f"--data {data}: folder not found")

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..reconstruction.lax_check import format_table, lax_dice_table
     from ..reconstruction.volume import reconstruct
 
+    if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
+        raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
     for path in args.lax:
         if not Path(path).exists():
             raise InputError(f"--lax {path}: file not found")

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError(f"--n {args.n}: give at least 1 pair")
+    if not 0 <= args.seed <= 2**63 - 1 - args.n:  # torch seeds are 64-bit; pair i uses seed + i
+        raise InputError(f"--seed {args.seed}: give a seed from 0 to {2**63 - 1 - args.n}")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
     output_folder(args.out)

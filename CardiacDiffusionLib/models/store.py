@@ -45,6 +45,9 @@ BUILTIN_ARCHITECTURES: dict[str, str] = {
     "sadir": "CardiacDiffusionLib.sadir.model:build_sadir",
     "sadir_unet3d": "CardiacDiffusionLib.sadir.train:build_unet",
 }
+#: the workflow each built-in workflow architecture serves (others, e.g. user architectures, are not checked)
+ARCHITECTURE_WORKFLOW = {"dmcvr": "dmcvr", "sadir": "sadir", "sadir_unet3d": "sadir", "ldm": "ldm", "ldm_vae": "ldm",
+                         "tos_net": "lma"}  # fmt: skip
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
 Builders = dict[str, Callable[[dict], "nn.Module"]]
 
@@ -346,6 +349,10 @@ def add_model(
         raise InputError(f"--name {name}: a shipped model has this name; choose another --name")
     sha = sha256_file(path) if path.is_file() else ""
     loaded = load_model(path, builders=builders, sha256=sha or None)
+    serves = ARCHITECTURE_WORKFLOW.get(loaded.architecture, workflow)
+    if serves != workflow:
+        raise InputError(f"--file {file}: a {loaded.architecture} model serves the {serves} workflow, not "
+                         f"{workflow}; register it with --workflow {serves}")  # fmt: skip
     registry = user_registry_path()
     entries = read_registry(registry)
     if any(e["name"] == name for e in entries) and not force:
