@@ -234,3 +234,18 @@ def test_a_model_is_registered_for_the_workflow_it_serves(home):
     with pytest.raises(InputError, match="a tos_net model serves the lma workflow, not dmcvr; register it with --workflow lma"):
         add_model("tos-as-dmcvr", "dmcvr", tos_file)
     assert add_model("tos-mine", "lma", tos_file)["architecture"] == "tos_net"
+
+
+def test_a_broken_user_registry_does_not_block_the_shipped_models(home, toy_file):
+    """Audit: a corrupt ~/.cardiac-diffusion/models.json stopped commands that only use shipped models."""
+    _, path, sha = toy_file
+    entry = {"name": "shipped-toy", "workflow": "dmcvr", "version": "1", "file": str(path), "sha256": sha,
+             "architecture": "toy_mlp"}  # fmt: skip
+    store.shipped_registry_path().write_text(json.dumps({"models": [entry]}))
+    store.user_registry_path().parent.mkdir(parents=True, exist_ok=True)
+    store.user_registry_path().write_text("{not json")
+    with pytest.warns(UserWarning, match="not valid JSON.*shipped models only"):
+        assert load_model("shipped-toy").entry["name"] == "shipped-toy"
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="not valid JSON"):  # the user's file kept
+        add_model("mine", "dmcvr", path)
+    assert store.user_registry_path().read_text() == "{not json"

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import re
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -289,8 +290,15 @@ def list_models() -> list[dict]:
     """Shipped then user models, each with ``source`` and the resolved ``path``."""
     out = []
     for source, registry in (("shipped", shipped_registry_path()), ("user", user_registry_path())):
-        for entry in read_registry(registry):
-            out.append({**entry, "source": source, "path": str(_resolve_file(entry, registry))})
+        try:
+            entries = read_registry(registry)
+        except InputError as error:
+            if source == "shipped":
+                raise
+            # a broken user registry must not block the shipped models (`models add` still refuses to touch it)
+            warnings.warn(f"{error}; using the shipped models only", stacklevel=2)
+            continue
+        out += [{**entry, "source": source, "path": str(_resolve_file(entry, registry))} for entry in entries]
     return out
 
 
