@@ -35,11 +35,21 @@ CONVENTIONS: dict[str, dict[int, int]] = {
 }
 
 
-def convert_labels(labels: np.ndarray, source: str, target: str = "project", name: str = "labels") -> np.ndarray:
-    """Map a label array from one convention to another; unknown values raise :class:`InputError`."""
+#: a project-convention label map is refused as ACDC-numbered when label 3's edge touches the myocardium along
+#: at least ENCLOSED of its pixels and label 1's along at most OPEN. Measured (edge pixels next to label 2, pooled
+#: over slices holding 1, 2 and 3): LV cavity 0.98-1.00 on all 160 ACDC volumes, 0.96-1.00 on the phantom SAX
+#: stack and its reconstructions, 0.87 on its 3D truth, 0.77-0.78 on its LAX views; RV cavity 0.26-0.46 on all.
+ENCLOSED, OPEN = 0.7, 0.6
+
+
+def convert_labels(
+    labels: np.ndarray, source: str, target: str = "project", name: str = "labels", hint: str | None = None
+) -> np.ndarray:
+    """Map a label array from one convention to another; unknown values raise :class:`InputError` (with
+    ``hint`` as the advice, if given)."""
     if source not in CONVENTIONS or target not in CONVENTIONS:
         raise InputError(f"unknown label convention {source!r} or {target!r}; use one of {sorted(CONVENTIONS)}")
-    check_label_values(labels, CONVENTIONS[source].keys(), name)
+    check_label_values(labels, CONVENTIONS[source].keys(), name, hint)
     to_project = CONVENTIONS[source]
     from_project = {v: k for k, v in CONVENTIONS[target].items()}
     lut = np.zeros(max(to_project) + 1, dtype=np.uint8)
@@ -48,7 +58,7 @@ def convert_labels(labels: np.ndarray, source: str, target: str = "project", nam
     return lut[labels.astype(np.int64)]
 
 
-def check_label_values(labels: np.ndarray, allowed, name: str = "labels") -> None:
+def check_label_values(labels: np.ndarray, allowed, name: str = "labels", hint: str | None = None) -> None:
     """Raise :class:`InputError` if ``labels`` holds values outside ``allowed`` (or non-integers)."""
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)):
@@ -60,5 +70,33 @@ def check_label_values(labels: np.ndarray, allowed, name: str = "labels") -> Non
     if unknown:
         raise InputError(
             f"{name}: unknown label values {sorted(unknown)} (allowed {sorted(int(a) for a in allowed)}); "
-            "map your labels to LV cavity=1, LV myocardium=2, RV cavity=3 or pass --label-convention acdc"
+            + (hint or "map your labels to LV cavity=1, LV myocardium=2, RV cavity=3 or pass --label-convention acdc")
+        )
+
+
+def check_not_acdc_numbering(labels: np.ndarray, name: str = "labels") -> None:
+    """Raise :class:`InputError` if project-convention ``labels`` (slices on axis 0) look ACDC-numbered.
+
+    The LV cavity is enclosed by the myocardium (2), the RV cavity touches it only along the septum: on the
+    slices holding 1, 2 and 3, label 3 enclosed and label 1 open means LV and RV are swapped. Labels without
+    all three structures are not checked.
+    """
+    slices = np.all([(labels == v).any(axis=(1, 2)) for v in (1, 2, 3)], axis=0)
+    if not slices.any():
+        return
+    part = labels[slices]
+    rows, cols = part.shape[1:]
+    padded = np.pad(part, ((0, 0), (1, 1), (1, 1)))
+    steps = ((-1, 0), (1, 0), (0, -1), (0, 1))
+    neighbours = [padded[:, 1 + dr : rows + 1 + dr, 1 + dc : cols + 1 + dc] for dr, dc in steps]
+    next_to_myo = np.any([n == 2 for n in neighbours], axis=0)
+    enclosed = {}
+    for value in (1, 3):
+        edge = (part == value) & np.any([n != value for n in neighbours], axis=0)
+        enclosed[value] = np.count_nonzero(edge & next_to_myo) / max(np.count_nonzero(edge), 1)
+    if enclosed[3] >= ENCLOSED and enclosed[1] <= OPEN:
+        raise InputError(
+            f"{name}: labels look like ACDC numbering (3 = LV cavity inside the myocardium): pass --label-convention "
+            f"acdc; without it labels are read as 1 = LV cavity, 2 = LV myocardium, 3 = RV cavity (here the "
+            f"myocardium surrounds {enclosed[3]:.0%} of label 3's edge but only {enclosed[1]:.0%} of label 1's)"
         )

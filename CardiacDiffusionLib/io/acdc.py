@@ -25,6 +25,8 @@ NOMINAL_SPACING = (1.5, 10.0)
 VALIDATION_PATIENTS = range(61, 81)
 
 _NAME = re.compile(r"patient(\d+)_frame(\d+)\.h5$")
+#: what to do about unknown label values: HDF5 files are always read as ACDC, so no --label-convention helps
+_LABEL_HINT = "ACDC HDF5 labels must be 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity; fix the file's 'label' dataset"
 
 
 def list_acdc(folder) -> list[tuple[int, int, Path]]:
@@ -67,6 +69,9 @@ def read_acdc(
             missing = [k for k in ("image", "label") if k not in f]
             if missing:
                 raise InputError(f"{name}: {path} has no {' or '.join(missing)} dataset; is it an ACDC HDF5 file?")
+            for key in ("image", "label") if labels else ("image",):
+                if not isinstance(f[key], h5py.Dataset) or f[key].dtype.kind not in "biuf":
+                    raise InputError(f"{name}: {path}'s {key!r} entry is not a numeric array; is it an ACDC HDF5 file?")
             image = np.asarray(f["image"][()], dtype=np.float32)
             label = np.asarray(f["label"][()]) if labels else None
     except OSError as error:
@@ -77,8 +82,10 @@ def read_acdc(
         raise InputError(f"{name}: {path} holds NaN or infinite intensities")
     known = spacing is not None
     in_plane, gap = (float(v) for v in (spacing if known else NOMINAL_SPACING))
-    if in_plane <= 0 or gap <= 0:
-        raise InputError(f"{name}: spacing must be positive, got {spacing}")
+    if not (0 < in_plane < np.inf and 0 < gap < np.inf):  # also refuses NaN
+        raise InputError(
+            f"{name}: the spacing (--h5-spacing IN_PLANE GAP, mm) must be positive and finite, got {spacing}"
+        )
     warnings = [] if known else [
         f"{name}: ACDC HDF5 files store no spacing; nominal {in_plane} mm pixels and {gap} mm slice gap "
         "assumed, so millimetre values are approximate"
@@ -97,7 +104,7 @@ def read_acdc(
         row_dir=(1.0, 0.0, 0.0),
         col_dir=(0.0, 1.0, 0.0),
         pixel_spacing=(in_plane, in_plane),
-        labels=None if label is None else convert_labels(label, "acdc", "project", name=f"{name} label"),
+        labels=None if label is None else convert_labels(label, "acdc", "project", name=f"{name} label", hint=_LABEL_HINT),
         thickness=gap,
         source=name,
         meta={

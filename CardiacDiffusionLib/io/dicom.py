@@ -210,24 +210,48 @@ def _dicom_file(h, path: Path, name: str) -> DicomFile:
             f"{name}: {path.name} has no {', '.join(missing)}; it cannot be placed in 3D (is it a derived or "
             "secondary-capture image?)"
         )
-    orientation = np.asarray([float(v) for v in h.ImageOrientationPatient])
-    if orientation.shape != (6,):
-        raise InputError(f"{name}: {path.name} has a malformed ImageOrientationPatient {list(orientation)}")
-    orientation[:3] /= np.linalg.norm(orientation[:3])
-    orientation[3:] /= np.linalg.norm(orientation[3:])
+    position = _numbers(h, "ImagePositionPatient", 3, path, name)
+    orientation = _numbers(h, "ImageOrientationPatient", 6, path, name)
+    spacing = _numbers(h, "PixelSpacing", 2, path, name)
+    norms = np.linalg.norm(orientation.reshape(2, 3), axis=1)
+    if norms.min() < 1e-6 or abs(orientation[:3] @ orientation[3:]) > 1e-2 * norms.prod():
+        raise InputError(
+            f"{name}: {path.name} has ImageOrientationPatient {orientation.tolist()}, not two "
+            "perpendicular directions (row, column); the slice cannot be placed: fix or remove this file"
+        )
+    if spacing.min() <= 0:
+        raise InputError(
+            f"{name}: {path.name} has PixelSpacing {spacing.tolist()}; pixel sizes must be positive mm: "
+            "fix or remove this file"
+        )
+    orientation[:3] /= norms[0]
+    orientation[3:] /= norms[1]
     trigger = h.get("TriggerTime")
     thickness = h.get("SliceThickness")
     return DicomFile(
         path=path,
         instance=int(h.InstanceNumber) if h.get("InstanceNumber") is not None else None,
         sop_uid=str(h.get("SOPInstanceUID", "")),
-        position=np.asarray([float(v) for v in h.ImagePositionPatient]),
+        position=position,
         orientation=orientation,
-        spacing=(float(h.PixelSpacing[0]), float(h.PixelSpacing[1])),
+        spacing=(float(spacing[0]), float(spacing[1])),
         thickness=float(thickness) if thickness not in (None, "") else None,
         trigger_time=float(trigger) if trigger not in (None, "") else None,
         shape=(int(h.Rows), int(h.Columns)),
     )
+
+
+def _numbers(h, tag: str, count: int, path: Path, name: str) -> np.ndarray:
+    """Header field ``tag`` as ``count`` finite numbers; anything else raises :class:`InputError` naming the file."""
+    try:
+        values = np.asarray([float(v) for v in h.get(tag)], dtype=np.float64)
+    except (TypeError, ValueError):  # not a list, or not numbers
+        values = np.empty(0)
+    if values.shape != (count,) or not np.all(np.isfinite(values)):
+        raise InputError(
+            f"{name}: {path.name} has a malformed {tag} {h.get(tag)!s} (needs {count} numbers); fix or remove this file"
+        )
+    return values
 
 
 def _check_same_orientation(files: list[DicomFile], name: str) -> None:

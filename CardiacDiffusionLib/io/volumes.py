@@ -1,11 +1,12 @@
 """Read and write volumes (NIfTI, NRRD, MHA, DICOM folders) as SimpleITK images in LPS mm.
 
-Every reader checks what a user can get wrong (missing file, corrupt file, NaNs, a 2D or 4D file
-where a 3D one is needed, unknown label values) and raises :class:`InputError` naming the input.
+Every reader checks what a user can get wrong (missing file, corrupt or truncated file, NaNs, a 2D or 4D file
+where a 3D one is needed, unknown or ACDC-numbered label values) and raises :class:`InputError` naming the input.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
-from ..labels import convert_labels
+from ..labels import check_not_acdc_numbering, convert_labels
 
 #: file name endings SimpleITK reads for us
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -33,7 +34,7 @@ def read_image(path, name: str = "image", phase: int | None = None) -> sitk.Imag
     if _suffix(path) not in VOLUME_SUFFIXES:
         raise InputError(
             f"{name}: unsupported file type {path.name!r}; give NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), "
-            "MHA (.mha/.mhd) or a DICOM folder"
+            "MHA (.mha/.mhd), a DICOM folder or, for a SAX stack, an ACDC HDF5 file (.h5)"
         )
     try:
         image = sitk.ReadImage(str(path))
@@ -54,15 +55,21 @@ def read_image(path, name: str = "image", phase: int | None = None) -> sitk.Imag
         )
     elif image.GetDimension() != 3:
         raise InputError(f"{name}: {path} has {image.GetDimension()} dimensions; expected a 3D image")
-    _check_finite(image, name, path)
+    stored = _nifti_voxels(path, name) if _suffix(path) in (".nii", ".nii.gz") else None
+    _check_finite(image, name, path, stored)
     return image
 
 
 def read_labels(path, convention: str = "project", name: str = "labels", phase: int | None = None) -> sitk.Image:
-    """An integer label map converted from ``convention`` to the project's (1 LV, 2 MYO, 3 RV), as uint8."""
+    """An integer label map converted from ``convention`` to the project's (1 LV, 2 MYO, 3 RV), as uint8.
+
+    Project-convention labels whose LV and RV look swapped (ACDC numbering) are refused.
+    """
     image = read_image(path, name=name, phase=phase)
     array = sitk.GetArrayFromImage(image)
     converted = convert_labels(array, convention, "project", name=f"{name} ({path})")
+    if convention != "acdc":
+        check_not_acdc_numbering(converted, name=f"{name} ({path})")
     out = sitk.GetImageFromArray(converted.astype(np.uint8))
     out.CopyInformation(image)
     return out
@@ -96,6 +103,13 @@ def read_stack(
         _need_slices(image.GetSize()[2], name, path)
         stack = SliceStack.from_image(image, source=name)
         stack.meta["path"] = str(path)
+        if _suffix(path) in (".nii", ".nii.gz") and _nifti_has_no_orientation(path):
+            stack.meta["orientation_known"] = False
+            stack.meta["warnings"] = [
+                f"{name}: {path.name} stores no orientation (NIfTI qform and sform codes are 0), so the geometry "
+                "is assumed (identity directions, origin 0): positions and left/right-dependent results (anterior "
+                "vs inferior AHA segments) are not reliable; re-export it with its orientation"
+            ]
     _need_slices(stack.n, name, path)
     if labels_path is not None:
         labels = read_labels(labels_path, convention=convention, name=f"{name} labels", phase=phase)
@@ -150,15 +164,33 @@ def _pick_phase(image: sitk.Image, phase: int | None, name: str, path: Path) -> 
     return sitk.Extract(image, size, [0, 0, 0, phase])
 
 
-def _check_finite(image: sitk.Image, name: str, path: Path) -> None:
+def _nifti_voxels(path: Path, name: str) -> np.ndarray:
+    """The voxels stored in NIfTI file ``path``, read in full: ITK reads a cut-off file without a word (the
+    missing voxels become 0), so a file shorter than its header says is refused here."""
+    import nibabel
+
+    try:
+        return np.asanyarray(nibabel.load(str(path)).dataobj.get_unscaled())
+    except (EOFError, OSError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise InputError(f"{name}: {path} is truncated or corrupt ({reason}); re-export it") from None
+
+
+def _nifti_has_no_orientation(path: Path) -> bool:
+    """Whether NIfTI file ``path`` stores neither a qform nor an sform (ITK then makes up the geometry)."""
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    return int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+
+
+def _check_finite(image: sitk.Image, name: str, path: Path, stored: np.ndarray | None = None) -> None:
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return
     bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
-    if not bad and _suffix(path) in (".nii", ".nii.gz"):
-        # ITK's NIfTI reader turns NaN voxels into 0 without a word; count them in the file itself.
-        import nibabel
-
-        bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj))))
+    if not bad and stored is not None and stored.dtype.kind == "f":
+        # ITK's NIfTI reader turns NaN voxels into 0 without a word; count them in the file itself (``stored``).
+        bad = int(np.count_nonzero(~np.isfinite(stored)))
     if bad:
         raise InputError(f"{name}: {path} holds {bad} NaN or infinite voxels; fill or mask them before use")
 
