@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+    lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
     report = stack.geometry_report()
     for warning in [*stack.meta.get("warnings", []), *report["warnings"]]:
         print(f"warning: {warning}")
@@ -68,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         written.append("reconstruction_labels.nii.gz")
     (out / "geometry.json").write_text(json.dumps(report, indent=2))
     written.append("geometry.json")
-    lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)
     if lax:
         if result.labels is None:
             print("warning: no labels were reconstructed (no --sax-labels); the LAX check is skipped")

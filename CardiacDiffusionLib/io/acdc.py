@@ -26,7 +26,7 @@ VALIDATION_PATIENTS = range(61, 81)
 
 _NAME = re.compile(r"patient(\d+)_frame(\d+)\.h5$")
 #: what to do about unknown label values: HDF5 files are always read as ACDC, so no --label-convention helps
-_LABEL_HINT = "ACDC HDF5 labels must be 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity; fix the file's 'label' dataset"
+_LABEL_HINT = "ACDC HDF5 labels are 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity; fix the 'label' dataset"
 
 
 def list_acdc(folder) -> list[tuple[int, int, Path]]:
@@ -104,7 +104,7 @@ def read_acdc(
         row_dir=(1.0, 0.0, 0.0),
         col_dir=(0.0, 1.0, 0.0),
         pixel_spacing=(in_plane, in_plane),
-        labels=None if label is None else convert_labels(label, "acdc", "project", name=f"{name} label", hint=_LABEL_HINT),
+        labels=None if label is None else convert_labels(label, "acdc", "project", f"{name} label", _LABEL_HINT),
         thickness=gap,
         source=name,
         meta={

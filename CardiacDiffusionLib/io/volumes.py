@@ -105,11 +105,11 @@ def read_stack(
         stack.meta["path"] = str(path)
         if _suffix(path) in (".nii", ".nii.gz") and _nifti_has_no_orientation(path):
             stack.meta["orientation_known"] = False
-            stack.meta["warnings"] = [
+            stack.meta["warnings"] = [(
                 f"{name}: {path.name} stores no orientation (NIfTI qform and sform codes are 0), so the geometry "
                 "is assumed (identity directions, origin 0): positions and left/right-dependent results (anterior "
                 "vs inferior AHA segments) are not reliable; re-export it with its orientation"
-            ]
+            )]
     _need_slices(stack.n, name, path)
     if labels_path is not None:
         labels = read_labels(labels_path, convention=convention, name=f"{name} labels", phase=phase)
