@@ -221,6 +221,27 @@ def test_mixed_orientations_and_no_dicom_are_refused(tmp_path):
         read_stack(empty, name="--sax")
 
 
+@needs_sunnybrook
+def test_a_second_series_at_the_same_planes_is_refused_and_copies_are_dropped(tmp_path):
+    """Audit: two series of the same planes in one folder were merged into one stack (their images became
+    extra phases), and a file copied twice became one more phase."""
+    files = sorted(DICOM_DIR.iterdir())
+    base = read_dicom_stack(DICOM_DIR)
+    for p in files:
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(files[0], tmp_path / "copy_of_the_first.dcm")
+    copied = read_dicom_stack(tmp_path)
+    assert copied.meta["phases"] == base.meta["phases"] and np.array_equal(copied.pixels, base.pixels)
+    assert any("1 repeated copies" in w for w in copied.meta["warnings"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(files[0])
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5"  # the same plane, another acquisition
+    ds.save_as(tmp_path / "repeat.dcm")
+    with pytest.raises(InputError, match=r"2 series hold images at one slice position .* own folder"):
+        read_dicom_stack(tmp_path)
+
+
 # ---- Sunnybrook contours ------------------------------------------------------------------------
 def test_contour_mask_pixel_centre_convention():
     # x = column, y = row; a pixel is inside when its centre (integer coordinates) is

@@ -33,6 +33,7 @@ class DicomFile:
     path: Path
     instance: int | None
     sop_uid: str
+    series_uid: str
     position: np.ndarray  # ImagePositionPatient (LPS mm, centre of the first pixel)
     orientation: np.ndarray  # ImageOrientationPatient: row direction then column direction
     spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns)
@@ -56,6 +57,7 @@ class CineSeries:
     slices: list[list[DicomFile]]
     name: str
     ignored: int = 0  # non-DICOM or non-image files skipped
+    copies: int = 0  # repeated copies of one image (same SOPInstanceUID) skipped
 
     @property
     def phase_counts(self) -> list[int]:
@@ -107,6 +109,7 @@ def scan_dicom(source, name: str = "DICOM series") -> CineSeries:
             f"{name}: no DICOM images found in {source} ({len(paths)} files looked at, subfolders not searched); "
             "give the folder that holds the .dcm files of one series"
         )
+    files, copies = _without_copies(files)
     _check_same_orientation(files, name)
     _check_same_grid(files, name)
     normal = np.cross(files[0].orientation[:3], files[0].orientation[3:])
@@ -121,7 +124,35 @@ def scan_dicom(source, name: str = "DICOM series") -> CineSeries:
         last = pos
     for group in slices:
         group.sort(key=lambda f: (f.trigger_time if f.trigger_time is not None else np.inf, f.instance or 0))
-    return CineSeries(slices=slices, name=name, ignored=ignored)
+        _check_one_series(group, name, float(group[0].position @ normal))
+    return CineSeries(slices=slices, name=name, ignored=ignored, copies=copies)
+
+
+def _without_copies(files: list[DicomFile]) -> tuple[list[DicomFile], int]:
+    """The files without repeats of one image (the same SOPInstanceUID, e.g. a file copied twice), and how many
+    were dropped: a copy would otherwise count as one more cardiac phase."""
+    seen, kept = set(), []
+    for f in files:
+        if f.sop_uid and f.sop_uid in seen:
+            continue
+        seen.add(f.sop_uid)
+        kept.append(f)
+    return kept, len(files) - len(kept)
+
+
+def _check_one_series(group: list[DicomFile], name: str, position_mm: float) -> None:
+    """One slice position holds the phases of one series. Scanners often store each SAX slice as its own
+    series, so several series per folder are fine, but two at one position (a repeated acquisition, two
+    cines of the same planes) would be merged into one slice's phases."""
+    series = sorted({f.series_uid for f in group})
+    if len(series) > 1:
+        counts = [sum(f.series_uid == uid for f in group) for uid in series]
+        raise InputError(
+            f"{name}: {len(series)} series hold images at one slice position ({position_mm:.1f} mm along the "
+            f"normal; {counts} images, e.g. {group[0].path.name} and "
+            f"{next(f for f in group if f.series_uid != group[0].series_uid).path.name}): a repeated or second "
+            "acquisition of the same planes; put each series in its own folder"
+        )
 
 
 def dicom_phases(source, name: str = "DICOM series") -> list[dict]:
@@ -150,6 +181,8 @@ def read_dicom_stack(
                          f"{series.n_phases} are not offered")
     if series.ignored:
         warnings_.append(f"{series.ignored} non-image or non-DICOM files ignored")
+    if series.copies:
+        warnings_.append(f"{series.copies} repeated copies of an image (same SOPInstanceUID) ignored")
     thickness = first.thickness
     stack = SliceStack(
         pixels=pixels,
@@ -232,6 +265,7 @@ def _dicom_file(h, path: Path, name: str) -> DicomFile:
         path=path,
         instance=int(h.InstanceNumber) if h.get("InstanceNumber") is not None else None,
         sop_uid=str(h.get("SOPInstanceUID", "")),
+        series_uid=str(h.get("SeriesInstanceUID", "")),
         position=position,
         orientation=orientation,
         spacing=(float(spacing[0]), float(spacing[1])),
