@@ -517,3 +517,15 @@ def test_unsupported_file_type_lists_hdf5(tmp_path):
     (tmp_path / "scan.png").write_bytes(b"png")
     with pytest.raises(InputError, match=r"unsupported file type 'scan\.png'.*ACDC HDF5 file \(\.h5\)"):
         read_stack(tmp_path / "scan.png", name="--sax")
+
+
+def test_a_phase_of_a_single_phase_file_is_refused(tmp_path):
+    """Audit: --phase on a 3D NIfTI (or an ACDC HDF5 file) was silently ignored."""
+    path = tmp_path / "one.nii.gz"
+    sitk.WriteImage(sitk.Image([16, 16, 4], sitk.sitkFloat32), str(path))
+    assert read_image(path, phase=0).GetSize() == (16, 16, 4)
+    with pytest.raises(InputError, match="one 3D volume \\(one phase\\); phase 3 does not exist"):
+        read_image(path, name="--sax", phase=3)
+    labels = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(sitk.Image([16, 16, 4], sitk.sitkUInt8), str(labels))
+    assert read_labels(labels, phase=3).GetSize() == (16, 16, 4)  # a 4D cine's chosen phase, labelled in 3D

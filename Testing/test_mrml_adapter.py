@@ -488,10 +488,12 @@ def test_reconstruction_job_failure_leaves_scene(mrml_scene):
     sax_node = mrml.volume_node_from_image(mrml_scene, image, "one slice")
     nodes_before = mrml_scene.GetNumberOfNodes()
     job = ReconstructionJob(mrml_scene, sax_node, method="linear").start()
-    with pytest.raises(ProcessFailed, match="needs at least 2 parallel slices"):
+    with pytest.raises(ProcessFailed, match="needs at least 2 parallel slices") as failed:
         job.wait(timeout=120)
     assert mrml_scene.GetNumberOfNodes() == nodes_before
     assert not job.folder.exists()
+    # the message names the node, not the temporary file it was written to for the child
+    assert "node 'one slice'" in str(failed.value) and str(job.folder) not in str(failed.value)
 
 
 @mrml_only

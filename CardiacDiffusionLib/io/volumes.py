@@ -21,10 +21,11 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
-def read_image(path, name: str = "image", phase: int | None = None) -> sitk.Image:
+def read_image(path, name: str = "image", phase: int | None = None, one_phase_ok: bool = False) -> sitk.Image:
     """A 3D scalar image (a single plane is 3D with one slice); a DICOM folder gives ``phase``'s volume.
 
     4D files need ``phase`` (0-based); 2D files are refused because they carry no position in the patient.
+    A ``phase`` other than 0 of a 3D file is refused unless ``one_phase_ok`` (labels of the chosen phase).
     """
     path = _existing(path, name)
     if path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
@@ -55,6 +56,8 @@ def read_image(path, name: str = "image", phase: int | None = None) -> sitk.Imag
         )
     elif image.GetDimension() != 3:
         raise InputError(f"{name}: {path} has {image.GetDimension()} dimensions; expected a 3D image")
+    elif phase not in (None, 0) and not one_phase_ok:  # labels: a 3D file may hold the chosen phase's labels
+        raise InputError(f"{name}: {path} is one 3D volume (one phase); phase {phase} does not exist in it")
     stored = _nifti_voxels(path, name) if _suffix(path) in (".nii", ".nii.gz") else None
     _check_finite(image, name, path, stored)
     return image
@@ -65,7 +68,7 @@ def read_labels(path, convention: str = "project", name: str = "labels", phase: 
 
     Project-convention labels whose LV and RV look swapped (ACDC numbering) are refused.
     """
-    image = read_image(path, name=name, phase=phase)
+    image = read_image(path, name=name, phase=phase, one_phase_ok=True)
     array = sitk.GetArrayFromImage(image)
     converted = convert_labels(array, convention, "project", name=f"{name} ({path})")
     if convention != "acdc":
@@ -93,6 +96,8 @@ def read_stack(
     if _suffix(path) in (".h5", ".hdf5"):
         from .acdc import read_acdc
 
+        if phase not in (None, 0):
+            raise InputError(f"{name}: an ACDC HDF5 file holds one phase (ED or ES); phase {phase} does not exist in it")
         stack = read_acdc(path, spacing=spacing, name=name)
     elif path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
         from .dicom import read_dicom_stack

@@ -113,9 +113,9 @@ class ActivationJob(CLIJob):
         self.late_percentile, self.scar = float(late_percentile), [int(s) for s in scar]
 
     def _export(self, folder: Path) -> list[str]:
-        labels = folder / "sax_labels.nrrd"
+        labels = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
         if self.sax_volume is not None:
-            mrml.save_volume(self.sax_volume, folder / "sax.nrrd")
+            mrml.save_volume(self.sax_volume, self._exported(folder / "sax.nrrd", self.sax_volume))
             write_label_node(self.sax_labels, labels, mrml.image_from_volume_node(self.sax_volume))
             arguments = ["--slices", str(folder / "sax.nrrd"), "--slice-labels", str(labels)]
         else:

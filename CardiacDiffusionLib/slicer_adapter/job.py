@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from . import mrml
-from .process import ChildProcess, Message
+from .process import ChildProcess, Message, ProcessFailed
 
 ProgressCallback = Callable[[Optional[float], str], None]
 #: share of the progress bar taken by the child process (the rest: export before, loading after)
@@ -56,6 +56,7 @@ class CLIJob:
         self.child: ChildProcess | None = None
         self.result = None
         self.log: list[str] = []
+        self.exported: dict[Path, str] = {}  # input file written for the child -> the node it came from
         self._callback: ProgressCallback | None = None
 
     # ---- for subclasses -------------------------------------------------------------------------
@@ -114,7 +115,10 @@ class CLIJob:
             self.child.poll(self._on_message)
             if self.child.cancelled:
                 raise InputError(f"the {self.title} was cancelled")
-            self.child.check()
+            try:
+                self.child.check()
+            except ProcessFailed as error:  # the child names its input files: say which nodes they are
+                raise ProcessFailed(self._node_names(str(error))) from None
             self._report(CHILD_END, "loading results")
             self.result = self._load(self.folder / "out")
         finally:
@@ -127,6 +131,16 @@ class CLIJob:
         return self.child is not None and not self.child.finished
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _exported(self, path: Path, node) -> Path:
+        """Record that ``path`` holds ``node`` (for messages); returns ``path``."""
+        self.exported[Path(path)] = node.GetName()
+        return Path(path)
+
+    def _node_names(self, text: str) -> str:
+        for path, name in self.exported.items():
+            text = text.replace(str(path), f"node '{name}'")
+        return text
+
     def _on_message(self, message: Message) -> None:
         if message.kind == "progress" and message.progress is not None:
             fraction = CHILD_START + (CHILD_END - CHILD_START) * min(max(message.progress, 0.0), 1.0)

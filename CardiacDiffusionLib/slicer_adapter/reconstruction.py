@@ -72,7 +72,7 @@ class ReconstructionJob(CLIJob):
     # ---- inputs ---------------------------------------------------------------------------------
     def _export(self, folder: Path) -> list[str]:
         # NRRD keeps the geometry in full double precision (NIfTI's sform is float32)
-        sax_path = folder / "sax.nrrd"
+        sax_path = self._exported(folder / "sax.nrrd", self.sax_volume)
         mrml.save_volume(self.sax_volume, sax_path)
         arguments = ["--method", self.method, "--sax", str(sax_path), "--spacing", repr(self.spacing)]
         arguments += ["--device", self.device]
@@ -81,13 +81,13 @@ class ReconstructionJob(CLIJob):
         if self.shape_prior is not None and self.method == "dmcvr":
             arguments += ["--shape-prior", repr(float(self.shape_prior))]
         if self.sax_labels is not None:
-            path = folder / "sax_labels.nrrd"
+            path = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
             write_label_node(self.sax_labels, path, reference=mrml.image_from_volume_node(self.sax_volume))
             arguments += ["--sax-labels", str(path)]
         if self.lax_label_nodes:
             paths = []
             for index, node in enumerate(self.lax_label_nodes):
-                path = write_label_node(node, folder / f"{index}_{_file_stem(node.GetName())}.nrrd")
+                path = write_label_node(node, self._exported(folder / f"{index}_{_file_stem(node.GetName())}.nrrd", node))
                 self._lax_names[path.name] = node.GetName()
                 paths.append(str(path))
             arguments += ["--lax-labels", *paths]
