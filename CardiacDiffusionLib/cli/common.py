@@ -55,7 +55,7 @@ def make_folder(out: Path, option: str = "--out") -> Path:
 
 
 def output_file(path: str, inputs: Iterable[str | None] = (), option: str = "--out") -> Path:
-    """``path`` checked as an output file before any work (not a folder, not an input) and its folder made."""
+    """``path`` checked as an output file before any work: not a folder, not an input, in a writable place."""
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{option} {target}: is a folder; give a file name, e.g. {target / 'result.json'}")
