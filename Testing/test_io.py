@@ -480,6 +480,9 @@ def test_acdc_hdf5_bad_spacing_and_entries_are_named(tmp_path):
         ("PixelSpacing", ["-1.3", "1.3"], r"PixelSpacing \[-1\.3, 1\.3\]; pixel sizes must be positive"),
         ("ImagePositionPatient", "abc\\1\\2", r"malformed ImagePositionPatient .*abc.* \(needs 3 numbers\)"),
         ("ImageOrientationPatient", ["0"] * 6, r"ImageOrientationPatient \[0\.0, .*not two perpendicular"),
+        ("TriggerTime", "abc", r"malformed TriggerTime abc \(needs a number\)"),
+        ("SliceThickness", "thick", r"malformed SliceThickness thick \(needs a number\)"),
+        ("InstanceNumber", "n/a", r"malformed InstanceNumber n/a \(needs a number\)"),
     ],
 )
 def test_dicom_bad_geometry_tags_are_named_per_file(tmp_path, tag, value, said):

@@ -259,18 +259,17 @@ def _dicom_file(h, path: Path, name: str) -> DicomFile:
         )
     orientation[:3] /= norms[0]
     orientation[3:] /= norms[1]
-    trigger = h.get("TriggerTime")
-    thickness = h.get("SliceThickness")
+    instance = _optional_number(h, "InstanceNumber", path, name)
     return DicomFile(
         path=path,
-        instance=int(h.InstanceNumber) if h.get("InstanceNumber") is not None else None,
+        instance=None if instance is None else int(instance),
         sop_uid=str(h.get("SOPInstanceUID", "")),
         series_uid=str(h.get("SeriesInstanceUID", "")),
         position=position,
         orientation=orientation,
         spacing=(float(spacing[0]), float(spacing[1])),
-        thickness=float(thickness) if thickness not in (None, "") else None,
-        trigger_time=float(trigger) if trigger not in (None, "") else None,
+        thickness=_optional_number(h, "SliceThickness", path, name),
+        trigger_time=_optional_number(h, "TriggerTime", path, name),
         shape=(int(h.Rows), int(h.Columns)),
     )
 
@@ -286,6 +285,20 @@ def _numbers(h, tag: str, count: int, path: Path, name: str) -> np.ndarray:
             f"{name}: {path.name} has a malformed {tag} {h.get(tag)!s} (needs {count} numbers); fix or remove this file"
         )
     return values
+
+
+def _optional_number(h, tag: str, path: Path, name: str) -> float | None:
+    """Header field ``tag`` as one finite number, None when absent or empty; anything else an InputError."""
+    value = h.get(tag)
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise InputError(f"{name}: {path.name} has a malformed {tag} {value!s} (needs a number); fix or remove this file")
+    return number
 
 
 def _check_same_orientation(files: list[DicomFile], name: str) -> None:
