@@ -512,6 +512,13 @@ def test_nifti_without_orientation_is_read_with_a_warning(tmp_path):
     stack = read_stack(tmp_path / "bare.nii.gz", name="--sax")
     assert [w for w in stack.meta["warnings"] if "bare.nii.gz stores no orientation" in w and "assumed" in w]
     assert stack.meta["orientation_known"] is False
+    # a label file alone (`lma --slices labels.nii.gz`) is told the same
+    from CardiacDiffusionLib.cli.lma import read_labelled_stack
+
+    bare_labels = nibabel.Nifti1Image(np.zeros((6, 5, 3), np.uint8), None)
+    nibabel.save(bare_labels, tmp_path / "bare_labels.nii.gz")
+    alone = read_labelled_stack(str(tmp_path / "bare_labels.nii.gz"), None, "project")
+    assert alone.meta["orientation_known"] is False and "stores no orientation" in alone.meta["warnings"][0]
     placed = read_stack(write_image(_oblique_image(np.zeros((3, 5, 6), np.float32)), tmp_path / "placed.nii.gz"))
     assert not placed.meta.get("warnings")
 

@@ -67,14 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def read_labelled_stack(slices: str, slice_labels: str | None, convention: str):
     """The SAX stack with labels: an image plus its labels, or a label image alone (as image and labels)."""
     from ..geometry.stack import SliceStack
-    from ..io.volumes import read_labels, read_stack
+    from ..io.volumes import note_missing_orientation, read_labels, read_stack
 
     if slice_labels:
         return read_stack(slices, labels_path=slice_labels, convention=convention, name="--slices")
     if Path(slices).is_dir():
         raise InputError("--slices: a DICOM series has no labels; add --slice-labels with the SAX labels")
     labels = read_labels(slices, convention=convention, name="--slices (labels)")
-    return SliceStack.from_image(labels, labels=labels, source="--slices")
+    stack = SliceStack.from_image(labels, labels=labels, source="--slices")
+    note_missing_orientation(stack, slices, "--slices")
+    return stack
 
 
 def _load_strain(path: str) -> np.ndarray:

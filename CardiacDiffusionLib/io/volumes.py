@@ -108,13 +108,7 @@ def read_stack(
         _need_slices(image.GetSize()[2], name, path)
         stack = SliceStack.from_image(image, source=name)
         stack.meta["path"] = str(path)
-        if _suffix(path) in (".nii", ".nii.gz") and _nifti_has_no_orientation(path):
-            stack.meta["orientation_known"] = False
-            stack.meta["warnings"] = [(
-                f"{name}: {path.name} stores no orientation (NIfTI qform and sform codes are 0), so the geometry "
-                "is assumed (identity directions, origin 0): positions and left/right-dependent results (anterior "
-                "vs inferior AHA segments) are not reliable; re-export it with its orientation"
-            )]
+        note_missing_orientation(stack, path, name)
     _need_slices(stack.n, name, path)
     if labels_path is not None:
         labels = read_labels(labels_path, convention=convention, name=f"{name} labels", phase=phase)
@@ -179,6 +173,19 @@ def _nifti_voxels(path: Path, name: str) -> np.ndarray:
     except (EOFError, OSError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
         reason = str(error).strip().splitlines()[0]
         raise InputError(f"{name}: {path} is truncated or corrupt ({reason}); re-export it") from None
+
+
+def note_missing_orientation(stack: SliceStack, path, name: str) -> None:
+    """A stack read from a NIfTI file that stores no orientation: said in ``meta["warnings"]`` and
+    ``meta["orientation_known"] = False`` (base/apex then come from the labels, not the anatomy)."""
+    path = Path(path)
+    if _suffix(path) in (".nii", ".nii.gz") and _nifti_has_no_orientation(path):
+        stack.meta["orientation_known"] = False
+        stack.meta["warnings"] = [*stack.meta.get("warnings", []), (
+            f"{name}: {path.name} stores no orientation (NIfTI qform and sform codes are 0), so the geometry "
+            "is assumed (identity directions, origin 0): positions and left/right-dependent results (anterior "
+            "vs inferior AHA segments) are not reliable; re-export it with its orientation"
+        )]  # fmt: skip
 
 
 def _nifti_has_no_orientation(path: Path) -> bool:
