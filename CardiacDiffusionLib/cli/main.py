@@ -40,15 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # permissions, a folder where a file is expected, a full disk
         print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print(f"error: out of memory in `{args.command}`: use smaller inputs or settings (fewer slices, pairs, "
-              "steps or a coarser --spacing)", file=sys.stderr)  # fmt: skip
-        return 2
-    except RuntimeError as error:
-        if "allocate memory" not in str(error) and "out of memory" not in str(error):
+    except (MemoryError, RuntimeError) as error:  # RuntimeError: torch's CPU/CUDA allocators
+        said = str(error).splitlines()[0][:120] if str(error) else ""
+        if isinstance(error, RuntimeError) and "allocate memory" not in str(error) and "out of memory" not in str(error):
             raise
-        print(f"error: out of memory in `{args.command}` ({str(error).splitlines()[0][:120]}): use smaller inputs or "
-              "settings (fewer slices, pairs, steps or a coarser --spacing), or --device cpu", file=sys.stderr)  # fmt: skip
+        print(f"error: out of memory in `{args.command}`{f' ({said})' if said else ''}: use smaller inputs or settings "
+              "(fewer slices, pairs, steps or a coarser --spacing), or --device cpu", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)

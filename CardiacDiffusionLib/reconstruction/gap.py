@@ -101,9 +101,10 @@ def summarise(rows: list[dict]) -> dict:
 def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
     """Paired differences ``method - baseline`` per volume (metrics.paired) of an :func:`evaluate_gap` table made
     with ``per_volume=True``: ``{baseline: {"psnr": d, "ssim": d, "dice": {label: d}}}``."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise InputError("gap table: not a table of `evaluate gap --per-volume --out` ({method: {...}})")
+
     def rows(name: str) -> dict:
-        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-            raise InputError("gap table: not a table of `evaluate gap --per-volume --out` ({method: {...}})")
         if name not in table:
             raise InputError(f"gap table: no method {name!r}; it has {', '.join(sorted(table))}")
         if "rows" not in table[name]:

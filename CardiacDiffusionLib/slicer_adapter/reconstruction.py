@@ -67,7 +67,6 @@ class ReconstructionJob(CLIJob):
         self.shape_prior = shape_prior  # dmcvr: weight of shape interpolation in generated labels; None: default
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
-        self._lax_names: dict[str, str] = {}
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _export(self, folder: Path) -> list[str]:
@@ -88,7 +87,6 @@ class ReconstructionJob(CLIJob):
             paths = []
             for index, node in enumerate(self.lax_label_nodes):
                 path = write_label_node(node, self._exported(folder / f"{index}_{_file_stem(node.GetName())}.nrrd", node))
-                self._lax_names[path.name] = node.GetName()
                 paths.append(str(path))
             arguments += ["--lax-labels", *paths]
         return arguments
@@ -109,6 +107,7 @@ class ReconstructionJob(CLIJob):
         dice_path = out / "lax_dice.json"
         if dice_path.exists():
             raw = json.loads(dice_path.read_text())
-            lax_dice = {self._lax_names.get(k, k): v for k, v in raw.items()}
+            names = {path.name: name for path, name in self.exported.items()}  # lax_dice.json keys are file names
+            lax_dice = {names.get(k, k): v for k, v in raw.items()}
             table = mrml.table_from_dict(self.scene, lax_dice, f"{base} LAX Dice", row_header="LAX")
         return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log))
