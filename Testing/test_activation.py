@@ -188,12 +188,24 @@ def test_a_mirror_image_heart_is_flagged(case, results):
     from the patient's anterior) and lma.json says so. The heart as scanned gets no flag."""
     from dataclasses import replace
 
-    assert not any(f["code"] == "anatomy_mismatch" for r in results.values() for f in r.lma["qa"])
+    codes = {f["code"] for r in results.values() for f in r.lma["qa"]}
+    assert not codes & {"anatomy_mismatch", "slice_order_reversed"}
     s = case.stack
     mirrored = replace(s, pixels=s.pixels[:, :, ::-1].copy(), labels=s.labels[:, :, ::-1].copy())
     flags = [f for f in run_lma(mirrored, strain=case.strain).lma["qa"] if f["code"] == "anatomy_mismatch"]
     assert len(flags) == 1 and "mirrored" in flags[0]["message"]
     assert float(flags[0]["message"].split(" deg from")[0].split()[-1]) > 110
+
+
+def test_slices_stored_in_reverse_order_are_flagged(case):
+    """The slices' content in reverse order with the geometry kept (a through-plane mirror): base and apex, and
+    the AHA rings, swap without any in-plane sign; lma.json flags it (geometry.stack.slice_order_warning)."""
+    from dataclasses import replace
+
+    s = case.stack
+    reversed_ = replace(s, pixels=s.pixels[::-1].copy(), labels=s.labels[::-1].copy())
+    codes = [f["code"] for f in run_lma(reversed_, strain=case.strain[::-1]).lma["qa"]]
+    assert "slice_order_reversed" in codes and "anatomy_mismatch" not in codes
 
 
 # ---- the map on the mesh ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,24 @@ def test_an_image_without_a_heart_gets_a_warning_not_a_traceback():
     with pytest.warns(QualityWarning, match="noise: dmcvr is unsure where the heart is"):
         images, labels = R.dmcvr(noise, np.array([5.0, 15.0]), steps=1, device="cpu")
     assert images.shape == labels.shape == (2, 96, 96) and np.all(np.isfinite(images))
+
+
+@pytest.mark.skipif(shipped_entry() is None, reason="no shipped DMCVR model registered")
+def test_slices_stored_in_reverse_order_are_warned_about_without_labels(phantom_stack):
+    """No SAX labels, the slices' content stored in reverse order with the geometry kept (a through-plane
+    mirror): the net's own labels of the acquired slices grow towards the apex the geometry places, so dmcvr
+    says so (with labels the stack's geometry report does); the stack as scanned is not warned about."""
+    from dataclasses import replace
+
+    from CardiacDiffusionLib.errors import QualityWarning
+
+    R.load_dmcvr.cache_clear()
+    stack = phantom_stack.subset(np.arange(1, 9)).with_labels(None)
+    reversed_ = replace(stack, pixels=stack.pixels[::-1].copy())
+    targets = stack.positions[2:4] + 5.0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", QualityWarning)
+        R.dmcvr(stack, targets, steps=1, strength=0.1, device="cpu")
+        assert not [w for w in said if "reverse order" in str(w.message)]
+        R.dmcvr(reversed_, targets, steps=1, strength=0.1, device="cpu")
+    assert len([w for w in said if "reverse order" in str(w.message)]) == 1

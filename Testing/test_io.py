@@ -124,6 +124,43 @@ def test_base_and_apex_from_the_anatomy_where_the_geometry_is_true():
     assert anatomy_says_normal_points_to_apex(replace(stack, meta={"orientation_known": False})) is None
 
 
+def _reversed_order(stack: SliceStack) -> SliceStack:
+    """The slices' content stored in reverse order, the geometry kept (a through-plane mirror)."""
+    from dataclasses import replace
+
+    return replace(stack, pixels=stack.pixels[::-1].copy(), labels=stack.labels[::-1].copy())
+
+
+@needs_sunnybrook
+def test_slices_stored_in_reverse_order_are_warned_about():
+    """A through-plane mirror passes every geometry check; the heart's area growing towards the apex as the
+    stored geometry places it gives it away. Sunnybrook as read (trend along its apex -> base normal +0.16 /
+    +0.68) and MR phantoms as scanned (-0.9..-1.6) are not warned about; phase 19 and the phantom reversed
+    are; phase 8 reversed (a hump-shaped area profile, trend -0.16) is too weak to say, and a stack without
+    orientation cannot say."""
+    from dataclasses import replace
+
+    from CardiacDiffusionLib.geometry.stack import area_trend, slice_order_warning
+    from CardiacDiffusionLib.phantoms.mr import MRPhantom
+    from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+
+    def warned(stack):
+        return [w for w in stack.geometry_report()["warnings"] if "reverse order" in w]
+
+    for phase, trend in ((0, 0.16), (1, 0.68)):
+        stack = read_dicom_stack(DICOM_DIR, phase=phase)
+        labels, contoured = sunnybrook_labels(stack, CONTOURS)
+        stack = stack.with_labels(labels).subset(sorted(c["slice"] for c in contoured))
+        assert area_trend(stack.positions, (stack.labels > 0).reshape(stack.n, -1).sum(1)) == pytest.approx(trend, abs=0.01)
+        assert not warned(stack) and len(warned(_reversed_order(stack))) == phase
+    for seed, phase in ((3, "ES"), (4, "ED")):
+        stack = acquire_sax(MRPhantom(seed, phase))
+        assert not warned(stack) and slice_order_warning(stack) is None
+        assert len(warned(_reversed_order(stack))) == 1 and "mirror image" in warned(_reversed_order(stack))[0]
+        assert slice_order_warning(replace(_reversed_order(stack), meta={"orientation_known": False})) is None
+        assert slice_order_warning(_reversed_order(stack).subset([2, 3, 4])) is None  # 3 slices: too few to say
+
+
 @needs_sunnybrook
 def test_sunnybrook_phases():
     phases = dicom_phases(DICOM_DIR)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex
+from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, slice_order_warning
 from .sectors import LVFrame
 from .tos import TOS_RANGE_MS
 
@@ -73,22 +73,28 @@ def alignment_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
 
 
 def anatomy_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
-    """Where the geometry is true: angle 0, the anterior RV insertion, must lie on the patient's anterior
-    side. In a mirrored image (a flipped axis in the file, labels made in another orientation) the rule that
-    finds it (septum first, right-handed about base -> apex) takes the inferior insertion, and anterior and
-    inferior segments swap. MR phantoms: 42-74 deg from anterior as they are, 106-140 deg mirrored."""
+    """Where the geometry is true, two checks against the patient's anatomy. Through the plane: the heart's
+    area must shrink towards the apex, else the slices are likely stored in reverse order against their
+    header (``slice_order_reversed``; base and apex, and the AHA rings, swap). In the plane: angle 0, the
+    anterior RV insertion, must lie on the patient's anterior side. In a mirrored image (a flipped axis in the
+    file, labels made in another orientation) the rule that finds it (septum first, right-handed about base
+    -> apex) takes the inferior insertion, and anterior and inferior segments swap. MR phantoms: 42-74 deg
+    from anterior as they are, 106-140 deg mirrored."""
     if anatomy_says_normal_points_to_apex(stack) is None:
         return []  # orientation not stored: nothing to compare with (the reader says so)
+    reversed_order = slice_order_warning(stack)
+    out = [flag("slice_order_reversed", reversed_order)] if reversed_order else []
     anterior = ANTERIOR_LPS - (ANTERIOR_LPS @ frame.axis) * frame.axis
     if np.linalg.norm(anterior) < 0.3:
-        return []  # a long axis close to antero-posterior: the plane holds too little of "anterior"
+        return out  # a long axis close to antero-posterior: the plane holds too little of "anterior"
     cos = float(frame.e0 @ anterior / np.linalg.norm(anterior))
     angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
     if angle <= 90.0:
-        return []
-    return [flag("anatomy_mismatch", f"the anterior RV insertion found lies {angle:.0f} deg from the patient's "
-                 "anterior (expected within 90): the image or its labels may be mirrored (a flipped axis in the "
-                 "file?); anterior and inferior segments, and the suggested lead segment, would be swapped")]  # fmt: skip
+        return out
+    return out + [flag("anatomy_mismatch", f"the anterior RV insertion found lies {angle:.0f} deg from the "
+                       "patient's anterior (expected within 90): the image or its labels may be mirrored (a flipped "
+                       "axis in the file?); anterior and inferior segments, and the suggested lead segment, would be "
+                       "swapped")]  # fmt: skip
 
 
 def tos_flags(tos: np.ndarray) -> list[dict]:

@@ -41,7 +41,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
-from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, normal_points_to_apex
+from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, normal_points_to_apex, slice_order_warning
 from ..models.store import list_models, load_model
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
@@ -218,15 +218,22 @@ def dmcvr(
     by_anatomy = anatomy_says_normal_points_to_apex(stack)  # true geometry decides before any localisation
     view = None if by_anatomy is False else _View.of(net, stack, size, spacing, batch_size)
     if view is not None and (by_anatomy or view.points_to_apex()):
-        _warn_if_unsure(view)
+        _warn_if_doubtful(view)
         return _generate(net, view, targets, **options)
     flipped = _View.of(net, stack.transposed(), size, spacing, batch_size)  # the net sees a new image: look again
-    _warn_if_unsure(flipped)
+    _warn_if_doubtful(flipped)
     images, labels = _generate(net, flipped, -targets, **options)
     return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
 
 
-def _warn_if_unsure(view: "_View") -> None:
+def _warn_if_doubtful(view: "_View") -> None:
+    """QualityWarnings on the heart the networks are shown: a localisation without labels the net is unsure
+    of; the net's labels of the acquired slices running against the stored geometry (given labels are
+    checked once, in the stack's geometry report: geometry.stack.slice_order_warning)."""
+    if view.labels is None:
+        reversed_order = slice_order_warning(view.stack, labels=view.slice_labels()[0])
+        if reversed_order:
+            warnings.warn(QualityWarning(reversed_order), stacklevel=3)
     if view.confidence is not None and view.confidence < LOCALISATION_MIN_CONFIDENCE:
         r, c = view.center
         warnings.warn(QualityWarning(
