@@ -160,6 +160,18 @@ def test_activation_job_arguments(mrml_scene, case, tmp_path):
     assert arguments[-3:] == ["--scar", "5", "11"]
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sax_labels.nrrd")))
     np.testing.assert_array_equal(written, stack.labels)  # the segmentation, back on the SAX grid
+    # a labelmap in ACDC numbering is converted on export when the module says so; a segmentation never is
+    from CardiacDiffusionLib.labels import convert_labels
+
+    acdc = mrml.volume_node_from_image(mrml_scene, stack.with_labels(convert_labels(stack.labels, "project", "acdc"))
+                                       .to_image(labels=True), "ACDC labels", labelmap=True)  # fmt: skip
+    for node, folder in ((acdc, tmp_path / "acdc"), (labels, tmp_path / "seg")):
+        folder.mkdir()
+        ActivationJob(mrml_scene, node, tos_file=str(good), label_numbering="acdc")._export(folder)
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "sax_labels.nrrd")))
+        np.testing.assert_array_equal(written, stack.labels)
+    with pytest.raises(InputError, match="label numbering 'ukbb' is unknown"):
+        ActivationJob(mrml_scene, labels, tos_file=str(good), label_numbering="ukbb")
 
 
 # ---- the Slicer module file, on slicer-core with stand-ins for its Qt side ----------------------

@@ -19,6 +19,7 @@ from CardiacDiffusionLib.geometry.planes import grid_points, plane_image
 from CardiacDiffusionLib.geometry.stack import SliceStack
 from CardiacDiffusionLib.labels import MR_LABEL_COLORS, MR_LABEL_DESCRIPTIONS, MR_LABELS
 from CardiacDiffusionLib.reconstruction.lax_check import lax_dice_table
+from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
 from CardiacDiffusionLib.slicer_adapter.process import ChildProcess, ProcessFailed, parse_line
 
@@ -221,7 +222,6 @@ def test_surface_only_segmentation_is_converted_on_a_copy(mrml_scene):
 
 @mrml_only
 def test_segments_are_matched_by_name(mrml_scene):
-    from CardiacDiffusionLib.errors import InputError
     from CardiacDiffusionLib.slicer_adapter import mrml
 
     _, labels = sax_images()
@@ -459,7 +459,6 @@ def test_reconstruction_job_loads_new_nodes(mrml_scene):
 @mrml_only
 def test_reconstruction_job_passes_the_shape_prior_to_dmcvr_only(mrml_scene, tmp_path):
     from CardiacDiffusionLib.cli.main import build_parser
-    from CardiacDiffusionLib.errors import InputError
     from CardiacDiffusionLib.slicer_adapter import mrml
     from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
 
@@ -494,6 +493,38 @@ def test_reconstruction_job_failure_leaves_scene(mrml_scene):
     assert not job.folder.exists()
     # the message names the node, not the temporary file it was written to for the child
     assert "node 'one slice'" in str(failed.value) and str(job.folder) not in str(failed.value)
+
+
+@mrml_only
+@needs_cli
+def test_acdc_numbered_labelmap_is_read_with_the_module_option(mrml_scene):
+    """A labelmap volume in ACDC numbering (1 RV, 3 LV cavity): refused by default with advice a module's user
+    can follow (not the command's --label-convention), converted on export with label_numbering="acdc" and then
+    reconstructed as the project-numbered labels are; the input node is left as it was."""
+    from CardiacDiffusionLib.labels import convert_labels
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    image, labels = sax_images()
+    acdc = sitk.GetImageFromArray(convert_labels(sitk.GetArrayFromImage(labels), "project", "acdc"))
+    acdc.CopyInformation(labels)
+    sax_node = mrml.volume_node_from_image(mrml_scene, image, "SAX")
+    label_node = mrml.volume_node_from_image(mrml_scene, acdc, "ACDC labels", labelmap=True)
+    stored = sitk.GetArrayFromImage(mrml.image_from_volume_node(label_node))
+    job = ReconstructionJob(mrml_scene, sax_node, label_node, method="shape", spacing=1.5).start()
+    with pytest.raises(ProcessFailed, match="look like ACDC numbering") as failed:
+        job.wait(timeout=120)
+    message = str(failed.value)
+    assert "node 'ACDC labels'" in message and "set the module's Label numbering to ACDC" in message
+    assert "--label-convention" not in message
+    result = ReconstructionJob(mrml_scene, sax_node, label_node, method="shape", spacing=1.5,
+                               label_numbering="acdc").start().wait(timeout=120)  # fmt: skip
+    expected = reconstruct(SliceStack.from_image(image, labels), "shape", 1.5).labels
+    got = mrml.labels_from_segmentation(result.segmentation, mrml.image_from_volume_node(result.volume))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mrml.image_from_volume_node(label_node)), stored)
+    with pytest.raises(InputError, match="label numbering 'ukbb' is unknown"):
+        ReconstructionJob(mrml_scene, sax_node, label_node, label_numbering="ukbb")
 
 
 @mrml_only

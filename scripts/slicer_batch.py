@@ -33,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the output (mm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (dmcvr)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--label-convention", choices=("project", "acdc"), default="project",
+                   help="values of labelmap files: project (1 LV, 2 MYO, 3 RV) or acdc (1 RV, 2 MYO, 3 LV); "
+                   ".seg.nrrd segmentations are read by segment name")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace, scene=None) -> dict[str, Path]:
             print(f"warning: {note}", flush=True)
     job = ReconstructionJob(
         scene, sax, sax_labels, lax_labels, method=args.method, spacing=args.spacing, steps=args.steps,
-        device=device,
+        device=device, label_numbering=args.label_convention,
     )  # fmt: skip
     result = job.start(report).wait()
 

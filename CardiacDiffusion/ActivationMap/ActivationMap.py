@@ -31,6 +31,7 @@ from slicer.util import VTKObservationMixin
 
 from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
 from CardiacDiffusionLib.slicer_adapter.activation import METHODS, TOS_ARRAY, TOS_METHODS, ActivationJob
+from CardiacDiffusionLib.slicer_adapter.job import LABEL_NUMBERINGS
 
 LabelNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 
@@ -78,6 +79,7 @@ class ActivationMapParameterNode:
     spacing: Annotated[float, WithinRange(0.1, 20.0)] = 1.0
     latePercentile: Annotated[float, WithinRange(1.0, 99.0)] = 75.0
     scar: str = ""
+    labelNumbering: Annotated[str, Choice(list(LABEL_NUMBERINGS))] = "project"
 
 
 #
@@ -172,7 +174,7 @@ class ActivationMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.saxLabels, strain_file=p.strainFile, tos_file=p.tosFile, sax_volume=p.saxVolume,
                 rv_insertion=p.rvInsertion, method=p.method, spacing=p.spacing, frame_ms=p.frameMs,
                 tos_method=p.tosMethod, late_percentile=p.latePercentile, scar=parseSegments(p.scar),
-                wait=False, progress_callback=self.onProgress,
+                label_numbering=p.labelNumbering, wait=False, progress_callback=self.onProgress,
             )  # fmt: skip
             self._timer.start()
         self._updateButtons()

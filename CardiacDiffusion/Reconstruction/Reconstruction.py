@@ -25,6 +25,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
+from CardiacDiffusionLib.slicer_adapter.job import LABEL_NUMBERINGS
 from CardiacDiffusionLib.slicer_adapter.reconstruction import DEVICES, METHODS, ReconstructionJob
 
 LabelNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -45,7 +46,8 @@ class Reconstruction(ScriptedLoadableModule):
             "through-plane spacing, keeping the stack's geometry, and checks the labels against long-axis "
             "(LAX) label planes with a Dice table. Methods: <b>dmcvr</b> (diffusion model, needs the PyTorch "
             "extension), <b>shape</b> (signed-distance shape interpolation), <b>linear</b> and <b>nearest</b>. "
-            "Labels: 1 LV cavity, 2 LV myocardium, 3 RV cavity. The work runs in a background process: "
+            "Labels: 1 LV cavity, 2 LV myocardium, 3 RV cavity (labelmaps in ACDC numbering: set Label numbering "
+            "to acdc). The work runs in a background process: "
             "Slicer stays responsive and Cancel stops it. "
             'See <a href="https://github.com/CardiacDiffusion/SlicerCardiacDiffusion">the project page</a>.'
         )
@@ -72,6 +74,7 @@ class ReconstructionParameterNode:
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     shapePrior: Annotated[float, WithinRange(-0.05, 0.95)] = -0.05  # below 0: the library's default
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    labelNumbering: Annotated[str, Choice(list(LABEL_NUMBERINGS))] = "project"
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -170,7 +173,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 spacing=p.spacing, steps=p.steps or None, device=device, wait=False,
                 shape_prior=p.shapePrior if p.shapePrior >= 0 else None,
                 progress_callback=self.onProgress, output_volume=p.outputVolume,
-                output_segmentation=p.outputSegmentation,
+                output_segmentation=p.outputSegmentation, label_numbering=p.labelNumbering,
             )  # fmt: skip
             self._timer.start()
         self._updateButtons()
@@ -223,7 +226,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
-        shape_prior=None,
+        shape_prior=None, label_numbering="project",
     ):  # fmt: skip
         """Reconstruct ``sax_volume``.
 
@@ -231,12 +234,14 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         ``.table``, ``.lax_dice``); ``wait=False`` returns the running ``ReconstructionJob`` (call
         ``poll()`` from a timer, ``cancel()`` to stop it). ``progress_callback(fraction, text)``.
         ``shape_prior`` (dmcvr, 0 to < 1): weight of shape-based interpolation in the generated slices' labels
-        (None: the library default, 0.4; 0: the network's labels alone).
+        (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
+        volume nodes, "project" (1 LV cavity, 2 LV myocardium, 3 RV cavity) or "acdc" (1 RV, 2 MYO, 3 LV);
+        segmentations are read by segment name.
         """
         job = ReconstructionJob(
             slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
             steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
-            shape_prior=shape_prior,
+            shape_prior=shape_prior, label_numbering=label_numbering,
         )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:

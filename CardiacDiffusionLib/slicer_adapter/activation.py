@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from . import mrml
-from .job import CLIJob, write_label_node
+from .job import LABEL_NUMBERINGS, CLIJob, write_label_node
 
 METHODS = ("shape", "sadir")
 TOS_METHODS = ("detector", "regressor")
@@ -89,7 +89,7 @@ class ActivationJob(CLIJob):
         self, scene, sax_labels, strain_file: str | None = None, tos_file: str | None = None, sax_volume=None,
         rv_insertion=None, method: str = "shape", spacing: float = 1.0, frame_ms: float = 17.0,
         tos_method: str = "detector", late_percentile: float = 75.0, scar: Sequence[int] = (),
-        python: str | None = None, keep_files: bool = False,
+        python: str | None = None, keep_files: bool = False, label_numbering: str = "project",
     ):  # fmt: skip
         super().__init__(scene, python, keep_files)
         if sax_labels is None:
@@ -107,6 +107,9 @@ class ActivationJob(CLIJob):
             raise InputError(f"spacing ({spacing} mm) and frame interval ({frame_ms} ms) must be positive")
         if not 0 < late_percentile < 100:
             raise InputError(f"late percentile must be in (0, 100), got {late_percentile}")
+        if label_numbering not in LABEL_NUMBERINGS:
+            raise InputError(f"label numbering {label_numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
+        self.label_numbering = label_numbering  # of a labelmap volume node; a segmentation goes by segment name
         self.sax_labels, self.sax_volume, self.rv_insertion = sax_labels, sax_volume, rv_insertion
         self.strain_file, self.tos_file = strain_file or None, tos_file or None
         self.method, self.spacing, self.frame_ms, self.tos_method = method, float(spacing), float(frame_ms), tos_method
@@ -116,10 +119,10 @@ class ActivationJob(CLIJob):
         labels = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
         if self.sax_volume is not None:
             mrml.save_volume(self.sax_volume, self._exported(folder / "sax.nrrd", self.sax_volume))
-            write_label_node(self.sax_labels, labels, mrml.image_from_volume_node(self.sax_volume))
+            write_label_node(self.sax_labels, labels, mrml.image_from_volume_node(self.sax_volume), self.label_numbering)
             arguments = ["--slices", str(folder / "sax.nrrd"), "--slice-labels", str(labels)]
         else:
-            write_label_node(self.sax_labels, labels)
+            write_label_node(self.sax_labels, labels, numbering=self.label_numbering)
             arguments = ["--slices", str(labels)]
         if self.strain_file:
             arguments += ["--strain", str(self.strain_file), "--frame-ms", repr(self.frame_ms)]

@@ -18,12 +18,19 @@ from typing import Callable, Optional
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..labels import convert_labels
 from . import mrml
 from .process import ChildProcess, Message, ProcessFailed
 
 ProgressCallback = Callable[[Optional[float], str], None]
 #: share of the progress bar taken by the child process (the rest: export before, loading after)
 CHILD_START, CHILD_END = 0.05, 0.9
+#: label numberings a module offers for labelmap volumes (segmentations are matched by segment name)
+LABEL_NUMBERINGS = ("project", "acdc")
+#: the child's advice in command-line terms -> what a module's user does instead
+MODULE_HINTS = {
+    "pass --label-convention acdc": "set the module's Label numbering to ACDC (1 RV, 2 MYO, 3 LV)",
+}
 
 
 def python_executable() -> str:
@@ -118,7 +125,7 @@ class CLIJob:
             try:
                 self.child.check()
             except ProcessFailed as error:  # the child names its input files: say which nodes they are
-                raise ProcessFailed(self._node_names(str(error))) from None
+                raise ProcessFailed(self._in_module_terms(str(error))) from None
             self._report(CHILD_END, "loading results")
             self.result = self._load(self.folder / "out")
         finally:
@@ -136,9 +143,12 @@ class CLIJob:
         self.exported[Path(path)] = node.GetName()
         return Path(path)
 
-    def _node_names(self, text: str) -> str:
+    def _in_module_terms(self, text: str) -> str:
+        """The child's message with node names for the files it was given and module options for its own."""
         for path, name in self.exported.items():
             text = text.replace(str(path), f"node '{name}'")
+        for option, hint in MODULE_HINTS.items():
+            text = text.replace(option, hint)
         return text
 
     def _on_message(self, message: Message) -> None:
@@ -158,15 +168,26 @@ class CLIJob:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def write_label_node(node, path: Path, reference=None) -> Path:
-    """A labelmap volume or a segmentation (segments matched by name) written as a label file.
+def write_label_node(node, path: Path, reference=None, numbering: str = "project") -> Path:
+    """A labelmap volume or a segmentation (segments matched by name) written as a label file in the project's
+    numbering (1 LV cavity, 2 LV myocardium, 3 RV cavity).
 
     A segmentation is written on ``reference`` (a SimpleITK image) or, without one, on its own
-    reference geometry.
+    reference geometry. A labelmap volume in another ``numbering`` (``LABEL_NUMBERINGS``) is converted here,
+    not by the command's ``--label-convention``, which would also renumber the segmentations written beside it.
     """
+    if numbering not in LABEL_NUMBERINGS:
+        raise InputError(f"label numbering {numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
     if node.IsA("vtkMRMLSegmentationNode"):
         grid = reference if reference is not None else reference_image_of_segmentation(node)
         sitk.WriteImage(mrml.labels_from_segmentation(node, grid), str(path), True)
+    elif node.IsA("vtkMRMLVolumeNode") and numbering != "project":
+        image = mrml.image_from_volume_node(node)
+        values = convert_labels(sitk.GetArrayViewFromImage(image), numbering, name=f"node '{node.GetName()}'",
+                                hint="ACDC numbering is 1 RV cavity, 2 LV myocardium, 3 LV cavity; relabel other values to 0")  # fmt: skip
+        converted = sitk.GetImageFromArray(values)
+        converted.CopyInformation(image)
+        sitk.WriteImage(converted, str(path), True)
     elif node.IsA("vtkMRMLVolumeNode"):
         mrml.save_volume(node, path)
     else:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from . import mrml
-from .job import CLIJob, write_label_node
+from .job import LABEL_NUMBERINGS, CLIJob, write_label_node
 
 METHODS = ("dmcvr", "shape", "linear", "nearest")
 DEVICES = ("auto", "cpu", "cuda")
@@ -48,6 +48,7 @@ class ReconstructionJob(CLIJob):
         self, scene, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (), method: str = "shape",
         spacing: float = 1.0, steps: int | None = None, device: str = "auto", python: str | None = None,
         output_volume=None, output_segmentation=None, keep_files: bool = False, shape_prior: float | None = None,
+        label_numbering: str = "project",
     ):  # fmt: skip
         if sax_volume is None:
             raise InputError("SAX volume: none selected; choose the SAX stack to reconstruct")
@@ -59,8 +60,11 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"target spacing must be a positive number of mm, got {spacing}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
+        if label_numbering not in LABEL_NUMBERINGS:
+            raise InputError(f"label numbering {label_numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
         super().__init__(scene, python, keep_files)
         self.sax_volume = sax_volume
+        self.label_numbering = label_numbering  # of labelmap volume nodes; segmentations go by segment name
         self.sax_labels = sax_labels
         self.lax_label_nodes = [n for n in lax_label_nodes if n is not None]
         self.method, self.spacing, self.steps, self.device = method, float(spacing), steps, device
@@ -81,12 +85,13 @@ class ReconstructionJob(CLIJob):
             arguments += ["--shape-prior", repr(float(self.shape_prior))]
         if self.sax_labels is not None:
             path = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
-            write_label_node(self.sax_labels, path, reference=mrml.image_from_volume_node(self.sax_volume))
+            write_label_node(self.sax_labels, path, mrml.image_from_volume_node(self.sax_volume), self.label_numbering)
             arguments += ["--sax-labels", str(path)]
         if self.lax_label_nodes:
             paths = []
             for index, node in enumerate(self.lax_label_nodes):
-                path = write_label_node(node, self._exported(folder / f"{index}_{_file_stem(node.GetName())}.nrrd", node))
+                path = self._exported(folder / f"{index}_{_file_stem(node.GetName())}.nrrd", node)
+                write_label_node(node, path, numbering=self.label_numbering)
                 paths.append(str(path))
             arguments += ["--lax-labels", *paths]
         return arguments
