@@ -208,6 +208,30 @@ def test_ddp_world_size_one_matches_single_process(straight, tmp_path, monkeypat
     assert_same(final_state(out)["model"], final_state(tmp_path)["model"])
 
 
+def test_torchrun_two_ranks_on_cpu(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank takes half of every epoch (64 items, batch 8 per rank:
+    4 steps an epoch, not 8), only rank 0 writes (one log line a step, one model), and the loss falls."""
+    steps = 120
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "CardiacDiffusionLib.training", "--out", str(tmp_path), "--progress", "json", "task=toy",
+           "device=cpu", f"train.steps={steps}", "train.batch_size=8", "train.checkpoint_every=60", "optim.lr=0.01",
+           "data.size=64"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert events[0]["event"] == "start" and events[0]["world_size"] == 2
+    assert [e["event"] for e in events].count("done") == 1  # rank 0 reports
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == list(range(1, steps + 1))
+    assert log[-1]["epoch"] == (steps - 1) // 4  # 64 items / (2 ranks x 8)
+    losses = [row["loss"] for row in log]
+    assert np.mean(losses[-20:]) < 0.25 * np.mean(losses[:20]), (losses[:20], losses[-20:])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000060.safetensors",
+                                                                           "step_00000120.safetensors"]  # fmt: skip
+    assert (tmp_path / "model.safetensors").exists()
+
+
 def test_init_from_a_stored_model(straight, tmp_path):
     out, _ = straight
     cfg = config(steps=1, ema_decay=0.0, init_from=str(out / "model.safetensors"))
