@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from . import mrml
-from .job import LABEL_NUMBERINGS, CLIJob, write_label_node
+from .job import CLIJob, checked_numbering, write_label_node
 
 METHODS = ("shape", "sadir")
 TOS_METHODS = ("detector", "regressor")
@@ -107,9 +107,7 @@ class ActivationJob(CLIJob):
             raise InputError(f"spacing ({spacing} mm) and frame interval ({frame_ms} ms) must be positive")
         if not 0 < late_percentile < 100:
             raise InputError(f"late percentile must be in (0, 100), got {late_percentile}")
-        if label_numbering not in LABEL_NUMBERINGS:
-            raise InputError(f"label numbering {label_numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
-        self.label_numbering = label_numbering  # of a labelmap volume node; a segmentation goes by segment name
+        self.label_numbering = checked_numbering(label_numbering)  # of a labelmap; a segmentation goes by name
         self.sax_labels, self.sax_volume, self.rv_insertion = sax_labels, sax_volume, rv_insertion
         self.strain_file, self.tos_file = strain_file or None, tos_file or None
         self.method, self.spacing, self.frame_ms, self.tos_method = method, float(spacing), float(frame_ms), tos_method

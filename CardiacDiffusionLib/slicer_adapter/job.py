@@ -33,6 +33,13 @@ MODULE_HINTS = {
 }
 
 
+def checked_numbering(numbering: str) -> str:
+    """``numbering`` if a module offers it (``LABEL_NUMBERINGS``), else an InputError."""
+    if numbering not in LABEL_NUMBERINGS:
+        raise InputError(f"label numbering {numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
+    return numbering
+
+
 def python_executable() -> str:
     """``PythonSlicer`` when running in Slicer (``sys.executable`` is the application there)."""
     return shutil.which("PythonSlicer") or sys.executable
@@ -176,12 +183,10 @@ def write_label_node(node, path: Path, reference=None, numbering: str = "project
     reference geometry. A labelmap volume in another ``numbering`` (``LABEL_NUMBERINGS``) is converted here,
     not by the command's ``--label-convention``, which would also renumber the segmentations written beside it.
     """
-    if numbering not in LABEL_NUMBERINGS:
-        raise InputError(f"label numbering {numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
     if node.IsA("vtkMRMLSegmentationNode"):
         grid = reference if reference is not None else reference_image_of_segmentation(node)
         sitk.WriteImage(mrml.labels_from_segmentation(node, grid), str(path), True)
-    elif node.IsA("vtkMRMLVolumeNode") and numbering != "project":
+    elif node.IsA("vtkMRMLVolumeNode") and checked_numbering(numbering) != "project":
         image = mrml.image_from_volume_node(node)
         values = convert_labels(sitk.GetArrayViewFromImage(image), numbering, name=f"node '{node.GetName()}'",
                                 hint="ACDC numbering is 1 RV cavity, 2 LV myocardium, 3 LV cavity; relabel other values to 0")  # fmt: skip

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from . import mrml
-from .job import LABEL_NUMBERINGS, CLIJob, write_label_node
+from .job import CLIJob, checked_numbering, write_label_node
 
 METHODS = ("dmcvr", "shape", "linear", "nearest")
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,11 +60,9 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"target spacing must be a positive number of mm, got {spacing}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
-        if label_numbering not in LABEL_NUMBERINGS:
-            raise InputError(f"label numbering {label_numbering!r} is unknown; use one of {LABEL_NUMBERINGS}")
         super().__init__(scene, python, keep_files)
         self.sax_volume = sax_volume
-        self.label_numbering = label_numbering  # of labelmap volume nodes; segmentations go by segment name
+        self.label_numbering = checked_numbering(label_numbering)  # of labelmaps; segmentations go by name
         self.sax_labels = sax_labels
         self.lax_label_nodes = [n for n in lax_label_nodes if n is not None]
         self.method, self.spacing, self.steps, self.device = method, float(spacing), steps, device
