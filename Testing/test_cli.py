@@ -211,6 +211,16 @@ def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volu
 
 
 @pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
+def test_geometry_json_keeps_what_the_reader_warned_about(tmp_path, capsys):
+    """An ACDC HDF5 file stores no spacing: the reader's warning is printed and kept in geometry.json."""
+    assert main(["reconstruct", "--method", "shape", "--sax", str(ACDC / "patient061_frame01.h5"),
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    printed = [line[len("warning: "):] for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    kept = json.loads((tmp_path / "geometry.json").read_text())["warnings"]
+    assert kept == printed and any("spacing" in w for w in kept)
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
 def test_gap_protocol_per_volume_rows_carry_the_warnings(tmp_path):
     """--per-volume: each volume's scores; the means are the rows' means; dmcvr's QualityWarning on 057
     (unsure where the heart is, without labels) is kept with its volume."""

@@ -528,6 +528,29 @@ def test_acdc_numbered_labelmap_is_read_with_the_module_option(mrml_scene):
 
 
 @mrml_only
+@needs_cli
+def test_reconstruction_result_carries_the_warnings(mrml_scene):
+    """What the command warns about (here: an MR phantom's slices stored in reverse order against the volume's
+    geometry) reaches the result (``.warnings``, shown in the module's log), not only the child's console."""
+    from CardiacDiffusionLib.phantoms.mr import MRPhantom
+    from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    stack = acquire_sax(MRPhantom(3, "ED"), matrix=64, pixel_mm=3.0)
+    nodes = []
+    for labels in (False, True):
+        image = stack.to_image(labels=labels)
+        flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[::-1].copy())
+        flipped.CopyInformation(image)
+        nodes.append(mrml.volume_node_from_image(mrml_scene, flipped, f"reversed {labels}", labelmap=labels))
+    as_scanned = mrml.volume_node_from_image(mrml_scene, stack.to_image(), "as scanned")
+    result = ReconstructionJob(mrml_scene, *nodes, method="shape").start().wait(timeout=120)
+    assert [w for w in result.warnings if "reverse order" in w] and not any("/" in w for w in result.warnings)
+    assert ReconstructionJob(mrml_scene, as_scanned, method="shape").start().wait(timeout=120).warnings == []
+
+
+@mrml_only
 def test_reconstruction_job_cancel_leaves_scene(mrml_scene, tmp_path, monkeypatch):
     from CardiacDiffusionLib.slicer_adapter import mrml
     from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob

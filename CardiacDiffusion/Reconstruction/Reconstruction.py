@@ -189,6 +189,12 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if done:
             self._stop()
             self.logic.showResult(job.result)
+            for warning in job.result.warnings:  # a result that may be wrong says so where it is seen
+                self.ui.logTextEdit.appendPlainText(_("warning: {warning}").format(warning=warning))
+            if job.result.warnings:
+                slicer.util.showStatusMessage(
+                    _("Reconstruction done with {n} warning(s): see the log").format(n=len(job.result.warnings)), 15000
+                )
             self._parameterNode.outputVolume = job.result.volume
             if job.result.segmentation is not None:
                 self._parameterNode.outputSegmentation = job.result.segmentation
@@ -231,8 +237,9 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         """Reconstruct ``sax_volume``.
 
         ``wait=True`` blocks and returns a ``ReconstructionResult`` (``.volume``, ``.segmentation``,
-        ``.table``, ``.lax_dice``); ``wait=False`` returns the running ``ReconstructionJob`` (call
-        ``poll()`` from a timer, ``cancel()`` to stop it). ``progress_callback(fraction, text)``.
+        ``.table``, ``.lax_dice``, ``.warnings``: what to check in the input or the result); ``wait=False``
+        returns the running ``ReconstructionJob`` (call ``poll()`` from a timer, ``cancel()`` to stop it).
+        ``progress_callback(fraction, text)``.
         ``shape_prior`` (dmcvr, 0 to < 1): weight of shape-based interpolation in the generated slices' labels
         (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
         volume nodes, "project" (1 LV cavity, 2 LV myocardium, 3 RV cavity) or "acdc" (1 RV, 2 MYO, 3 LV);

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
     report = stack.geometry_report()
-    for warning in [*stack.meta.get("warnings", []), *report["warnings"]]:
+    report["warnings"] = [*stack.meta.get("warnings", []), *report["warnings"]]  # the reader's too
+    for warning in report["warnings"]:
         print(f"warning: {warning}")
     options = {}
     if args.method == "dmcvr":

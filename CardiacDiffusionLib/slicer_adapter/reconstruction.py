@@ -33,6 +33,7 @@ class ReconstructionResult:
     table: object | None  # vtkMRMLTableNode of LAX Dice
     lax_dice: dict = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # geometry.json's: the input's and the result's
 
 
 def _file_stem(name: str) -> str:
@@ -113,4 +114,5 @@ class ReconstructionJob(CLIJob):
             names = {path.name: name for path, name in self.exported.items()}  # lax_dice.json keys are file names
             lax_dice = {names.get(k, k): v for k, v in raw.items()}
             table = mrml.table_from_dict(self.scene, lax_dice, f"{base} LAX Dice", row_header="LAX")
-        return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log))
+        said = [self._in_module_terms(w) for w in json.loads((out / "geometry.json").read_text()).get("warnings", [])]
+        return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log), said)
