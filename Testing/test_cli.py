@@ -84,6 +84,14 @@ def test_slices_stored_in_reverse_order_are_warned_about(mr, tmp_path, capsys):
     assert lv["reversed"] < lv["as_written"] - 0.1, lv  # measured 4ch LV 0.944 -> 0.690
 
 
+def test_lax_check_without_labels_is_skipped_with_a_warning(mr, tmp_path):
+    lax = [str(mr / f"lax_{v}_labels.nii.gz") for v in ("2ch", "3ch", "4ch")]
+    assert main(["reconstruct", "--method", "linear", "--sax", str(mr / "sax_image.nii.gz"), "--lax-labels", *lax,
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    kept = json.loads((tmp_path / "geometry.json").read_text())["warnings"]
+    assert any("LAX check is skipped" in w for w in kept) and not (tmp_path / "lax_dice.json").exists()
+
+
 def test_dicom_series_input_matches_nifti(mr, tmp_path):
     assert run_reconstruct(mr, tmp_path / "nii", "nearest") == 0
     assert run_reconstruct(mr, tmp_path / "dcm", "nearest", sax=mr / "dicom" / "sax") == 0

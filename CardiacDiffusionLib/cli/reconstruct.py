@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
                    "shape_prior": args.shape_prior}  # fmt: skip
     with quality_warnings() as said:  # a result that may be wrong: said, and kept in geometry.json
         result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
+    if lax and result.labels is None:
+        said.append("no labels were reconstructed (no --sax-labels); the LAX check is skipped")
     for warning in said:
         print(f"warning: {warning}")
     report["warnings"] += said
@@ -70,13 +72,10 @@ def run(args: argparse.Namespace) -> int:
         written.append("reconstruction_labels.nii.gz")
     (out / "geometry.json").write_text(json.dumps(report, indent=2))
     written.append("geometry.json")
-    if lax:
-        if result.labels is None:
-            print("warning: no labels were reconstructed (no --sax-labels); the LAX check is skipped")
-        else:
-            table = lax_dice_table(result.labels, lax)
-            (out / "lax_dice.json").write_text(json.dumps(table, indent=2))
-            written.append("lax_dice.json")
-            print(format_table(table))
+    if lax and result.labels is not None:
+        table = lax_dice_table(result.labels, lax)
+        (out / "lax_dice.json").write_text(json.dumps(table, indent=2))
+        written.append("lax_dice.json")
+        print(format_table(table))
     print(f"{args.method}: wrote {', '.join(written)} to {out}")
     return 0
