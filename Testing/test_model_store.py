@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,34 @@ def test_a_broken_user_registry_does_not_block_the_shipped_models(home, toy_file
     with pytest.warns(UserWarning), pytest.raises(InputError, match="not valid JSON"):  # the user's file kept
         add_model("mine", "dmcvr", path)
     assert store.user_registry_path().read_text() == "{not json"
+
+
+def test_a_wheel_carries_the_shipped_models(tmp_path):
+    """``pip install .`` on a GPU server or in plain Python: the wheel holds every model of the shipped registry
+    (as CardiacDiffusionResources/, where the Slicer extension installs them too) and the recipes, and the
+    installed Lib loads a shipped model outside the checkout. Before, the wheel had no models at all."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so that the build leaves the checkout as it is
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                               "bench", "runs", "demo-output", "Testing", "docs"))  # fmt: skip
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
+                            "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    registry = json.loads((repo / "Resources" / "models.json").read_text())
+    wanted = {f"CardiacDiffusionResources/{m['file']}" for m in registry["models"]} | {
+        "CardiacDiffusionResources/models.json", "CardiacDiffusionLib/training/presets/dmcvr.yaml"}  # fmt: skip
+    assert wanted <= names, sorted(wanted - names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")  # what pip install puts in site-packages
+    check = ("from CardiacDiffusionLib.models.store import load_model, shipped_registry_path; "
+             "print(shipped_registry_path()); print(load_model('tos-regressor').architecture)")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(tmp_path / "site" / "CardiacDiffusionResources" / "models.json"), "tos_net"]
