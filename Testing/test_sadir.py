@@ -391,3 +391,17 @@ def test_slice_slab_spans_the_given_slices(phantom_stack):
     # contiguous from the first to the last slice's plane, nothing beyond: 8 slices ~10 mm apart on 1.75 mm planes
     assert slab.sum() == planes[-1] - planes[0] + 1 and not slab[: planes[0]].any() and not slab[planes[-1] + 1 :].any()
     assert 35 < slab.sum() * frame.spacing < 90
+
+
+def test_training_starts_from_the_shipped_atlas_wherever_it_runs(tmp_path, monkeypatch):
+    """No atlas_dir in the recipe: the shipped Fréchet-mean atlas (Resources/atlas of a checkout, or of an
+    installed wheel), not a folder relative to the working directory."""
+    from CardiacDiffusionLib.sadir.atlas import load_atlas
+    from CardiacDiffusionLib.sadir.train import SadirTask
+    from CardiacDiffusionLib.models.store import shipped_registry_path
+
+    monkeypatch.chdir(tmp_path)  # not the checkout
+    model = SadirTask().build_model({**TINY, "size": 32, "output_size": 64})
+    shipped = load_atlas(shipped_registry_path().parent / "atlas" / "sadir_myocardium_64.nii.gz")
+    np.testing.assert_array_equal(model.atlas_fine[0, 0].numpy(), shipped)
+    assert 0.05 < float((model.atlas_fine > 0.5).float().mean()) < 0.2  # a myocardium, not an empty volume

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..models.store import load_model, register_architecture
+from ..models.store import load_model, register_architecture, shipped_registry_path
 from ..training.task import Task
 from . import data
 from .atlas import load_atlas, upsample_displacement
@@ -189,7 +189,7 @@ class SadirTask(Task):
 
     def build_model(self, config: dict) -> nn.Module:
         config = dict(config)
-        atlas_dir = config.pop("atlas_dir", "Resources/atlas")
+        atlas_dir = config.pop("atlas_dir", None) or shipped_registry_path().parent / "atlas"  # checkout or install
         self.reg = float(config.pop("reg", 1e-6))
         self.atlas_steps = {int(s) for s in config.pop("atlas_steps", [])}  # empty: the atlas stays fixed
         self.atlas_subjects = int(config.pop("atlas_subjects", 32))
