@@ -279,6 +279,84 @@ def test_a_second_series_at_the_same_planes_is_refused_and_copies_are_dropped(tm
         read_dicom_stack(tmp_path)
 
 
+def _enhanced(files: list[Path], path: Path, order=None, drop_position_of: int | None = None) -> Path:
+    """The single-frame files as one enhanced (multi-frame) MR file: orientation and pixel measures shared,
+    position, trigger delay and rescale per frame, frames in ``order``; ``drop_position_of``: a frame without
+    a plane position."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sources = [pydicom.dcmread(f) for f in files]
+    order = list(range(len(sources))) if order is None else list(order)
+    first = sources[0]
+    out = Dataset()
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns",
+                    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+                    "PixelRepresentation"):  # fmt: skip
+        if keyword in first:
+            out[keyword] = first[keyword]
+    out.SOPClassUID, out.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.826.0.1.3680043.8.498.1"  # Enhanced MR
+    out.NumberOfFrames = len(order)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = first.PixelSpacing
+    shared.PixelMeasuresSequence[0].SliceThickness = first.SliceThickness
+    out.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k, i in enumerate(order):
+        ds, frame = sources[i], Dataset()
+        if k != drop_position_of:
+            frame.PlanePositionSequence = Sequence([Dataset()])
+            frame.PlanePositionSequence[0].ImagePositionPatient = ds.ImagePositionPatient
+        frame.CardiacSynchronizationSequence = Sequence([Dataset()])
+        frame.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime = ds.TriggerTime
+        frame.PixelValueTransformationSequence = Sequence([Dataset()])
+        frame.PixelValueTransformationSequence[0].RescaleSlope = 2.0  # the frames' own: applied to them
+        frame.PixelValueTransformationSequence[0].RescaleIntercept = -1.0
+        frames.append(frame)
+    out.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    out.PixelData = b"".join(sources[i].pixel_array.astype(sources[i].pixel_array.dtype).tobytes() for i in order)
+    out.file_meta = Dataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.file_meta.MediaStorageSOPClassUID, out.file_meta.MediaStorageSOPInstanceUID = out.SOPClassUID, out.SOPInstanceUID
+    out.save_as(path, enforce_file_format=True)
+    return path
+
+
+@needs_sunnybrook
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # Sunnybrook's vendor UIDs
+def test_enhanced_multi_frame_cine_reads_as_its_single_frame_files(tmp_path):
+    """Newer scanners export a cine as enhanced (multi-frame) MR. The real Sunnybrook series rewritten as one
+    such file, frames shuffled: each phase reads as the single-frame folder does (positions, orientation,
+    spacing, trigger times), with the frames' own rescale; copies of the file are dropped like copied files; a
+    frame without a position is named."""
+    files = sorted(DICOM_DIR.glob("*.dcm"))
+    order = np.random.default_rng(0).permutation(len(files))
+    (tmp_path / "one").mkdir()
+    _enhanced(files, tmp_path / "one" / "cine.dcm", order)
+    assert [p["trigger_time_ms"] for p in dicom_phases(tmp_path / "one")] == [p["trigger_time_ms"] for p in
+                                                                               dicom_phases(DICOM_DIR)]  # fmt: skip
+    for phase in (0, 1):
+        single, multi = read_dicom_stack(DICOM_DIR, phase=phase), read_dicom_stack(tmp_path / "one", phase=phase)
+        np.testing.assert_allclose(multi.pixels, 2.0 * single.pixels - 1.0)
+        np.testing.assert_allclose(multi.origins, single.origins)
+        np.testing.assert_allclose(multi.direction, single.direction)
+        assert multi.pixel_spacing == single.pixel_spacing and multi.thickness == single.thickness
+        assert [m["frame"] for m in multi.meta["slice_meta"]] == [
+            1 + int(np.nonzero(order == files.index(Path(m["path"])))[0][0]) for m in single.meta["slice_meta"]]  # fmt: skip
+    shutil.copy(tmp_path / "one" / "cine.dcm", tmp_path / "one" / "copy.dcm")
+    assert any("repeated copies" in w for w in read_dicom_stack(tmp_path / "one").meta["warnings"])
+    (tmp_path / "bad").mkdir()
+    _enhanced(files, tmp_path / "bad" / "cine.dcm", drop_position_of=2)
+    with pytest.raises(InputError, match="cine.dcm frame 3 has no ImagePositionPatient"):
+        read_dicom_stack(tmp_path / "bad")
+
+
 # ---- Sunnybrook contours ------------------------------------------------------------------------
 def test_contour_mask_pixel_centre_convention():
     # x = column, y = row; a pixel is inside when its centre (integer coordinates) is

@@ -1,4 +1,5 @@
-"""Read a cine short-axis DICOM series (one file per slice and phase) into a :class:`SliceStack`.
+"""Read a cine short-axis DICOM series (one file per slice and phase, or enhanced multi-frame files) into a
+:class:`SliceStack`.
 
 Files are grouped by slice position (``ImagePositionPatient`` projected on the normal of
 ``ImageOrientationPatient``) and, within a slice, ordered by ``TriggerTime`` (then ``InstanceNumber``):
@@ -7,16 +8,20 @@ and in-plane shifts show up in ``stack.geometry_report()`` instead of being flat
 
 We read headers with pydicom rather than SimpleITK's ImageSeriesReader because the series reader
 builds one regular volume from a file list: it neither splits phases nor keeps per-slice origins.
+An enhanced (multi-frame) file, as newer scanners export cine MR, is read as one image per frame: each
+frame's functional groups (per frame, else shared) give what a single-frame header holds, its nominal
+cardiac trigger delay standing for the trigger time.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InputError
@@ -40,12 +45,20 @@ class DicomFile:
     thickness: float | None
     trigger_time: float | None
     shape: tuple[int, int]
+    frame: int | None = None  # 0-based frame of an enhanced (multi-frame) file; None: a single-frame file
+    rescale: tuple[float, float] | None = None  # a frame's (slope, intercept); None: the file's own
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the file, and the frame of a multi-frame file."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
 
     def meta(self) -> dict:
         return {
             "instance_number": self.instance,
             "sop_instance_uid": self.sop_uid,
             "path": str(self.path),
+            "frame": None if self.frame is None else self.frame + 1,
             "trigger_time_ms": self.trigger_time,
         }
 
@@ -103,7 +116,7 @@ def scan_dicom(source, name: str = "DICOM series") -> CineSeries:
             if header is None:
                 ignored += 1
                 continue
-            files.append(_dicom_file(header, path, name))
+            files.extend(_frames(header, path, name) if _frame_count(header) > 1 else [_dicom_file(header, path, name)])
     if not files:
         raise InputError(
             f"{name}: no DICOM images found in {source} ({len(paths)} files looked at, subfolders not searched); "
@@ -149,8 +162,8 @@ def _check_one_series(group: list[DicomFile], name: str, position_mm: float) -> 
         counts = [sum(f.series_uid == uid for f in group) for uid in series]
         raise InputError(
             f"{name}: {len(series)} series hold images at one slice position ({position_mm:.1f} mm along the "
-            f"normal; {counts} images, e.g. {group[0].path.name} and "
-            f"{next(f for f in group if f.series_uid != group[0].series_uid).path.name}): a repeated or second "
+            f"normal; {counts} images, e.g. {group[0].label} and "
+            f"{next(f for f in group if f.series_uid != group[0].series_uid).label}): a repeated or second "
             "acquisition of the same planes; put each series in its own folder"
         )
 
@@ -173,7 +186,8 @@ def read_dicom_stack(
     series = scan_dicom(source, name)
     k = series.phase_index(phase, trigger_time)
     chosen = [s[k] for s in series.slices]
-    pixels = np.stack([_pixels(f, name) for f in chosen])
+    decoded: dict[Path, tuple] = {}  # a multi-frame file is decoded once for all its frames
+    pixels = np.stack([_pixels(f, name, decoded) for f in chosen])
     first = chosen[0]
     warnings_ = []
     if len(set(series.phase_counts)) > 1:
@@ -232,34 +246,78 @@ def _header(path: Path):
     return header
 
 
-def _dicom_file(h, path: Path, name: str) -> DicomFile:
-    if int(h.get("NumberOfFrames", 1) or 1) > 1:
+def _frame_count(h) -> int:
+    try:
+        return int(h.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+#: an enhanced image's functional groups -> the single-frame attributes they hold (source, as named in a header)
+FRAME_GROUPS = {
+    "PlanePositionSequence": {"ImagePositionPatient": "ImagePositionPatient"},
+    "PlaneOrientationSequence": {"ImageOrientationPatient": "ImageOrientationPatient"},
+    "PixelMeasuresSequence": {"PixelSpacing": "PixelSpacing", "SliceThickness": "SliceThickness"},
+    "CardiacSynchronizationSequence": {"NominalCardiacTriggerDelayTime": "TriggerTime"},
+    "PixelValueTransformationSequence": {"RescaleSlope": "RescaleSlope", "RescaleIntercept": "RescaleIntercept"},
+}
+
+
+def _frames(h, path: Path, name: str) -> list[DicomFile]:
+    """One image per frame of an enhanced (multi-frame) file: each frame's functional groups (per frame, else
+    shared) give what a single-frame header holds; frames of one file are told apart by their frame number."""
+    count, per_frame = _frame_count(h), h.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != count:
         raise InputError(
-            f"{name}: {path.name} is a multi-frame (enhanced) DICOM; export the series as single-frame files"
+            f"{name}: {path.name} holds {count} frames but no per-frame functional groups for them (positions, "
+            "orientations): it cannot be placed in 3D; export the series as single-frame files"
         )
+    shared = h.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else Dataset()
+    images = []
+    for k, groups in enumerate(per_frame):
+        header = Dataset()
+        for keyword in ("Rows", "Columns", "SOPInstanceUID", "SeriesInstanceUID"):
+            if keyword in h:
+                header[keyword] = h[keyword]
+        for group, fields in FRAME_GROUPS.items():
+            source = groups if group in groups else shared
+            items = source.get(group) or []
+            for field, target in (fields.items() if items else ()):
+                if field in items[0] and items[0][field].value not in (None, ""):
+                    setattr(header, target, items[0][field].value)
+        header.InstanceNumber = k + 1
+        image = _dicom_file(header, path, name, frame=k)
+        rescale = (float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0))
+        images.append(replace(image, sop_uid=f"{image.sop_uid}#{k + 1}", rescale=rescale))
+    return images
+
+
+def _dicom_file(h, path: Path, name: str, frame: int | None = None) -> DicomFile:
+    what = path.name if frame is None else f"{path.name} frame {frame + 1}"
     missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in h]
     if missing:
         raise InputError(
-            f"{name}: {path.name} has no {', '.join(missing)}; it cannot be placed in 3D (is it a derived or "
+            f"{name}: {what} has no {', '.join(missing)}; it cannot be placed in 3D (is it a derived or "
             "secondary-capture image?)"
         )
-    position = _numbers(h, "ImagePositionPatient", 3, path, name)
-    orientation = _numbers(h, "ImageOrientationPatient", 6, path, name)
-    spacing = _numbers(h, "PixelSpacing", 2, path, name)
+    position = _numbers(h, "ImagePositionPatient", 3, what, name)
+    orientation = _numbers(h, "ImageOrientationPatient", 6, what, name)
+    spacing = _numbers(h, "PixelSpacing", 2, what, name)
     norms = np.linalg.norm(orientation.reshape(2, 3), axis=1)
     if norms.min() < 1e-6 or abs(orientation[:3] @ orientation[3:]) > 1e-2 * norms.prod():
         raise InputError(
-            f"{name}: {path.name} has ImageOrientationPatient {orientation.tolist()}, not two "
+            f"{name}: {what} has ImageOrientationPatient {orientation.tolist()}, not two "
             "perpendicular directions (row, column); the slice cannot be placed: fix or remove this file"
         )
     if spacing.min() <= 0:
         raise InputError(
-            f"{name}: {path.name} has PixelSpacing {spacing.tolist()}; pixel sizes must be positive mm: "
+            f"{name}: {what} has PixelSpacing {spacing.tolist()}; pixel sizes must be positive mm: "
             "fix or remove this file"
         )
     orientation[:3] /= norms[0]
     orientation[3:] /= norms[1]
-    instance = _optional_number(h, "InstanceNumber", path, name)
+    instance = _optional_number(h, "InstanceNumber", what, name)
     return DicomFile(
         path=path,
         instance=None if instance is None else int(instance),
@@ -268,13 +326,14 @@ def _dicom_file(h, path: Path, name: str) -> DicomFile:
         position=position,
         orientation=orientation,
         spacing=(float(spacing[0]), float(spacing[1])),
-        thickness=_optional_number(h, "SliceThickness", path, name),
-        trigger_time=_optional_number(h, "TriggerTime", path, name),
+        thickness=_optional_number(h, "SliceThickness", what, name),
+        trigger_time=_optional_number(h, "TriggerTime", what, name),
         shape=(int(h.Rows), int(h.Columns)),
+        frame=frame,
     )
 
 
-def _numbers(h, tag: str, count: int, path: Path, name: str) -> np.ndarray:
+def _numbers(h, tag: str, count: int, what: str, name: str) -> np.ndarray:
     """Header field ``tag`` as ``count`` finite numbers; anything else raises :class:`InputError` naming the file."""
     try:
         values = np.asarray([float(v) for v in h.get(tag)], dtype=np.float64)
@@ -282,12 +341,12 @@ def _numbers(h, tag: str, count: int, path: Path, name: str) -> np.ndarray:
         values = np.empty(0)
     if values.shape != (count,) or not np.all(np.isfinite(values)):
         raise InputError(
-            f"{name}: {path.name} has a malformed {tag} {h.get(tag)!s} (needs {count} numbers); fix or remove this file"
+            f"{name}: {what} has a malformed {tag} {h.get(tag)!s} (needs {count} numbers); fix or remove this file"
         )
     return values
 
 
-def _optional_number(h, tag: str, path: Path, name: str) -> float | None:
+def _optional_number(h, tag: str, what: str, name: str) -> float | None:
     """Header field ``tag`` as one finite number, None when absent or empty; anything else an InputError."""
     value = h.get(tag)
     if value is None or str(value).strip() == "":
@@ -297,7 +356,7 @@ def _optional_number(h, tag: str, path: Path, name: str) -> float | None:
     except (TypeError, ValueError):
         number = float("nan")
     if not np.isfinite(number):
-        raise InputError(f"{name}: {path.name} has a malformed {tag} {value!s} (needs a number); fix or remove this file")
+        raise InputError(f"{name}: {what} has a malformed {tag} {value!s} (needs a number); fix or remove this file")
     return number
 
 
@@ -323,16 +382,24 @@ def _check_same_grid(files: list[DicomFile], name: str) -> None:
         )
 
 
-def _pixels(f: DicomFile, name: str) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(f.path)
-            array = ds.pixel_array.astype(np.float32)
-    except Exception as error:  # pydicom raises many types for unsupported transfer syntaxes
-        raise InputError(f"{name}: cannot decode the pixels of {f.path.name} ({error})") from None
-    if array.ndim != 2:
-        raise InputError(f"{name}: {f.path.name} is not a grey-level single-frame image (pixels {array.shape})")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+def _pixels(f: DicomFile, name: str, decoded: dict | None = None) -> np.ndarray:
+    """The image's pixels, rescaled (a frame's own slope and intercept, else the file's); ``decoded`` keeps
+    decoded files (path -> (pixels, slope, intercept)) for the other frames of a multi-frame file."""
+    decoded = {} if decoded is None else decoded
+    if f.path not in decoded:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(f.path)
+                array = ds.pixel_array.astype(np.float32)
+        except Exception as error:  # pydicom raises many types for unsupported transfer syntaxes
+            raise InputError(f"{name}: cannot decode the pixels of {f.path.name} ({error})") from None
+        decoded[f.path] = (array, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    array, slope, intercept = decoded[f.path]
+    if f.frame is not None:
+        array = array[f.frame] if array.ndim == 3 and f.frame < len(array) else np.empty((0,))
+        slope, intercept = f.rescale or (slope, intercept)
+    if array.ndim != 2 or array.shape != f.shape:
+        raise InputError(f"{name}: {f.label} is not a grey-level image of {f.shape[0]} x {f.shape[1]} pixels "
+                         f"(pixels {array.shape})")  # fmt: skip
     return array * slope + intercept
