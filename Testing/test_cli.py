@@ -92,6 +92,46 @@ def test_lax_check_without_labels_is_skipped_with_a_warning(mr, tmp_path):
     assert any("LAX check is skipped" in w for w in kept) and not (tmp_path / "lax_dice.json").exists()
 
 
+def test_inspect_says_what_an_input_holds(mr, tmp_path, capsys):
+    """inspect: slices, gaps, phases on offer (a 4D file's 4th axis; a DICOM cine's trigger times, below), the
+    slices holding each label, which way the apex lies, and the warnings a reconstruction would print."""
+    image = sitk.ReadImage(str(mr / "sax_image.nii.gz"))
+    cine = sitk.JoinSeries([image, image, image])  # 3 phases
+    sitk.WriteImage(cine, str(tmp_path / "cine.nii.gz"))
+    assert main(["inspect", "--sax", str(tmp_path / "cine.nii.gz"), "--phase", "2", "--out", str(tmp_path / "i.json")]) == 0
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert [p["phase"] for p in info["phases"]] == [0, 1, 2] and info["phase"] == 2
+    assert info["slices"] == image.GetSize()[2] and info["slice_gaps_mm"] == [10.0] * (image.GetSize()[2] - 1)
+    code, err = error_of(["inspect", "--sax", str(tmp_path / "cine.nii.gz"), "--phase", "5"], capsys)
+    assert code == 2 and "phases 0..2" in err[-1]
+    labels = sitk.ReadImage(str(mr / "sax_labels.nii.gz"))
+    flipped = sitk.GetImageFromArray(sitk.GetArrayFromImage(labels)[::-1].copy())
+    flipped.CopyInformation(labels)
+    sitk.WriteImage(flipped, str(tmp_path / "reversed_labels.nii.gz"))
+    capsys.readouterr()
+    for path, reversed_ in ((mr / "sax_labels.nii.gz", False), (tmp_path / "reversed_labels.nii.gz", True)):
+        assert main(["inspect", "--sax", str(mr / "sax_image.nii.gz"), "--sax-labels", str(path), "--out",
+                     str(tmp_path / "l.json")]) == 0  # fmt: skip
+        info = json.loads((tmp_path / "l.json").read_text())
+        truth = sitk.GetArrayFromImage(labels)[:: -1 if reversed_ else 1]
+        assert info["labels"]["RV"] == [int(k) for k in np.nonzero((truth == 3).any(axis=(1, 2)))[0]]
+        assert info["apex_along_normal"] is True and (info["heart_area_trend_along_normal"] > 0.25) == reversed_
+        assert any("reverse order" in w for w in info["warnings"]) == reversed_
+    assert "warning: " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (ACDC.parent / "sunnybrook-SC-HF-I-1").is_dir(), reason="shared Sunnybrook data missing")
+def test_inspect_lists_the_phases_of_a_dicom_cine(tmp_path, capsys):
+    from CardiacDiffusionLib.io import dicom_phases
+
+    folder = ACDC.parent / "sunnybrook-SC-HF-I-1" / "dicom"
+    assert main(["inspect", "--sax", str(folder), "--out", str(tmp_path / "i.json")]) == 0
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert info["phases"] == dicom_phases(folder) and len(info["phases"]) == 2 and info["slices"] == 12
+    assert info["apex_along_normal_by_anatomy"] is False and info["warnings"] == []  # its normal points apex -> base
+    assert "trigger times (ms) [284.81" in capsys.readouterr().out
+
+
 def test_dicom_series_input_matches_nifti(mr, tmp_path):
     assert run_reconstruct(mr, tmp_path / "nii", "nearest") == 0
     assert run_reconstruct(mr, tmp_path / "dcm", "nearest", sax=mr / "dicom" / "sax") == 0

@@ -15,7 +15,8 @@ from ..errors import InputError
 from ..training.cli import parse
 
 #: modules of this package that register sub-commands, in help order
-COMMAND_MODULES = ("demo", "phantom", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train", "models")
+COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train",
+                   "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

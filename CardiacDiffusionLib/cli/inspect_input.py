@@ -1,0 +1,71 @@
+"""``cardiac-diffusion inspect``: what the readers see in a SAX input (and its labels), before any work.
+
+Slices, grid, gaps and shifts, the normal, the cardiac phases on offer (trigger times of a DICOM cine), the
+labels per slice and which way the apex lies, and every warning a reconstruction would print.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ..labels import MR_LABELS
+from .common import add_label_convention, output_file, write_json_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="what a SAX input holds: slices, geometry, phases, labels, warnings")
+    p.add_argument("--sax", required=True, help="SAX stack: NIfTI/NRRD/MHA volume, a DICOM folder or an ACDC HDF5 file")
+    p.add_argument("--sax-labels", help="labels of the SAX stack (same grid)")
+    p.add_argument("--phase", type=int, help="cine input: the phase to look at (default: the first)")
+    p.add_argument("--out", help="also write the summary as a JSON file")
+    add_label_convention(p)
+    p.set_defaults(func=run)
+
+
+def summary(stack, on_offer: list[dict], phase: int) -> dict:
+    """The stack's geometry report, phases and labels, JSON-able."""
+    from ..geometry.stack import anatomy_says_normal_points_to_apex, area_trend, normal_points_to_apex
+
+    report = stack.geometry_report()
+    out = {"source": stack.meta.get("path", stack.source), **report, "phases": on_offer,
+           "phase": phase,
+           "warnings": [*stack.meta.get("warnings", []), *report["warnings"]]}  # fmt: skip
+    anatomy = anatomy_says_normal_points_to_apex(stack)
+    out["apex_along_normal_by_anatomy"] = anatomy  # None: the stored orientation cannot say
+    if stack.labels is not None:
+        out["labels"] = {name: [int(k) for k in np.nonzero((stack.labels == v).any(axis=(1, 2)))[0]]
+                         for v, name in MR_LABELS.items()}  # slices holding each label  # fmt: skip
+        areas = (stack.labels > 0).reshape(stack.n, -1).sum(1)
+        trend = area_trend(stack.positions, areas)
+        out["heart_area_trend_along_normal"] = None if trend is None else round(trend, 3)
+        out["apex_along_normal"] = normal_points_to_apex(stack)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.volumes import list_phases, read_stack
+
+    out = output_file(args.out, [args.sax, args.sax_labels]) if args.out else None
+    on_offer = list_phases(args.sax, name="--sax")
+    phase = args.phase if args.phase is not None else 0
+    stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
+                       phase=args.phase if args.phase is not None or len(on_offer) == 1 else 0)  # fmt: skip
+    info = summary(stack, on_offer, phase)
+    times = [p["trigger_time_ms"] for p in on_offer]
+    print(f"{info['source']}: {info['slices']} slices of {info['rows_cols'][0]} x {info['rows_cols'][1]} pixels "
+          f"({info['pixel_spacing_mm'][0]:g} x {info['pixel_spacing_mm'][1]:g} mm), normal {info['normal_lps']}")  # fmt: skip
+    print(f"gaps (mm): {info['slice_gaps_mm']}")
+    print(f"phases: {len(on_offer)}" + (f", trigger times (ms) {times}" if any(t is not None for t in times) else "")
+          + f"; shown: phase {info['phase']}")  # fmt: skip
+    if "labels" in info:
+        for name, slices in info["labels"].items():
+            print(f"{name}: slices {slices}")
+        print(f"apex along the normal: {info['apex_along_normal']} (heart area trend {info['heart_area_trend_along_normal']})")
+    for warning in info["warnings"]:
+        print(f"warning: {warning}")
+    if out is not None:
+        write_json_file(out, info)
+        print(f"inspect: wrote {out}")
+    return 0
