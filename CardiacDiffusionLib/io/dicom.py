@@ -288,7 +288,8 @@ def _frames(h, path: Path, name: str) -> list[DicomFile]:
                     setattr(header, target, items[0][field].value)
         header.InstanceNumber = k + 1
         image = _dicom_file(header, path, name, frame=k)
-        rescale = (float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0))
+        slope, intercept = (_optional_number(header, tag, image.label, name) for tag in ("RescaleSlope", "RescaleIntercept"))
+        rescale = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
         images.append(replace(image, sop_uid=f"{image.sop_uid}#{k + 1}", rescale=rescale))
     return images
 
