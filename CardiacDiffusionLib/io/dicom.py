@@ -50,8 +50,7 @@ class DicomFile:
 
     @property
     def label(self) -> str:
-        """How messages name it: the file, and the frame of a multi-frame file."""
-        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
+        return _image_label(self.path, self.frame)
 
     def meta(self) -> dict:
         return {
@@ -294,8 +293,13 @@ def _frames(h, path: Path, name: str) -> list[DicomFile]:
     return images
 
 
+def _image_label(path: Path, frame: int | None) -> str:
+    """How messages name an image: its file, and the frame of a multi-frame file."""
+    return path.name if frame is None else f"{path.name} frame {frame + 1}"
+
+
 def _dicom_file(h, path: Path, name: str, frame: int | None = None) -> DicomFile:
-    what = path.name if frame is None else f"{path.name} frame {frame + 1}"
+    what = _image_label(path, frame)
     missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in h]
     if missing:
         raise InputError(
