@@ -20,6 +20,14 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def stack_report(stack) -> dict:
+    """The stack's geometry report with the reader's warnings (e.g. no spacing stored) first: what the
+    commands print and keep."""
+    report = stack.geometry_report()
+    report["warnings"] = [*stack.meta.get("warnings", []), *report["warnings"]]
+    return report
+
+
 def add_label_convention(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-convention",

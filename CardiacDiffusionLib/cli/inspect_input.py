@@ -11,7 +11,7 @@ import argparse
 import numpy as np
 
 from ..labels import MR_LABELS
-from .common import add_label_convention, output_file, write_json_file
+from .common import add_label_convention, output_file, stack_report, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,15 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def summary(stack, on_offer: list[dict], phase: int) -> dict:
-    """The stack's geometry report, phases and labels, JSON-able."""
+    """The stack's geometry report (with the reader's warnings), phases and labels, JSON-able."""
     from ..geometry.stack import anatomy_says_normal_points_to_apex, area_trend, normal_points_to_apex
 
-    report = stack.geometry_report()
-    out = {"source": stack.meta.get("path", stack.source), **report, "phases": on_offer,
-           "phase": phase,
-           "warnings": [*stack.meta.get("warnings", []), *report["warnings"]]}  # fmt: skip
-    anatomy = anatomy_says_normal_points_to_apex(stack)
-    out["apex_along_normal_by_anatomy"] = anatomy  # None: the stored orientation cannot say
+    out = {"source": stack.meta.get("path", stack.source), **stack_report(stack), "phases": on_offer, "phase": phase}
+    out["apex_along_normal_by_anatomy"] = anatomy_says_normal_points_to_apex(stack)  # None: orientation cannot say
     if stack.labels is not None:
         out["labels"] = {name: [int(k) for k in np.nonzero((stack.labels == v).any(axis=(1, 2)))[0]]
                          for v, name in MR_LABELS.items()}  # slices holding each label  # fmt: skip
@@ -45,13 +41,14 @@ def summary(stack, on_offer: list[dict], phase: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.volumes import list_phases, read_stack
+    from ..io.volumes import read_stack, volume_phases
 
     out = output_file(args.out, [args.sax, args.sax_labels]) if args.out else None
-    on_offer = list_phases(args.sax, name="--sax")
-    phase = args.phase if args.phase is not None else 0
+    phase = args.phase if args.phase is not None else 0  # phase 0 of a one-phase file is the file
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
-                       phase=args.phase if args.phase is not None or len(on_offer) == 1 else 0)  # fmt: skip
+                       phase=phase)  # fmt: skip
+    times = stack.meta.get("trigger_times_ms") or [None] * volume_phases(args.sax, name="--sax")  # DICOM: read once
+    on_offer = [{"phase": k, "trigger_time_ms": t} for k, t in enumerate(times)]
     info = summary(stack, on_offer, phase)
     times = [p["trigger_time_ms"] for p in on_offer]
     print(f"{info['source']}: {info['slices']} slices of {info['rows_cols'][0]} x {info['rows_cols'][1]} pixels "

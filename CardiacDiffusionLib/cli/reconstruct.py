@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError, quality_warnings
-from .common import add_label_convention, lax_inputs, make_folder, output_folder
+from .common import add_label_convention, lax_inputs, make_folder, output_folder, stack_report
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
 OUTPUTS = ("reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json")
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
-    report = stack.geometry_report()
-    report["warnings"] = [*stack.meta.get("warnings", []), *report["warnings"]]  # the reader's too
+    report = stack_report(stack)
     for warning in report["warnings"]:
         print(f"warning: {warning}")
     options = {}

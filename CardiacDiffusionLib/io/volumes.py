@@ -116,25 +116,20 @@ def read_stack(
     return stack
 
 
-def list_phases(path, name: str = "SAX stack") -> list[dict]:
-    """The cardiac phases a SAX input offers, ``[{"phase": k, "trigger_time_ms": t or None}, ...]``: a DICOM
-    cine's (with trigger times), a 4D volume's (its 4th axis), else one."""
+def volume_phases(path, name: str = "SAX stack") -> int:
+    """How many cardiac phases a volume file holds: a 4D file's 4th axis, else 1 (an ACDC HDF5 file: 1; a DICOM
+    cine's phases are in ``read_dicom_stack``'s ``meta["trigger_times_ms"]``)."""
     path = _existing(path, name)
-    if path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
-        from .dicom import dicom_phases
-
-        return dicom_phases(path, name=name)
-    count = 1
-    if _suffix(path) not in (".h5", ".hdf5"):
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            raise InputError(f"{name}: cannot read {path} as an image; give a NIfTI/NRRD/MHA file, a DICOM folder "
-                             "or an ACDC HDF5 file") from None  # fmt: skip
-        count = reader.GetSize()[3] if reader.GetDimension() == 4 else 1
-    return [{"phase": k, "trigger_time_ms": None} for k in range(count)]
+    if path.is_dir() or _suffix(path) in (".h5", ".hdf5", *DICOM_SUFFIXES):
+        return 1
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{name}: cannot read {path} as an image; give a NIfTI/NRRD/MHA file, a DICOM folder "
+                         "or an ACDC HDF5 file") from None  # fmt: skip
+    return reader.GetSize()[3] if reader.GetDimension() == 4 else 1
 
 
 def write_image(image: sitk.Image, path) -> Path:
