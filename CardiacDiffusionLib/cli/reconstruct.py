@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, write_image
-    from ..reconstruction.lax_check import format_table, lax_dice_table
+    from ..reconstruction.lax_check import format_table, lax_dice_table, lax_overview
     from ..reconstruction.volume import reconstruct
 
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
@@ -50,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
     report = stack_report(stack)
+    if lax:  # a plane the volume will not reach is refused now; labels that disagree at the crossings are said
+        overview = lax_overview(stack, lax, args.spacing)
+        for name, row in overview.items():
+            if row["pixels_in_sax_extent"] == 0:
+                raise InputError(f"--lax-labels {name}: the LAX plane does not intersect the SAX volume; check that "
+                                 "both come from the same patient and study (same frame of reference)")  # fmt: skip
+            report["warnings"] += row["warnings"]
     for warning in report["warnings"]:
         print(f"warning: {warning}")
     options = {}

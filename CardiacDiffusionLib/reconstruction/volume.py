@@ -60,7 +60,17 @@ def reconstruct(stack: SliceStack, method: str = "shape", spacing: float = 1.0, 
 
 
 def _on_grid(array: np.ndarray, stack: SliceStack, spacing: float) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
+    return _framed(sitk.GetImageFromArray(array), stack, spacing)
+
+
+def output_grid(stack: SliceStack, spacing: float = 1.0) -> sitk.Image:
+    """An empty (uint8) image on the grid :func:`reconstruct` writes ``stack`` to at ``spacing`` mm."""
+    rows, cols = stack.shape2d
+    count = len(target_positions(stack.positions, spacing))
+    return _framed(sitk.Image(int(cols), int(rows), count, sitk.sitkUInt8), stack, spacing)
+
+
+def _framed(image: sitk.Image, stack: SliceStack, spacing: float) -> sitk.Image:
     image.SetOrigin(tuple(float(v) for v in stack.origins[0]))
     image.SetSpacing((float(stack.pixel_spacing[0]), float(stack.pixel_spacing[1]), float(spacing)))
     image.SetDirection(tuple(stack.direction.flatten().tolist()))
