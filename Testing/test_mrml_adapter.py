@@ -448,6 +448,7 @@ def test_reconstruction_job_loads_new_nodes(mrml_scene):
     assert result.lax_dice == {"4ch": want}
     assert mrml.dict_from_table(result.table) == {"4ch": want}
     assert want["LV"] > 0.85 and want["MYO"] > 0.6  # the analytic heart is reconstructed, not noise
+    assert result.warnings == []  # LAX and SAX labels from one heart agree where the planes cross
     # new nodes only; inputs untouched; progress reached 100 %
     assert mrml_scene.GetNumberOfNodes() > nodes_before
     assert [(n.GetMTime(), n.GetID()) for n in inputs] == before
@@ -548,6 +549,14 @@ def test_reconstruction_result_carries_the_warnings(mrml_scene):
     result = ReconstructionJob(mrml_scene, *nodes, method="shape").start().wait(timeout=120)
     assert [w for w in result.warnings if "reverse order" in w] and not any("/" in w for w in result.warnings)
     assert ReconstructionJob(mrml_scene, as_scanned, method="shape").start().wait(timeout=120).warnings == []
+    # LAX labels of another phase (end-systolic, the stack end-diastolic): warned about by node name
+    from CardiacDiffusionLib.phantoms.scanner import acquire_lax
+
+    es_labels = acquire_lax(MRPhantom(3, "ES"), "4ch", pixel_mm=3.0, matrix=64)[1]
+    es = mrml.volume_node_from_image(mrml_scene, es_labels, "4ch ES", labelmap=True)
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "labels", labelmap=True)
+    said = ReconstructionJob(mrml_scene, as_scanned, labels, [es], method="shape").start().wait(timeout=120).warnings
+    assert len(said) == 1 and said[0].startswith("node '4ch ES': its labels and the SAX labels disagree"), said
 
 
 @mrml_only

@@ -30,6 +30,7 @@ LABEL_NUMBERINGS = ("project", "acdc")
 #: the child's advice in command-line terms -> what a module's user does instead
 MODULE_HINTS = {
     "pass --label-convention acdc": "set the module's Label numbering to ACDC (1 RV, 2 MYO, 3 LV)",
+    "--lax-labels node": "LAX labels node",
 }
 
 
@@ -154,6 +155,8 @@ class CLIJob:
         """The child's message with node names for the files it was given and module options for its own."""
         for path, name in self.exported.items():
             text = text.replace(str(path), f"node '{name}'")
+        for path, name in self.exported.items():  # then bare file names (the LAX table's and its warnings' keys)
+            text = text.replace(path.name, f"node '{name}'")
         for option, hint in MODULE_HINTS.items():
             text = text.replace(option, hint)
         return text
