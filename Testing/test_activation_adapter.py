@@ -145,7 +145,7 @@ def test_activation_job_arguments(mrml_scene, case, tmp_path):
     stack, good, _ = case
     image = mrml.volume_node_from_image(mrml_scene, stack.to_image(), "SAX")
     labels = mrml.segmentation_from_labels(mrml_scene, stack.to_image(labels=True), "SAX seg", surfaces=False)
-    rv = mrml.markups_from_points(mrml_scene, np.array([[10.0, -20.0, 30.5]]), "RV insertion")
+    rv = mrml.markups_from_points(mrml_scene, np.array([[-10.0, -20.0, 30.5]]), "RV insertion")  # LPS: the patient's right
     with pytest.raises(InputError, match="exactly one of"):
         ActivationJob(mrml_scene, labels, tos_file=str(good), strain_file=str(good))
     with pytest.raises(InputError, match="file not found"):
@@ -156,7 +156,19 @@ def test_activation_job_arguments(mrml_scene, case, tmp_path):
     arguments = job._export(tmp_path)
     slices = ["--slices", str(tmp_path / "sax.nrrd"), "--slice-labels", str(tmp_path / "sax_labels.nrrd")]
     assert arguments[:4] == slices
-    assert arguments[arguments.index("--rv-insertion") + 1] == "10.0,-20.0,30.5"  # LPS, as the CLI takes it
+    assert arguments[arguments.index("--rv-insertion") + 1] == "-10.0,-20.0,30.5"  # LPS, as the CLI takes it
+    # and the command's parser reads it as a point, not as an option (argparse's rule for words starting with -)
+    from CardiacDiffusionLib.cli.main import _values_not_options, build_parser
+
+    parsed = build_parser().parse_args(_values_not_options(["lma", *arguments, "--out", str(tmp_path / "o")]))
+    np.testing.assert_array_equal(parsed.rv_insertion[0], [-10.0, -20.0, 30.5])
+    # the command's advice, in module terms: no command-line option a module user cannot pass
+    from CardiacDiffusionLib.activation.sectors import lv_frame
+
+    no_rv = stack.with_labels(np.where(stack.labels == 3, 0, stack.labels))
+    with pytest.raises(InputError) as refused:
+        lv_frame(no_rv)
+    assert "RV insertion field" in job._in_module_terms(str(refused.value)) and "--" not in job._in_module_terms(str(refused.value))
     assert arguments[-3:] == ["--scar", "5", "11"]
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sax_labels.nrrd")))
     np.testing.assert_array_equal(written, stack.labels)  # the segmentation, back on the SAX grid

@@ -127,6 +127,11 @@ def test_bracket_weights_and_refusal():
         bracket(np.array([0.0, 10.0]), np.array([11.0]))
     np.testing.assert_allclose(target_positions(np.array([0.0, 9.5]), 2.0), [0, 2, 4, 6, 8])
     assert len(target_positions(np.array([0.0, 199.9]), 0.1)) == 2000
+    # DICOM positions rounded to the micrometre (Sunnybrook: 12 slices, 10 mm apart, span 109.9997 mm): the grid
+    # still reaches the last slice, at the acquired spacing and finer
+    for spacing, count in ((10.0, 12), (5.0, 23), (1.0, 111)):
+        grid = target_positions(np.array([0.0, 109.9997]), spacing)
+        assert len(grid) == count and grid[-1] == 109.9997, spacing
     with pytest.raises(InputError, match="2001 output slices .* at least 0.101 mm"):
         target_positions(np.array([0.0, 200.0]), 0.1)
 

@@ -217,6 +217,9 @@ def test_bad_inputs_give_one_line_errors(mr, tmp_path, capsys):
     nan[1, 3, 3] = np.nan
     nan_path = write(nan, tmp_path / "nan.nii.gz")
     bad_labels = write(np.full((11, 96, 96), 7, np.uint8), tmp_path / "bad_labels.nii.gz")
+    empty = sitk.Image(sitk.ReadImage(str(mr / "sax_labels.nii.gz")))
+    empty = sitk.Multiply(empty, 0)
+    sitk.WriteImage(empty, str(tmp_path / "empty_labels.nii.gz"))
     far = sitk.ReadImage(str(mr / "lax_4ch_labels.nii.gz"))
     far.SetOrigin(tuple(np.array(far.GetOrigin()) + 1000.0))
     far_path = tmp_path / "far_lax.nii.gz"
@@ -225,6 +228,8 @@ def test_bad_inputs_give_one_line_errors(mr, tmp_path, capsys):
         "2D": ["reconstruct", "--sax", flat, "--out", str(tmp_path / "o")],
         "NaN": ["reconstruct", "--sax", nan_path, "--out", str(tmp_path / "o")],
         "label": ["reconstruct", "--sax", str(mr / "sax_image.nii.gz"), "--sax-labels", bad_labels, "--out", str(tmp_path / "o")],
+        "no label": ["reconstruct", "--sax", str(mr / "sax_image.nii.gz"), "--sax-labels",
+                     str(tmp_path / "empty_labels.nii.gz"), "--out", str(tmp_path / "o")],
         "intersect": ["lax-dice", "--labels", str(mr / "truth_labels.nii.gz"), "--lax-labels", str(far_path)],
         "missing": ["reconstruct", "--sax", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o")],
     }  # fmt: skip

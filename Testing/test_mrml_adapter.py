@@ -594,6 +594,39 @@ def test_reconstruction_job_cancel_leaves_scene(mrml_scene, tmp_path, monkeypatc
     assert reports[-1] == (None, "cancelled")
 
 
+@mrml_only
+def test_reconstruction_job_that_fails_to_load_leaves_scene(mrml_scene, tmp_path, monkeypatch):
+    """A result that fails half-way through loading (here the label file is corrupt, after the volume was added)
+    is taken out again; and cancelling a job whose child already exited says so instead of losing its files."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    (tmp_path / "broken_cli.py").write_text(
+        "import sys, pathlib, SimpleITK as sitk\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir()\n"
+        "sitk.WriteImage(sitk.ReadImage(sys.argv[sys.argv.index('--sax') + 1]), str(out / 'reconstruction_image.nii.gz'))\n"
+        "(out / 'reconstruction_labels.nii.gz').write_bytes(b'not a NIfTI file')\n"
+        "(out / 'geometry.json').write_text('{}')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    image, _ = sax_images()
+    sax_node = mrml.volume_node_from_image(mrml_scene, image, "SAX")
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    job = ReconstructionJob(mrml_scene, sax_node, method="shape")
+    job.cli_module = "broken_cli"
+    with pytest.raises(RuntimeError):
+        job.start().wait(timeout=60)
+    assert mrml_scene.GetNumberOfNodes() == nodes_before and not job.folder.exists()
+    job = ReconstructionJob(mrml_scene, sax_node, method="shape")
+    job.cli_module = "broken_cli"
+    job.start()
+    job.child.wait(60, lambda message: None)  # the child is done, its outputs not loaded yet
+    job.cancel()
+    with pytest.raises(InputError, match="cancelled"):
+        job.wait(timeout=10)
+    assert mrml_scene.GetNumberOfNodes() == nodes_before
+
+
 def test_sax_images_are_what_the_tests_assume():
     image, labels = sax_images()
     array = sitk.GetArrayFromImage(labels)

@@ -1,8 +1,8 @@
 """The SyntheticData module's job on real MRML (slicer-core).
 
-No trained LDM ships yet, so the child here is a stand-in ``sample`` command that writes known
-pairs with the Lib's own ``write_pairs`` (same files, names and labels.json as the real one); what
-is tested is the job: arguments, loading, segment names/colours/geometry, scene left alone on failure.
+Most tests run a stand-in ``sample`` command that writes known pairs with the Lib's own ``write_pairs`` (same
+files, names and labels.json as the real one), so that what is tested is the job: arguments, loading, segment
+names/colours/geometry, scene left alone on failure. One runs the real command on the shipped LDM.
 """
 
 from __future__ import annotations
@@ -113,3 +113,19 @@ def test_synthetic_module_logic_on_slicer_core(mrml_scene, monkeypatch, stand_in
         assert outcome.wasSuccessful() and [reason for _, reason in outcome.skipped] == [
             f"no LDM model {DEFAULT_MODEL!r} is installed"
         ]
+
+
+def test_sample_job_on_the_shipped_ldm(mrml_scene):
+    """The real ``sample`` command on the shipped LDM: one pair whose segmentation, read back on its volume's grid,
+    holds the 8 named structures, the heart chambers inside the image's soft-tissue range."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.synthetic import CT_DESCRIPTIONS, SampleJob
+
+    result = SampleJob(mrml_scene, count=1, seed=0, steps=10, device="cpu", surfaces=False).start().wait(timeout=300)
+    image = mrml.image_from_volume_node(result.volumes[0])
+    labels = sitk.GetArrayFromImage(mrml.labels_from_segmentation(
+        result.segmentations[0], image, {CT_DESCRIPTIONS[name]: value for value, name in CT_LABELS.items()}))  # fmt: skip
+    assert labels.shape == sitk.GetArrayFromImage(image).shape
+    assert set(np.unique(labels)) == set(range(9)), np.unique(labels)  # background and every structure
+    hu = sitk.GetArrayFromImage(image)
+    assert -200 < np.median(hu[labels == 1]) < 600 and np.median(hu[labels == 0]) < np.median(hu[labels == 1])

@@ -270,7 +270,9 @@ class ActivationMapLogic(ScriptedLoadableModuleLogic):
     def showResult(result) -> None:
         """Show the painted myocardium in 3D and select the segment table."""
         result.model.GetDisplayNode().SetVisibility(True)
-        slicer.app.layoutManager().threeDWidget(0).threeDView().resetFocalPoint()
+        layout = slicer.app.layoutManager()
+        if layout is not None and layout.threeDViewCount > 0:  # a layout without 3D view (or no main window) has none
+            layout.threeDWidget(0).threeDView().resetFocalPoint()
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(result.table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 

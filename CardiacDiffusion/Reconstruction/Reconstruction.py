@@ -196,8 +196,8 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     _("Reconstruction done with {n} warning(s): see the log").format(n=len(job.result.warnings)), 15000
                 )
             self._parameterNode.outputVolume = job.result.volume
-            if job.result.segmentation is not None:
-                self._parameterNode.outputSegmentation = job.result.segmentation
+            # no labels this time: the previous run's segmentation is not this volume's, so it is not reused
+            self._parameterNode.outputSegmentation = job.result.segmentation
 
     def onCancelButton(self) -> None:
         if self._job is not None:

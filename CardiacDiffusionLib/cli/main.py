@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ..errors import InputError
@@ -28,8 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a point or list that starts with a minus sign, e.g. ``-10.5,-20,30`` (LPS mm)
+_NUMBER_LIST = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)+$")
+
+
+def _values_not_options(argv: list[str]) -> list[str]:
+    """argparse takes any word starting with "-" for an option unless it is a single number, so a point on the
+    patient's right (``--rv-insertion -10,-20,30``) would end in "expected at least one argument": such number
+    lists get a leading space, which makes them values (the parsers strip it)."""
+    return [f" {a}" if _NUMBER_LIST.match(a) else a for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse(build_parser(), argv)
+    args = parse(build_parser(), _values_not_options(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except InputError as error:

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
                        phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+    if stack.labels is not None and not stack.labels.any():
+        raise InputError(f"--sax-labels {args.sax_labels}: no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV "
+                         "cavity); label the stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
     report = stack_report(stack)
     if lax:  # a plane the volume will not reach is refused now; labels that disagree at the crossings are said

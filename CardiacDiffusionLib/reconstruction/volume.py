@@ -28,6 +28,7 @@ class Reconstruction:
 #: finer than this adds nothing to a 1-2 mm in-plane grid; more output slices than this is not a volume
 #: reconstruction but a mistake (memory grows with them: 2 000 x 512 x 512 float32 is 2 GB)
 MIN_SPACING_MM, MAX_SLICES = 0.1, 2000
+POSITION_TOLERANCE_MM = 1e-3
 
 
 def target_positions(positions: np.ndarray, spacing: float) -> np.ndarray:
@@ -38,11 +39,13 @@ def target_positions(positions: np.ndarray, spacing: float) -> np.ndarray:
     if spacing > length:
         raise InputError(f"--spacing {spacing} mm: larger than the stack's extent ({length:.1f} mm), so the output "
                          f"would be one slice; give at most {length:.1f} (default 1)")  # fmt: skip
-    count = int(np.floor(length / spacing + 1e-6)) + 1
+    # DICOM positions are rounded (Sunnybrook's 12 slices 10 mm apart span 109.9997 mm): a last slice within
+    # POSITION_TOLERANCE_MM of the grid is on it, else the output would end one spacing short of it
+    count = int(np.floor((length + POSITION_TOLERANCE_MM) / spacing)) + 1
     if count > MAX_SLICES:
         raise InputError(f"--spacing {spacing} mm: {count} output slices over {length:.0f} mm (at most {MAX_SLICES}); "
                          f"give at least {np.ceil(length / (MAX_SLICES - 1) * 1000) / 1000:.3f} mm")  # fmt: skip
-    return positions[0] + spacing * np.arange(count)
+    return np.minimum(positions[0] + spacing * np.arange(count), positions[-1])
 
 
 def reconstruct(stack: SliceStack, method: str = "shape", spacing: float = 1.0, **options) -> Reconstruction:

@@ -31,6 +31,8 @@ LABEL_NUMBERINGS = ("project", "acdc")
 MODULE_HINTS = {
     "pass --label-convention acdc": "set the module's Label numbering to ACDC (1 RV, 2 MYO, 3 LV)",
     "--lax-labels node": "LAX labels node",
+    "--sax-labels node": "SAX labels node",
+    "with --rv-insertion x,y,z": "as a point list in the module's RV insertion field",
 }
 
 
@@ -73,6 +75,7 @@ class CLIJob:
         self.log: list[str] = []
         self.exported: dict[Path, str] = {}  # input file written for the child -> the node it came from
         self._callback: ProgressCallback | None = None
+        self._cancelled = False
 
     # ---- for subclasses -------------------------------------------------------------------------
     def _export(self, folder: Path) -> list[str]:
@@ -119,6 +122,7 @@ class CLIJob:
         """Kill the child and its children; the scene is left as it was."""
         if self.child is not None:
             self.child.cancel()
+        self._cancelled = True  # also when the child had already exited: its outputs are gone with the folder
         self._cleanup()
         self._report(None, "cancelled")
 
@@ -128,14 +132,20 @@ class CLIJob:
             return self.result
         try:
             self.child.poll(self._on_message)
-            if self.child.cancelled:
+            if self.child.cancelled or self._cancelled:
                 raise InputError(f"the {self.title} was cancelled")
             try:
                 self.child.check()
             except ProcessFailed as error:  # the child names its input files: say which nodes they are
                 raise ProcessFailed(self._in_module_terms(str(error))) from None
             self._report(CHILD_END, "loading results")
-            self.result = self._load(self.folder / "out")
+            before = _node_ids(self.scene)
+            try:
+                self.result = self._load(self.folder / "out")
+            except BaseException:  # a half-loaded result is taken out again: the scene stays as it was
+                for node in reversed([n for n in _nodes(self.scene) if n.GetID() not in before]):
+                    self.scene.RemoveNode(node)
+                raise
         finally:
             self._cleanup()
         self._report(1.0, "done")
@@ -178,6 +188,14 @@ class CLIJob:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _nodes(scene) -> list:
+    return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+
+
+def _node_ids(scene) -> set[str]:
+    return {node.GetID() for node in _nodes(scene)}
+
+
 def write_label_node(node, path: Path, reference=None, numbering: str = "project") -> Path:
     """A labelmap volume or a segmentation (segments matched by name) written as a label file in the project's
     numbering (1 LV cavity, 2 LV myocardium, 3 RV cavity).
@@ -212,7 +230,7 @@ def reference_image_of_segmentation(node) -> sitk.Image:
     if not geometry:
         raise InputError(
             f"{node.GetName()}: segmentation has no reference geometry; export it to a labelmap volume "
-            "on its LAX image first"
+            "on the image it was drawn on first"
         )
     oriented = slicer.vtkOrientedImageData()
     converter.DeserializeImageGeometry(geometry, oriented, False)
