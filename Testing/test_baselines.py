@@ -132,6 +132,7 @@ def test_bracket_weights_and_refusal():
     for spacing, count in ((10.0, 12), (5.0, 23), (1.0, 111)):
         grid = target_positions(np.array([0.0, 109.9997]), spacing)
         assert len(grid) == count and grid[-1] == 109.9997, spacing
+    assert len(target_positions(np.array([0.0, 109.9997]), 110.0)) == 2  # the whole extent in one step
     with pytest.raises(InputError, match="2001 output slices .* at least 0.101 mm"):
         target_positions(np.array([0.0, 200.0]), 0.1)
 

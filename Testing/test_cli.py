@@ -240,6 +240,37 @@ def test_bad_inputs_give_one_line_errors(mr, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_outputs_say_what_made_them_and_nothing_stale_is_left(mr, tmp_path, capsys):
+    """geometry.json records the input's frame, method, settings and output grid; rerunning into the folder with a
+    method that makes no labels removes the earlier labels and LAX table (else they would pass for this run's);
+    options of another method and a negative phantom seed are refused; lax-dice checks its --out first; a
+    phantom written again into its folder replaces its DICOM series instead of adding to it."""
+    out = tmp_path / "r"
+    assert run_reconstruct(mr, out) == 0
+    geometry = json.loads((out / "geometry.json").read_text())
+    sax = sitk.ReadImage(str(mr / "sax_image.nii.gz"))
+    assert geometry["method"] == "shape" and geometry["settings"] == {"spacing_mm": 1.0}
+    np.testing.assert_allclose(geometry["input"]["first_slice_origin_lps"], sax.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(geometry["input"]["row_direction_lps"], np.array(sax.GetDirection())[0::3], atol=1e-5)
+    assert geometry["output"]["size"] == list(sitk.ReadImage(str(out / "reconstruction_image.nii.gz")).GetSize())
+    capsys.readouterr()
+    assert main(["reconstruct", "--method", "linear", "--sax", str(mr / "sax_image.nii.gz"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["geometry.json", "reconstruction_image.nii.gz"]
+    assert "removed reconstruction_labels.nii.gz of an earlier run" in capsys.readouterr().out
+    code, err = error_of(["reconstruct", "--method", "shape", "--steps", "5", "--sax", str(mr / "sax_image.nii.gz"),
+                          "--out", str(tmp_path / "o")], capsys)  # fmt: skip
+    assert code == 2 and "--steps: options of --method dmcvr" in err[-1]
+    code, err = error_of(["phantom", "--seed", "-3", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--seed -3" in err[-1] and not (tmp_path / "o").exists()
+    code, err = error_of(["lax-dice", "--labels", str(out.parent / "r" / "geometry.json"), "--lax-labels",
+                          str(mr / "lax_4ch_labels.nii.gz"), "--out", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 2 and "is a folder" in err[-1]  # said before the labels were read
+    again = tmp_path / "phantom"
+    for gap in ("8", "10"):
+        assert main(["phantom", "--seed", "3", "--gap", gap, "--matrix", "48", "--out", str(again)]) == 0
+    assert len(list((again / "dicom" / "sax").glob("*.dcm"))) == sitk.ReadImage(str(again / "sax_image.nii.gz")).GetSize()[2]
+
+
 def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--methods", "nearest", "shape"]) == 0
     out = capsys.readouterr().out

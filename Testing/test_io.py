@@ -250,6 +250,19 @@ def test_mixed_orientations_and_no_dicom_are_refused(tmp_path):
     ds.save_as(tmp_path / "axial.dcm")
     with pytest.raises(InputError, match=r"mixed-folder: the folder mixes 2 image orientations"):
         read_dicom_stack(tmp_path, name="mixed-folder")
+    # another patient's or study's images at the same orientation would be interleaved by position
+    for tag, said in (("PatientID", "2 patients"), ("StudyInstanceUID", "2 studies")):
+        folder = tmp_path / tag
+        folder.mkdir()
+        for p in files:
+            shutil.copy(p, folder / p.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(folder / files[4].name)
+        setattr(ds, tag, "1.2.3.4" if tag == "StudyInstanceUID" else "another patient")
+        ds.save_as(folder / files[4].name)
+        with pytest.raises(InputError, match=rf"--sax: the folder mixes {said} .*{files[4].name}.*\): images of another"):
+            read_stack(folder, name="--sax")
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -544,6 +557,22 @@ def test_truncated_nifti_is_refused_whatever_the_voxel_type(tmp_path, suffix, dt
     with pytest.raises(InputError, match=rf"^--sax labels: .*cut{suffix}\b.* is truncated or corrupt .*re-export it$"):
         read_image(path, name="--sax labels")
     assert path.read_bytes() == data[: len(data) // 2]  # the input is left as it was
+
+
+def test_a_damaged_nifti_gz_is_refused(tmp_path):
+    """A flipped bit in a .nii.gz: same size, another voxel value. ITK and nibabel never check the gzip CRC."""
+    import gzip
+
+    array = np.random.default_rng(1).normal(100, 20, (16, 96, 96)).astype(np.float32)  # larger than ITK's buffer
+    plain = write_image(_oblique_image(array), tmp_path / "plain.nii").read_bytes()
+    data = bytearray(gzip.compress(plain, compresslevel=0))  # stored blocks: the voxels' bytes as they are
+    data[len(data) // 2] ^= 0x10
+    path = tmp_path / "damaged.nii.gz"
+    path.write_bytes(bytes(data))
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert read.shape == array.shape and (read != array).sum() == 1  # ITK reads it without a word
+    with pytest.raises(InputError, match=r"^--sax: .*damaged\.nii\.gz is truncated or corrupt \(CRC check failed"):
+        read_image(path, name="--sax")
 
 
 @needs_acdc

@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"gaps (mm): {info['slice_gaps_mm']}")
     print(f"phases: {len(on_offer)}" + (f", trigger times (ms) {times}" if any(t is not None for t in times) else "")
           + f"; shown: phase {info['phase']}")  # fmt: skip
+    by_anatomy = info["apex_along_normal_by_anatomy"]
+    print("apex along the normal by the anatomy (true geometry): "
+          + ("unknown (no orientation stored, or the normal lies across the heart's axis)" if by_anatomy is None
+             else str(by_anatomy)))  # fmt: skip
     if "labels" in info:
         for name, slices in info["labels"].items():
             print(f"{name}: slices {slices}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_label_convention, lax_inputs, write_json_file
+from .common import add_label_convention, lax_inputs, output_file, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels
     from ..reconstruction.lax_check import format_table, lax_dice_table
 
+    if args.out:  # refused before the work: a folder, an input, a place that cannot be written
+        output_file(args.out, [args.labels, *args.lax_labels])
     volume = read_labels(args.labels, convention="project", name="--labels")
     table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
     print(format_table(table))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import InputError
 from .common import make_folder, output_folder
 
 
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: give a whole number >= 0")
     out = output_folder(args.out)
     if args.kind == "mr":
         from ..phantoms.scanner import make_subject, write_subject

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
     p.add_argument("--shape-prior", type=float,
                    help="dmcvr: weight 0..<1 of the shape-interpolated acquired labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
-    p.add_argument("--phase", type=int, help="cine input: cardiac phase index (default: the first, ED)")
+    p.add_argument("--phase", type=int,
+                   help="cine input: cardiac phase index, 0-based (default 0: the first stored, not always ED; "
+                        "`inspect` lists them)")  # fmt: skip
     p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
+    dmcvr_only = [f"--{k.replace('_', '-')}" for k in ("steps", "strength", "model", "shape_prior")
+                  if getattr(args, k) is not None]  # fmt: skip
+    if dmcvr_only and args.method != "dmcvr":
+        raise InputError(f"{', '.join(dmcvr_only)}: options of --method dmcvr; {args.method} has none (leave them out)")
     for path in args.lax:
         if not Path(path).exists():
             raise InputError(f"--lax {path}: file not found")
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in said:
         print(f"warning: {warning}")
     report["warnings"] += said
+    report.update(_provenance(stack, result, args, options))
     make_folder(out)
     write_image(result.image, out / "reconstruction_image.nii.gz")
     written = ["reconstruction_image.nii.gz"]
@@ -86,5 +93,32 @@ def run(args: argparse.Namespace) -> int:
         (out / "lax_dice.json").write_text(json.dumps(table, indent=2))
         written.append("lax_dice.json")
         print(format_table(table))
+    for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own
+        if name not in written and (out / name).is_file():
+            (out / name).unlink()
+            print(f"removed {name} of an earlier run in {out} (this run does not make it)")
     print(f"{args.method}: wrote {', '.join(written)} to {out}")
     return 0
+
+
+def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:
+    """What geometry.json records beside the stack's report: the input's frame, the method and its settings (dmcvr's
+    defaults filled in), and the output grid."""
+    settings = {"spacing_mm": args.spacing}
+    if args.method == "dmcvr":
+        from ..dmcvr.reconstruction import DEFAULT_SHAPE_PRIOR, DEFAULT_STEPS, DEFAULT_STRENGTH, default_model_name
+
+        defaults = {"steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "shape_prior": DEFAULT_SHAPE_PRIOR,
+                    "model": default_model_name(), "device": "auto"}  # fmt: skip
+        settings.update({k: options[k] if options.get(k) is not None else v for k, v in defaults.items()})
+    image = result.image
+    return {
+        "input": {"path": stack.meta.get("path", str(args.sax)), "phase": args.phase or 0,
+                  "first_slice_origin_lps": [round(float(v), 4) for v in stack.origins[0]],
+                  **{f"{axis}_lps": [round(float(v), 6) for v in vector] for axis, vector in
+                     (("row_direction", stack.row_dir), ("column_direction", stack.col_dir))}},  # fmt: skip
+        "method": args.method,
+        "settings": settings,
+        "output": {"size": list(image.GetSize()), "spacing_mm": [round(v, 6) for v in image.GetSpacing()],
+                   "origin_lps": [round(v, 4) for v in image.GetOrigin()]},  # fmt: skip
+    }

@@ -47,6 +47,7 @@ class DicomFile:
     shape: tuple[int, int]
     frame: int | None = None  # 0-based frame of an enhanced (multi-frame) file; None: a single-frame file
     rescale: tuple[float, float] | None = None  # a frame's (slope, intercept); None: the file's own
+    patient: tuple[str, str] = ("", "")  # (PatientID, StudyInstanceUID): "" where not recorded
 
     @property
     def label(self) -> str:
@@ -88,7 +89,8 @@ class CineSeries:
         return times
 
     def phase_index(self, phase: int | None = None, trigger_time: float | None = None) -> int:
-        """0-based phase from an index or the nearest trigger time (ms); default the first (ED)."""
+        """0-based phase from an index or the nearest trigger time (ms); default the first stored (often, not
+        always, ED: Sunnybrook SC-HF-I-1 stores end systole first)."""
         if trigger_time is not None:
             times = self.trigger_times()
             known = [(abs(t - trigger_time), k) for k, t in enumerate(times) if t is not None]
@@ -122,6 +124,7 @@ def scan_dicom(source, name: str = "DICOM series") -> CineSeries:
             "give the folder that holds the .dcm files of one series"
         )
     files, copies = _without_copies(files)
+    _check_one_patient(files, name)
     _check_same_orientation(files, name)
     _check_same_grid(files, name)
     normal = np.cross(files[0].orientation[:3], files[0].orientation[3:])
@@ -276,7 +279,7 @@ def _frames(h, path: Path, name: str) -> list[DicomFile]:
     images = []
     for k, groups in enumerate(per_frame):
         header = Dataset()
-        for keyword in ("Rows", "Columns", "SOPInstanceUID", "SeriesInstanceUID"):
+        for keyword in ("Rows", "Columns", "SOPInstanceUID", "SeriesInstanceUID", "PatientID", "StudyInstanceUID"):
             if keyword in h:
                 header[keyword] = h[keyword]
         for group, fields in FRAME_GROUPS.items():
@@ -335,6 +338,7 @@ def _dicom_file(h, path: Path, name: str, frame: int | None = None) -> DicomFile
         trigger_time=_optional_number(h, "TriggerTime", what, name),
         shape=(int(h.Rows), int(h.Columns)),
         frame=frame,
+        patient=(str(h.get("PatientID", "") or "").strip(), str(h.get("StudyInstanceUID", "") or "").strip()),
     )
 
 
@@ -363,6 +367,22 @@ def _optional_number(h, tag: str, what: str, name: str) -> float | None:
     if not np.isfinite(number):
         raise InputError(f"{name}: {what} has a malformed {tag} {value!s} (needs a number); fix or remove this file")
     return number
+
+
+def _check_one_patient(files: list[DicomFile], name: str) -> None:
+    """One patient, one study (where the files record them): images of two patients or two studies in one folder
+    would otherwise be interleaved into one stack by position. (Not FrameOfReferenceUID: the real Sunnybrook
+    cine, one series of one study, carries 24 of them.)"""
+    for index, what in ((0, "patients (PatientID"), (1, "studies (StudyInstanceUID")):
+        values = sorted({f.patient[index] for f in files if f.patient[index]})
+        if len(values) > 1:
+            first = next(f for f in files if f.patient[index] == values[0])
+            other = next(f for f in files if f.patient[index] == values[1])
+            raise InputError(
+                f"{name}: the folder mixes {len(values)} {what} {', '.join(values[:3])}"
+                f"{', ...' if len(values) > 3 else ''}; e.g. {first.label} and {other.label}): images of another "
+                "patient or study; put each patient's series in its own folder"
+            )
 
 
 def _check_same_orientation(files: list[DicomFile], name: str) -> None:

@@ -6,6 +6,7 @@ where a 3D one is needed, unknown or ACDC-numbered label values) and raises :cla
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from pathlib import Path
 
@@ -185,10 +186,20 @@ def _nifti_voxels(path: Path, name: str) -> np.ndarray:
     import nibabel
 
     try:
+        if path.name.lower().endswith(".gz"):
+            _read_through(path)
         return np.asanyarray(nibabel.load(str(path)).dataobj.get_unscaled())
     except (EOFError, OSError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
         reason = str(error).strip().splitlines()[0]
         raise InputError(f"{name}: {path} is truncated or corrupt ({reason}); re-export it") from None
+
+
+def _read_through(path: Path) -> None:
+    """Decompress gzip file ``path`` to its end, which checks its CRC: ITK and nibabel stop at the last voxel and
+    never look, so a damaged .nii.gz (a flipped bit: different voxels, same size) would be read without a word."""
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 24):
+            pass
 
 
 def note_missing_orientation(stack: SliceStack, path, name: str) -> None:

@@ -30,7 +30,8 @@ def load_ldm(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cp
     """The LDM of a registered name or file, checked by the model store."""
     loaded = load_model(name_or_path, device=device)
     if not isinstance(loaded.module, LatentDiffusion):
-        raise InputError(f"--model {name_or_path}: a {loaded.architecture} model, not an LDM (architecture ldm)")
+        raise InputError(f"--model {name_or_path}: a {loaded.architecture} model; sample needs a latent diffusion "
+                         "model (architecture ldm, e.g. ldm-ct-phantom-32; `models list` shows them)")  # fmt: skip
     return loaded.module
 
 

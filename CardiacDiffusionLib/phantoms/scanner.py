@@ -300,6 +300,8 @@ def write_subject(subject: Subject, out_dir: str | Path, dicom: bool = True) -> 
 
         phantom = subject.phantom
         written["sax_dicom"] = out_dir / "dicom" / "sax"
+        for stale in written["sax_dicom"].glob("IM_*.dcm"):  # an earlier phantom's: else read as one series with it
+            stale.unlink()
         write_sax_dicom(
             subject.sax, written["sax_dicom"], phantom.trigger_times_ms[phantom.phase],
             series_uid=generate_uid(entropy_srcs=[f"phantom {phantom.seed}", "sax series", phantom.phase]),

@@ -36,7 +36,7 @@ def target_positions(positions: np.ndarray, spacing: float) -> np.ndarray:
     length = float(positions[-1] - positions[0])
     if not np.isfinite(spacing) or spacing < MIN_SPACING_MM:
         raise InputError(f"--spacing {spacing}: give the output's slice spacing in mm, at least {MIN_SPACING_MM} (default 1)")
-    if spacing > length:
+    if spacing > length + POSITION_TOLERANCE_MM:
         raise InputError(f"--spacing {spacing} mm: larger than the stack's extent ({length:.1f} mm), so the output "
                          f"would be one slice; give at most {length:.1f} (default 1)")  # fmt: skip
     # DICOM positions are rounded (Sunnybrook's 12 slices 10 mm apart span 109.9997 mm): a last slice within
