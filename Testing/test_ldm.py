@@ -171,6 +171,9 @@ def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sample_001_image.nii.gz")))
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / "sample_000_image.nii.gz")))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    args.out = str(out)  # one pair into the folder of two: the second pair of the earlier run is gone
+    run(args)
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "sample_000_image.nii.gz", "sample_000_labels.nii.gz"]
     with pytest.raises(InputError, match="--n 0"):
         run(argparse.Namespace(**{**vars(args), "n": 0}))
     with pytest.raises(InputError, match="not found"):

@@ -67,7 +67,8 @@ def to_sitk(array: np.ndarray, spacing_mm: float, pixel: int) -> sitk.Image:
 
 def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta: dict) -> list[Path]:
     """sample_XXX_image.nii.gz / sample_XXX_labels.nii.gz per pair (written as each comes: ``pairs`` may be
-    :func:`iter_pairs`) and labels.json; the written paths."""
+    :func:`iter_pairs`) and labels.json; the written paths. Other sample files in ``out`` (an earlier run's) are
+    removed."""
     from ..io.volumes import write_image
 
     out = Path(out)
@@ -81,4 +82,7 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
     info = {"labels": {str(k): v for k, v in CT_LABELS.items()}, "background": 0, "spacing_mm": [spacing_mm] * 3,
             "samples": samples, **meta}  # fmt: skip
     (out / "labels.json").write_text(json.dumps(info, indent=2))
+    for stale in [*out.glob("sample_*_image.nii.gz"), *out.glob("sample_*_labels.nii.gz")]:
+        if stale not in written:  # an earlier, larger run's pairs would pass for this run's
+            stale.unlink()
     return written + [out / "labels.json"]
