@@ -553,3 +553,150 @@ def test_tos_csv_encodings_and_non_numbers(tmp_path):
     (tmp_path / "nan.csv").write_text("\n".join(lines))
     with pytest.raises(InputError, match="line 5: tos_ms 'nan' is not a number"):
         read_tos_csv(tmp_path / "nan.csv")
+
+
+# ---- input files as people make them ------------------------------------------------------------
+def _excel_variants(text: str) -> dict[str, str]:
+    """The comma CSV ``text`` as spreadsheets write it: trailing separators, blank rows, ';' (with decimal
+    commas, European Excel) and tabs."""
+    lines = text.splitlines()
+    return {
+        "trailing comma, header and rows": "\n".join(line + "," for line in lines),
+        "trailing commas on the rows only": "\n".join([lines[0]] + [line + ",," for line in lines[1:]]) + "\n,,\n",
+        "semicolons, decimal commas": "\r\n".join(line.replace(",", ";").replace(".", ",") for line in lines),
+        "tabs": "\n".join(line.replace(",", "\t") for line in lines),
+    }
+
+
+def test_tos_csv_as_spreadsheets_write_it(tmp_path):
+    """Trailing empty columns (a traceback before), ';' or tab separators and decimal commas are read; a decimal
+    comma that would split a comma-separated row, or an unknown separator, is refused naming the line."""
+    table = {1: np.linspace(30.25, 160.5, 18), 2: np.linspace(40.5, 170.75, 18)}
+    text = write_tos_csv(tmp_path / "tos.csv", table).read_text()
+    for i, (what, variant) in enumerate(_excel_variants(text).items()):
+        (tmp_path / f"v{i}.csv").write_text(variant)
+        back = read_tos_csv(tmp_path / f"v{i}.csv")
+        assert list(back) == [1, 2] and all(np.allclose(back[k], table[k], atol=0.005) for k in table), what
+    lines = text.splitlines()
+    lines[3] = lines[3].replace(".", ",")  # 1,2,37.91 -> 1,2,37,91: four cells
+    (tmp_path / "comma.csv").write_text("\n".join(lines))
+    with pytest.raises(InputError, match=r"line 4: value\(s\) \['\d+'\] in no named column.*decimal comma"):
+        read_tos_csv(tmp_path / "comma.csv")
+    (tmp_path / "pipe.csv").write_text(text.replace(",", "|"))
+    with pytest.raises(InputError, match="header line with the columns slice, sector, tos_ms, separated by commas"):
+        read_tos_csv(tmp_path / "pipe.csv")
+    (tmp_path / "header.csv").write_text("slice;sector;tos_ms\n;;\n")
+    with pytest.raises(InputError, match="no rows"):
+        read_tos_csv(tmp_path / "header.csv")
+
+
+def test_strain_npz_is_read_or_refused_by_name(case, tmp_path, monkeypatch, capsys):
+    from CardiacDiffusionLib.activation.tos import check_strain, load_strain
+    from CardiacDiffusionLib.cli import main as cli
+
+    np.savez(tmp_path / "one.npz", strain=case.strain)
+    assert np.array_equal(load_strain(tmp_path / "one.npz"), case.strain)
+    np.savez(tmp_path / "two.npz", strain=case.strain, frame_ms=np.array(17.0))
+    with pytest.raises(InputError, match=r"holds 2 arrays \['strain', 'frame_ms'\]"):
+        load_strain(tmp_path / "two.npz")
+    (tmp_path / "text.npy").write_text("0.1,0.2\n")
+    with pytest.raises(InputError, match="not a NumPy .npy/.npz array"):
+        load_strain(tmp_path / "text.npy")
+    with pytest.raises(InputError, match="strain: not an array of numbers"):
+        check_strain(np.load(tmp_path / "two.npz"))  # the file object itself, not its array
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("lma",))
+    labels = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(case.stack.to_image(labels=True), str(labels))
+    args = ["lma", "--slices", str(labels), "--out", str(tmp_path / "out"), "--strain"]
+    assert cli.main(args + [str(tmp_path / "two.npz")]) == 2
+    assert "error: --strain:" in capsys.readouterr().err
+    assert cli.main(args + [str(tmp_path / "one.npz")]) == 0
+
+
+def test_tos_csv_slices_are_stored_indices_on_an_apex_first_stack(case, tmp_path):
+    """Slice numbers name slices in the stack's stored order, not counted from the base: on the phantom stored
+    apex first (mirrored rows, normal apex -> base: a valid description, as Sunnybrook's) each CSV row lands on
+    the slice it names, the map matches the truth, and a table counted from the base would not."""
+    stack = flipped(case.stack)
+    n = stack.n
+    stored = [n - 1 - int(k) for k in case.frame.slices]  # base to apex: 9, 8, ..., 1
+    table = dict(zip(stored, case.sector_truth))
+    r = run_lma(stack, tos_csv=write_tos_csv(tmp_path / "tos.csv", table))
+    assert r.lma["tos_slices"] == stored and np.all(np.diff(r.lma["frame"]["slice_heights"]) > 0)
+    for row, k in enumerate(stored):
+        assert np.allclose(r.tos[row], table[k], atol=0.005)
+        assert np.allclose((r.sector_points[row] - stack.origins[k]) @ stack.normal, 0, atol=1e-6)
+    truth, _, _ = case.truth_at(mesh_points(r.mesh))
+    error = np.abs(vtk_to_numpy(r.mesh.GetPointData().GetArray("TOS_ms")) - truth).mean()
+    misread = dict(zip(sorted(stored), case.sector_truth))  # base taken as index 1: the old wording
+    wrong = run_lma(stack, tos=misread)
+    wrong_error = np.abs(vtk_to_numpy(wrong.mesh.GetPointData().GetArray("TOS_ms")) - truth).mean()
+    assert error < 3.0 and wrong_error > 4.5, (error, wrong_error)  # measured 1.6 and 5.7 ms
+    with pytest.raises(InputError, match=rf"listed base to apex: \[{n - 2}, {n - 3}, .*stored order, which may "
+                                         "start at the apex"):  # fmt: skip
+        run_lma(stack, tos={0: case.sector_truth[0], **table})
+
+
+def test_lma_phase_picks_the_phase_of_a_4d_file(case, tmp_path, monkeypatch, capsys):
+    """--phase chooses the phase of 4D --slices / --slice-labels: phase 1 (labels moved 4 pixels along the rows)
+    moves the RV insertions by 4 pixels; a 3D file refuses phase 1; the phase is kept in lma.json."""
+    from CardiacDiffusionLib.cli import main as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("lma",))
+    image, labels = case.stack.to_image(), case.stack.to_image(labels=True)
+    moved = sitk.GetImageFromArray(np.roll(sitk.GetArrayFromImage(labels), 4, axis=2))
+    moved.CopyInformation(labels)
+    paths = {"image4d.nii.gz": sitk.JoinSeries([image, image]), "labels4d.nii.gz": sitk.JoinSeries([labels, moved]),
+             "labels3d.nii.gz": labels}  # fmt: skip
+    for name, img in paths.items():
+        sitk.WriteImage(img, str(tmp_path / name))
+    table = write_tos_csv(tmp_path / "tos.csv", dict(zip(case.frame.slices.tolist(), case.sector_truth)))
+
+    def insertions(*slices, phase=None):
+        out = tmp_path / f"out{len(slices)}_{phase}"
+        extra = [] if phase is None else ["--phase", str(phase)]
+        args = ["lma", "--slices", *slices, "--tos-csv", str(table), "--out", str(out), *extra]
+        assert cli.main(args) == 0, capsys.readouterr().err
+        lma = json.loads((out / "lma.json").read_text())
+        assert lma["input"]["phase"] == (phase or 0)
+        return np.array(lma["frame"]["rv_insertion_anterior_lps"])
+
+    first = insertions(str(tmp_path / "labels3d.nii.gz"))
+    shift = 4 * case.stack.pixel_spacing[0] * case.stack.row_dir
+    assert np.allclose(insertions(str(tmp_path / "labels4d.nii.gz"), phase=1), first + shift, atol=0.02)
+    assert np.allclose(insertions(str(tmp_path / "labels4d.nii.gz"), phase=0), first, atol=0.02)
+    both = insertions(str(tmp_path / "image4d.nii.gz"), "--slice-labels", str(tmp_path / "labels4d.nii.gz"), phase=1)
+    assert np.allclose(both, first + shift, atol=0.02)
+    args = ["lma", "--slices", str(tmp_path / "labels3d.nii.gz"), "--tos-csv", str(table), "--out", str(tmp_path / "x")]
+    assert cli.main(args + ["--phase", "1"]) == 2
+    assert "phase 1 does not exist" in capsys.readouterr().err
+    assert cli.main(args[:3] + ["--phase", "2"] + args[3:]) == 2  # not in the 4D file either
+    assert cli.main(["lma", "--slices", str(tmp_path / "labels4d.nii.gz"), *args[3:]]) == 2  # which phase? said
+    assert "2 cardiac phases" in capsys.readouterr().err
+
+
+def test_lma_reads_an_acdc_hdf5_file(case, tmp_path, monkeypatch, capsys):
+    """An ACDC HDF5 file holds image and labels: lma maps it (its missing spacing and orientation are QA flags;
+    --h5-spacing gives the spacing), and --h5-spacing with another format is refused."""
+    import h5py
+
+    from CardiacDiffusionLib.cli import main as cli
+    from CardiacDiffusionLib.labels import convert_labels
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("lma",))
+    h5 = tmp_path / "patient900_frame01.h5"
+    with h5py.File(h5, "w") as f:
+        f["image"] = case.stack.pixels / case.stack.pixels.max()
+        f["label"] = convert_labels(case.stack.labels, "project", "acdc")
+    table = write_tos_csv(tmp_path / "tos.csv", dict(zip(case.frame.slices.tolist(), case.sector_truth)))
+    args = ["lma", "--slices", str(h5), "--tos-csv", str(table)]
+    assert cli.main(args + ["--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    flags = json.loads((tmp_path / "a" / "lma.json").read_text())["qa"]
+    assert [f["code"] for f in flags if "spacing" in f["message"] or "orientation" in f["message"]] == ["input"] * 2
+    assert cli.main(args + ["--h5-spacing", "2", "8", "--out", str(tmp_path / "b")]) == 0
+    flags = json.loads((tmp_path / "b" / "lma.json").read_text())["qa"]
+    assert not any("store no spacing" in f["message"] for f in flags)
+    labels = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(case.stack.to_image(labels=True), str(labels))
+    args = ["lma", "--slices", str(labels), "--tos-csv", str(table), "--h5-spacing", "2", "8", "--out", str(tmp_path / "c")]
+    assert cli.main(args) == 2 and "--h5-spacing: only for an ACDC HDF5" in capsys.readouterr().err

@@ -76,8 +76,9 @@ def _tos_input(frame: LVFrame, strain, tos_csv, tos, frame_ms, tos_method, strai
     missing = [int(k) for k in indices if k not in set(frame.slices.tolist())]
     if missing:
         raise InputError(
-            f"TOS slices {missing}: no LV myocardium there in the SAX labels (slices with myocardium: "
-            f"{frame.slices.tolist()}); slice numbers are 0-based stack indices, base to apex"
+            f"TOS slices {missing}: no LV myocardium there in the SAX labels (slices with myocardium, listed base "
+            f"to apex: {frame.slices.tolist()}); slice numbers are 0-based indices in the stack's stored order, "
+            "which may start at the apex (`cardiac-diffusion inspect` with the labels says which end is basal)"
         )
     qa.require_slices(len(indices), "TOS")
     order = np.argsort([float(np.flatnonzero(frame.slices == k)[0]) for k in indices])
@@ -147,8 +148,11 @@ def run_lma(
 ) -> LMAResult:  # fmt: skip
     """Run the LMA workflow on a labelled SAX ``stack`` (see the module docstring).
 
-    ``strain``: ``(n, 18, frames)``, one matrix per slice holding myocardium (or per ``strain_slices``,
-    0-based stack indices); ``tos_csv``/``tos``: ``{slice: 18 values}``. ``scar``: AHA segments to exclude.
+    ``strain``: ``(n, 18, frames)``, one matrix per slice holding myocardium, base to apex (or per
+    ``strain_slices``, in their order); ``tos_csv``/``tos``: ``{slice: 18 values}``. Slice numbers are
+    0-based indices in the stack's stored order (sorted along its normal; index 0 may be the apex); lma.json
+    lists the TOS slices base to apex (``tos_slices``) with their heights (``frame.slice_heights``, 0 base,
+    1 apex). ``scar``: AHA segments to exclude.
     """
     if stack.labels is None:
         raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")

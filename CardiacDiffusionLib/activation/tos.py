@@ -10,6 +10,9 @@ measured before ``frame_ms``.
 from __future__ import annotations
 
 import csv
+import re
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,10 @@ TOS_RANGE_MS = (0.0, 300.0)
 #: TOS all below this (ms) were written in seconds: a slice's latest sector is tens of ms after the R wave
 SECONDS_LIKE_MS = 1.0
 MIN_FRAMES = 8
+#: TOS table columns, and the separators a header line may use (Excel writes ';' in European locales)
+TOS_COLUMNS = ("slice", "sector", "tos_ms")
+SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 
 
 def frame_times(n_frames: int, frame_ms: float) -> np.ndarray:
@@ -33,7 +40,11 @@ def frame_times(n_frames: int, frame_ms: float) -> np.ndarray:
 
 def check_strain(strain, n_slices: int | None = None, name: str = "strain") -> np.ndarray:
     """``strain`` as float ``(n_slices, 18, n_frames)``, or an InputError naming what is wrong."""
-    s = np.asarray(strain, dtype=float)
+    try:
+        s = np.asarray(strain, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: not an array of numbers ({type(strain).__name__}); give strain fractions shaped "
+                         f"(slices, {N_SECTORS} sectors, frames)") from None  # fmt: skip
     if s.ndim == 2 and s.shape[0] == N_SECTORS:
         s = s[None]  # one slice
     if s.ndim != 3 or s.shape[1] != N_SECTORS or s.shape[2] < MIN_FRAMES:
@@ -51,6 +62,26 @@ def check_strain(strain, n_slices: int | None = None, name: str = "strain") -> n
     if np.abs(s).max() > 1.5:
         raise InputError(f"{name}: values up to {np.abs(s).max():.3g} look like percent; give strain as fractions")
     return s
+
+
+def load_strain(path, name: str = "--strain") -> np.ndarray:
+    """The strain array in a NumPy ``.npy`` file, or in an ``.npz`` file holding that one array."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{name}: file not found: {file}")
+    try:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"{name}: {file} is not a NumPy .npy/.npz array of numbers (a text or pickled file, or "
+                         "cut off?); save the strain matrices with numpy.save") from None  # fmt: skip
+    if len(arrays) != 1:
+        raise InputError(f"{name}: {file} holds {len(arrays)} arrays {list(arrays)}; save the strain matrices "
+                         "alone (numpy.save to .npy, or an .npz with one array)")  # fmt: skip
+    return next(iter(arrays.values()))
 
 
 def detect_tos(strain, frame_ms: float) -> np.ndarray:
@@ -119,46 +150,82 @@ def check_tos_range(tos, name: str = "TOS", measured: bool = False) -> None:
 
 
 def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
-    """``{slice index: TOS (18,)}`` from a CSV with columns ``slice, sector, tos_ms``.
+    """``{slice index: TOS (18,)}`` from a CSV with columns ``slice, sector, tos_ms`` (others ignored).
 
-    ``slice`` is the 0-based index of the slice in the SAX stack (sorted base to apex along the
-    stack normal); ``sector`` is 1..18 from the anterior RV insertion (septum first). Every slice
-    listed needs all 18 sectors.
+    ``slice`` is the 0-based index of the slice in the SAX stack as stored (sorted along the slice
+    normal, row x column direction): depending on the file, index 0 is basal or apical. ``sector`` is
+    1..18 from the anterior RV insertion (septum first). Every slice listed needs all 18 sectors.
+    Separators: commas, semicolons or tabs (from the header line); trailing empty columns and blank
+    rows are ignored; a decimal comma (``120,5``) is read as ``120.5``.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name}: file not found: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 byte order mark
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{name}: {path} is not a text CSV ({error}); export the table as CSV (UTF-8)") from None
-    need = {"slice", "sector", "tos_ms"}
-    if not rows or not need <= {k.strip().lower() for k in rows[0]}:
-        raise InputError(f"{name}: {path} needs a header with columns slice, sector, tos_ms and at least one row")
     table: dict[int, np.ndarray] = {}
     lines: dict[tuple[int, int], int] = {}
-    for i, row in enumerate(rows, start=2):
-        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-        try:
-            k, sector, tos = int(row["slice"]), int(row["sector"]), float(row["tos_ms"])
-        except ValueError:
-            raise InputError(f"{name}: {path} line {i}: slice and sector must be integers, tos_ms a number") from None
-        if not 1 <= sector <= N_SECTORS or k < 0:
-            raise InputError(f"{name}: {path} line {i}: sector must be 1..{N_SECTORS} and slice >= 0")
-        if not np.isfinite(tos):
-            raise InputError(f"{name}: {path} line {i}: tos_ms {row['tos_ms']!r} is not a number; give every TOS in ms")
+    for i, row in _tos_rows(path, name):
+        k, sector, tos = _tos_row(row, path, name, i)
         if (k, sector) in lines:
             raise InputError(f"{name}: {path} line {i}: slice {k} sector {sector} is also on line "
                              f"{lines[k, sector]}; keep one row per slice and sector")  # fmt: skip
         lines[k, sector] = i
         table.setdefault(k, np.full(N_SECTORS, np.nan))[sector - 1] = tos
+    if not table:
+        raise InputError(f"{name}: {path} has a header but no rows; give one row per slice and sector")
     for k, values in table.items():
         if np.isnan(values).any():
             missing = (np.flatnonzero(np.isnan(values)) + 1).tolist()
             raise InputError(f"{name}: slice {k} lacks sectors {missing}; give all {N_SECTORS} sectors per slice")
         check_tos_range(values, f"{name} slice {k}")
     return dict(sorted(table.items()))
+
+
+def _tos_rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: text}) of each non-blank row of the TOS table at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: Excel's UTF-8 byte order mark
+        start = next((i for i, line in enumerate(text) if line.strip()), len(text))
+        header, separator = _tos_header(text[start] if start < len(text) else "", path, name)
+        rows = list(enumerate(csv.reader(text[start + 1 :], delimiter=separator), start=start + 2))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{name}: {path} is not a text CSV ({error}); export the table as CSV (UTF-8)") from None
+    for i, cells in rows:
+        if not any(c.strip() for c in cells):
+            continue  # a blank row (Excel writes ',,')
+        stray = [c.strip() for j, c in enumerate(cells) if c.strip() and (j >= len(header) or not header[j])]
+        if stray:
+            raise InputError(
+                f"{name}: {path} line {i}: value(s) {stray} in no named column ({len(cells)} cells for "
+                f"{len(header)} header columns); a decimal comma in a comma-separated file? Use a decimal point"
+                " or separate the columns with semicolons"
+            )
+        yield i, {h: (cells[j].strip() if j < len(cells) else "") for j, h in enumerate(header) if h}
+
+
+def _tos_header(line: str, path: Path, name: str) -> tuple[list[str], str]:
+    """(column names, lower case, and the separator) of the TOS table's header line."""
+    for separator in SEPARATORS:
+        header = [c.strip().lower() for c in next(csv.reader([line], delimiter=separator), [])]
+        if set(TOS_COLUMNS) <= set(header):
+            return header, separator
+    raise InputError(f"{name}: {path} needs a header line with the columns {', '.join(TOS_COLUMNS)}, separated by "
+                     f"{', '.join(SEPARATORS.values())}, and one row per slice and sector")  # fmt: skip
+
+
+def _tos_row(row: dict[str, str], path: Path, name: str, i: int) -> tuple[int, int, float]:
+    """(slice, sector, TOS ms) of one table row, checked."""
+    text = row["tos_ms"]
+    try:
+        k, sector = int(row["slice"]), int(row["sector"])
+        tos = float(text.replace(",", ".") if _DECIMAL_COMMA.fullmatch(text) else text)
+    except ValueError:
+        raise InputError(f"{name}: {path} line {i}: slice and sector must be integers, tos_ms a number "
+                         f"(got {row['slice']!r}, {row['sector']!r}, {text!r})") from None  # fmt: skip
+    if not 1 <= sector <= N_SECTORS or k < 0:
+        raise InputError(f"{name}: {path} line {i}: sector must be 1..{N_SECTORS} and slice >= 0")
+    if not np.isfinite(tos):
+        raise InputError(f"{name}: {path} line {i}: tos_ms {text!r} is not a number; give every TOS in ms")
+    return k, sector, tos
 
 
 def write_tos_csv(path, tos_by_slice: dict[int, np.ndarray]) -> Path:

@@ -32,11 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lma", help="late mechanical activation: TOS painted on the 3D myocardium, AHA bullseye, lead segment"
     )
-    p.add_argument("--slices", required=True, help="SAX labels (NIfTI/NRRD), or the SAX image with --slice-labels")
+    p.add_argument("--slices", required=True,
+                   help="SAX labels (NIfTI/NRRD/MHA), an ACDC HDF5 file (image + labels), or the SAX image "
+                        "(also a DICOM folder) with --slice-labels")  # fmt: skip
     p.add_argument("--slice-labels", help="labels of --slices (same grid): 1 LV cavity, 2 myocardium, 3 RV cavity")
+    p.add_argument("--phase", type=int,
+                   help="cine/4D input: cardiac phase index of --slices and --slice-labels, 0-based (default 0: the "
+                        "first stored, not always ED; `inspect` lists them)")  # fmt: skip
+    p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
+                   help="ACDC HDF5 --slices: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
     tos = p.add_mutually_exclusive_group(required=True)
-    tos.add_argument("--strain", help="mid-wall Ecc strain .npy shaped (slices, 18, frames), fractions")
-    tos.add_argument("--tos-csv", help="TOS table: columns slice (0-based stack index), sector (1-18), tos_ms")
+    tos.add_argument("--strain", help="mid-wall Ecc strain .npy (or one-array .npz) shaped (slices, 18, frames), "
+                                      "fractions; rows base to apex")  # fmt: skip
+    tos.add_argument("--tos-csv", help="TOS table: columns slice (0-based index in the stack's stored order, "
+                                       "which may start at the apex), sector (1-18), tos_ms")  # fmt: skip
     p.add_argument("--frame-ms", type=float, default=17.0, help="strain frame interval, ms (default 17, cine DENSE)")
     p.add_argument("--tos-method", choices=("detector", "regressor"), default="detector",
                    help="TOS from strain: onset detector (default) or the shipped learned regressor")  # fmt: skip
@@ -64,41 +73,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_labelled_stack(slices: str, slice_labels: str | None, convention: str):
-    """The SAX stack with labels: an image plus its labels, or a label image alone (as image and labels)."""
-    from ..geometry.stack import SliceStack
-    from ..io.volumes import note_missing_orientation, read_labels, read_stack
+def read_labelled_stack(
+    slices: str, slice_labels: str | None, convention: str, phase: int | None = None,
+    h5_spacing: tuple[float, float] | None = None,
+):  # fmt: skip
+    """The SAX stack with labels (``phase`` of a cine): an image plus its labels, an ACDC HDF5 file (which
+    holds both), or a label image alone (as image and labels)."""
+    from ..io.volumes import read_stack
 
-    if slice_labels:
-        return read_stack(slices, labels_path=slice_labels, convention=convention, name="--slices")
-    if Path(slices).is_dir():
+    h5 = Path(slices).suffix.lower() in (".h5", ".hdf5")
+    if h5_spacing and not h5:
+        raise InputError(f"--h5-spacing: only for an ACDC HDF5 --slices (the other formats carry their spacing); "
+                         f"got {slices}")  # fmt: skip
+    if slice_labels or h5:
+        return read_stack(slices, labels_path=slice_labels, convention=convention, name="--slices", phase=phase,
+                          spacing=h5_spacing)  # fmt: skip
+    return _labels_alone(slices, convention, phase)
+
+
+def _labels_alone(slices: str, convention: str, phase: int | None):
+    """A label image given alone as --slices, as the stack's image and labels."""
+    from ..geometry.stack import SliceStack
+    from ..io.volumes import DICOM_SUFFIXES, note_missing_orientation, read_labels, volume_phases
+
+    if Path(slices).is_dir() or Path(slices).suffix.lower() in DICOM_SUFFIXES:
         raise InputError("--slices: a DICOM series has no labels; add --slice-labels with the SAX labels")
-    labels = read_labels(slices, convention=convention, name="--slices (labels)")
+    if phase not in (None, 0) and volume_phases(slices, name="--slices") == 1:
+        raise InputError(f"--slices: {slices} is one 3D volume (one phase); phase {phase} does not exist in it, "
+                         "leave out --phase")  # fmt: skip
+    labels = read_labels(slices, convention=convention, name="--slices (labels)", phase=phase)
     stack = SliceStack.from_image(labels, labels=labels, source="--slices")
     note_missing_orientation(stack, slices, "--slices")
     return stack
 
 
-def _load_strain(path: str) -> np.ndarray:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--strain: file not found: {file}")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise InputError(f"--strain: {file} is not a numpy .npy array ({error}); save it with numpy.save") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..activation.pipeline import OUTPUTS, run_lma, write_outputs
+    from ..activation.tos import load_strain
 
     if args.sadir_refine is not None and args.sadir_refine < 0:
         raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) or a positive number of steps")
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
-    stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention)
+    stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
+                                tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     result = run_lma(
         stack,
-        strain=_load_strain(args.strain) if args.strain else None,
+        strain=load_strain(args.strain) if args.strain else None,
         tos_csv=args.tos_csv,
         frame_ms=args.frame_ms,
         tos_method=args.tos_method,
@@ -116,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                        **({"refine_iters": args.sadir_refine} if args.sadir_refine is not None else {})}
         if args.method == "sadir" else None,
     )
+    result.lma["input"] = {"slices": args.slices, "slice_labels": args.slice_labels, "phase": args.phase or 0}
     paths = write_outputs(result, args.out)
     for item in result.lma["qa"]:
         print(f"{item['severity']}: {item['message']}")
