@@ -257,10 +257,10 @@ def test_mixed_orientations_and_no_dicom_are_refused(tmp_path):
         for p in files:
             shutil.copy(p, folder / p.name)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # Sunnybrook's UIDs have leading zeros
             ds = pydicom.dcmread(folder / files[4].name)
-        setattr(ds, tag, "1.2.3.4" if tag == "StudyInstanceUID" else "another patient")
-        ds.save_as(folder / files[4].name)
+            setattr(ds, tag, "1.2.3.4" if tag == "StudyInstanceUID" else "another patient")
+            ds.save_as(folder / files[4].name)
         with pytest.raises(InputError, match=rf"--sax: the folder mixes {said} .*{files[4].name}.*\): images of another"):
             read_stack(folder, name="--sax")
 
