@@ -262,11 +262,64 @@ def test_resume_refusals_and_error_event(straight, capsys):
     other = config()
     other["model"]["hidden"] = 32
     capsys.readouterr()
-    with pytest.raises(InputError, match="step_00000012.safetensors does not fit this config"):
+    with pytest.raises(InputError, match=r"step_00000012.safetensors\) was trained with other settings: model.hidden 16 -> 32"):
         train(ToyTask(), other, out, progress="json")
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert events[-1]["event"] == "error" and "does not fit" in events[-1]["message"]
+    assert events[-1]["event"] == "error" and "other settings" in events[-1]["message"]
     assert (out / "train_log.jsonl").read_text() == log_before  # the run was left as it was
+
+
+def test_a_finished_run_asked_again_is_left_as_it_is(straight, tmp_path, capsys):
+    """The same command again: nothing trained, the model file (whose hash a registry may hold) not rewritten;
+    other settings than those a resume may change are refused before anything is written; a longer run resumes."""
+    from CardiacDiffusionLib.cli.main import main
+
+    out, first = straight
+    model, config_json = (out / "model.safetensors").read_bytes(), (out / "config.json").read_text()
+    again = train(ToyTask(), config(), out, progress="none")
+    assert again.status == "done" and again.step == 12 and again.loss is None
+    assert (out / "model.safetensors").read_bytes() == model
+    changed = config()
+    changed["optim"]["lr"] = 0.05
+    changed["optim"]["name"] = "sgd"
+    with pytest.raises(InputError, match=r"optim.lr 0.01 -> 0.05; optim.name 'adamw' -> 'sgd'\. Resume with the same"):
+        train(ToyTask(), changed, out, progress="none")
+    assert (out / "config.json").read_text() == config_json and (out / "model.safetensors").read_bytes() == model
+    # a recipe: a finished first stage is passed over, and a typo in a later stage is found before any training
+    argv = ["train", "toy", "--out", str(tmp_path / "w"), "--progress", "none", "device=cpu"]
+    assert main([*argv, "second:train.stesp=5"]) == 2 and not (tmp_path / "w").exists()
+    assert "stage second: config train.stesp: unknown key" in capsys.readouterr().err
+    assert main(["train", "toy", "--out", str(tmp_path / "w"), "--stage", "second", "device=cpu"]) == 2
+    assert "train stage first first" in capsys.readouterr().err
+    assert main(argv) == 0
+    stamp = (tmp_path / "w" / "second" / "model.safetensors").stat().st_mtime_ns
+    assert main([*argv, "second:train.steps=14"]) == 0  # first: already done; second: 4 more steps
+    err = capsys.readouterr().err
+    assert "stage first done: 20 steps, already done" in err and "stage second done: 14 steps, final loss" in err
+    assert (tmp_path / "w" / "second" / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_settings_torch_or_the_task_would_refuse_are_config_errors(tmp_path, capsys):
+    """Refused before any work with the key named, not a traceback from torch or a task's constructor; --data on
+    a workflow that makes its own data says so; JSON progress carries the error as an event."""
+    from CardiacDiffusionLib.cli.main import main
+
+    for bad, said in (("optim.betas=0.9", "optim.betas"), ("optim.betas=[0.9]", "optim.betas"),
+                      ("optim.lr=-1", "optim.lr"), ("train.num_workers=-1", "train.num_workers")):  # fmt: skip
+        with pytest.raises(InputError, match=said):
+            load_config(config(), [bad])
+    assert load_config(config(), ["train.steps=1e3"])["train"]["steps"] == 1000
+    for key in ("model.hiden", "data.sise"):
+        cfg = load_config(config(), [f"{key}=3"])
+        with pytest.raises(InputError, match=rf"config {key}: not a setting of task toy"):
+            train(ToyTask(), cfg, tmp_path / key, progress="none")
+    assert main(["train", "tos", "--data", str(tmp_path), "--out", str(tmp_path / "tos"), "--progress", "json",
+                 "device=cpu", "train.steps=1"]) == 2  # fmt: skip
+    captured = capsys.readouterr()
+    assert "--data is for workflows that read a data folder" in captured.err
+    assert json.loads(captured.out.splitlines()[-1])["event"] == "error"
+    assert main(["train", "--out", str(tmp_path / "j"), "--progress", "json", "task=toy", "train.stesp=3"]) == 2
+    assert [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()] == ["error"]
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .config import load_config
 from .progress import MODES
 
 
@@ -32,6 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except InputError as error:  # the runner reports its own; a config or workflow error is said here too
+        if args.progress == "json" and not getattr(error, "reported", False):
+            from .progress import Progress
+
+            Progress("json").event("error", message=str(error).splitlines()[0])
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.workflow and "=" in args.workflow:  # argparse took the first override for the workflow
         args.overrides, args.workflow = [args.workflow, *args.overrides], None
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
@@ -39,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
         return run_workflow(args, overrides)
     if not args.config and not any(o.startswith("task=") for o in overrides):
         raise InputError("train: give --config FILE or at least task=<name> (e.g. task=toy)")
-    from .config import load_config
-
     return _train_and_report(args, load_config(args.config, overrides), Path(args.out), "")
 
 
@@ -55,8 +65,9 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
         print(f"cancelled{where} at step {result.step}; resume with the same command", file=sys.stderr)
         return 130
     if args.progress != "json":
-        print(f"{f'stage {stage} ' if stage else ''}done: {result.step} steps, final loss {result.loss:.4g}; "
-              f"model {result.model_path}", file=sys.stderr)  # fmt: skip
+        what = "already done, nothing trained" if result.loss is None else f"final loss {result.loss:.4g}"
+        print(f"{f'stage {stage} ' if stage else ''}done: {result.step} steps, {what}; model {result.model_path}",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -69,6 +80,13 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
     stages = stage_configs(args.workflow, args.out, overrides, args.data)
     if args.stage and args.stage not in {s.name for s in stages}:
         raise InputError(f"train {args.workflow}: no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
+    for stage in stages:  # every stage's settings checked before any of them trains
+        try:
+            load_config(stage.config)
+        except InputError as error:
+            raise InputError(f"train {args.workflow} stage {stage.name}: {error}") from None
+    if args.stage:
+        _check_earlier_stage(args, next(s for s in stages if s.name == args.stage), {s.name for s in stages})
     for stage in stages:
         if args.stage and stage.name != args.stage:
             continue
@@ -79,6 +97,17 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
         if code:
             return code
     return 0
+
+
+def _check_earlier_stage(args: argparse.Namespace, stage, names: set[str]) -> None:
+    """``--stage S`` whose ``train.init_from`` is an earlier stage's model that does not exist yet."""
+    start = (stage.config.get("train") or {}).get("init_from")
+    if not start:
+        return
+    path = Path(start)
+    if path.name == "model.safetensors" and path.parent.name in names and not path.is_file():
+        raise InputError(f"--stage {stage.name}: it starts from stage {path.parent.name}'s model, which is not there "
+                         f"yet ({path}); train stage {path.parent.name} first (--stage {path.parent.name}, or no --stage)")  # fmt: skip
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -74,6 +74,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Numbers written as strings (YAML reads ``1e-4`` as a string) become numbers."""
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+        return int(value)  # train.steps=1e3 on the command line (JSON reads a float)
     if isinstance(default, bool) or default is None or not isinstance(value, str):
         return value
     if isinstance(default, (int, float)):
@@ -139,3 +141,24 @@ def check_config(config: dict) -> None:
             raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 1")
     if not 0 <= float(t["ema_decay"]) < 1:
         raise InputError(f"config train.ema_decay: {t['ema_decay']}; expected 0 (off) or a value in (0, 1)")
+    _check_numbers(o, t, s)
+
+
+def _check_numbers(o: dict, t: dict, s: dict) -> None:
+    """Values torch would refuse with a traceback mid-start."""
+    if not _is_number(o["lr"]) or o["lr"] < 0:
+        raise InputError(f"config optim.lr: {o['lr']!r}; expected a learning rate >= 0, e.g. 1e-4")
+    betas = o["betas"]
+    if not isinstance(betas, list) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        raise InputError(f"config optim.betas: {betas!r}; expected two numbers in [0, 1), e.g. [0.9, 0.999]")
+    for key, value in (("optim.weight_decay", o["weight_decay"]), ("optim.grad_clip", o["grad_clip"]),
+                       ("schedule.warmup_steps", s["warmup_steps"]), ("schedule.min_factor", s["min_factor"])):  # fmt: skip
+        if not _is_number(value) or value < 0:
+            raise InputError(f"config {key}: {value!r}; expected a number >= 0")
+    for key in ("num_workers", "validate_every", "keep_checkpoints"):
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
+            raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 0")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -198,6 +199,7 @@ def train(
             return _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
     except Exception as error:
         report.event("error", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        error.reported = True  # the CLI does not say it again
         raise
     finally:
         report.close()
@@ -208,7 +210,7 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     t = cfg["train"]
     ckpt_dir = out / "checkpoints"
     seed_everything(int(t["seed"]))
-    model = task.build_model(cfg["model"]).to(device)
+    model = _built(task, "model", cfg).to(device)
     trainable = list(task.parameters(model))
     keep = {id(p) for p in trainable}
     for p in model.parameters():
@@ -221,7 +223,7 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     decay = float(t["ema_decay"])
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
-    dataset = task.build_dataset(cfg["data"])
+    dataset = _built(task, "data", cfg)
     sampler = ResumableSampler(dataset, info.world_size, info.rank, int(t["seed"]))
     per_epoch = len(sampler) // t["batch_size"]
     if per_epoch < 1:
@@ -237,6 +239,9 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
         raise InputError(f"--out {out}: holds a training run ({last.name}); resume it or choose another --out")
     if last is not None:
         state = load_checkpoint(last)
+        _check_same_settings(state.get("config"), cfg, out, last)
+        if state["step"] >= t["steps"] and (task.architecture is None or (out / "model.safetensors").is_file()):
+            return _already_done(task, out, state["step"], last, report)  # files left as they are
         try:
             model.load_state_dict(state["model"])
             if ema is not None and state.get("ema") is not None:
@@ -353,6 +358,60 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     report.event("done", step=step, total=t["steps"], loss=loss_value, model=str(model_path) if model_path else None,
                  message=f"done: {step} steps, model {model_path}")  # fmt: skip
     return TrainResult("done", step, out, saved, model_path, loss_value)
+
+
+#: settings a resumed run may change: how long, how often it saves or validates, where it runs and the data's place
+RESUMABLE = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.validate_every",
+             "train.num_workers", "train.init_from", "train.precision", "device", "data.root")  # fmt: skip
+
+
+def _flat(config: dict, where: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        path = f"{where}.{key}" if where else str(key)
+        out.update(_flat(value, path) if isinstance(value, dict) and value else {path: value})
+    return out
+
+
+def _check_same_settings(saved: dict | None, cfg: dict, out: Path, last: Path) -> None:
+    """A resumed run continues the optimiser, schedule and data order of its checkpoint: other settings would
+    be silently half-applied (the optimiser's state wins), and config.json would say what was not trained."""
+    if not saved:
+        return  # a checkpoint from before configs were stored in it
+    old, new = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(cfg)))
+    # a train/optim/schedule key on one side only is a default a newer version added, not the user's change
+    keys = [k for k in sorted(set(old) | set(new)) if (k in old and k in new) or k.split(".")[0] in ("model", "data")]
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if k not in RESUMABLE and old.get(k) != new.get(k)]
+    if changed:
+        raise InputError(
+            f"--out {out}: its run ({last.name}) was trained with other settings: {'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}. Resume with the same settings (only {', '.join(RESUMABLE)} may "
+            "change), or start a new --out (train.init_from=<its model.safetensors> to continue from its weights)"
+        )
+
+
+def _already_done(task, out: Path, step: int, last: Path, report: Progress) -> TrainResult:
+    """A finished run asked again: nothing is trained, nothing rewritten (a registered model keeps its hash)."""
+    model_path = out / "model.safetensors" if task.architecture is not None else None
+    report.event("done", step=step, total=step, loss=None, model=str(model_path) if model_path else None,
+                 already=True, message=f"already done: {step} steps, model {model_path}")  # fmt: skip
+    return TrainResult("done", step, out, last, model_path, None)
+
+
+def _built(task: Task, section: str, cfg: dict):
+    """``task.build_model(cfg["model"])`` / ``task.build_dataset(cfg["data"])``, a misspelt key said as a config
+    error (the task's classes take these sections as keyword arguments)."""
+    build = task.build_model if section == "model" else task.build_dataset
+    try:
+        return build(cfg[section])
+    except TypeError as error:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if not match:
+            raise
+        key = match.group(1)
+        hint = ("; --data is for workflows that read a data folder, this one makes its own training data"
+                if section == "data" and key == "root" else "")  # fmt: skip
+        raise InputError(f"config {section}.{key}: not a setting of task {cfg['task']}'s {section}{hint}") from None
 
 
 def _validate(task: Task, module: nn.Module, step: int, log: LossLog, report: Progress) -> None:
