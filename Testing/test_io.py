@@ -286,8 +286,8 @@ def test_a_second_series_at_the_same_planes_is_refused_and_copies_are_dropped(tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(files[0])
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5"  # the same plane, another acquisition
-    ds.save_as(tmp_path / "repeat.dcm")
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.4.5"  # the same plane, another acquisition
+        ds.save_as(tmp_path / "repeat.dcm")  # the real file's own UIDs are not valid ones: pydicom warns
     with pytest.raises(InputError, match=r"2 series hold images at one slice position .* own folder"):
         read_dicom_stack(tmp_path)
 

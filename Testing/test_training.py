@@ -292,10 +292,11 @@ def test_a_finished_run_asked_again_is_left_as_it_is(straight, tmp_path, capsys)
     assert main(["train", "toy", "--out", str(tmp_path / "w"), "--stage", "second", "device=cpu"]) == 2
     assert "train stage first first" in capsys.readouterr().err
     assert main(argv) == 0
+    capsys.readouterr()
     stamp = (tmp_path / "w" / "second" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "second:train.steps=14"]) == 0  # first: already done; second: 4 more steps
     err = capsys.readouterr().err
-    assert "stage first done: 20 steps, already done" in err and "stage second done: 14 steps, final loss" in err
+    assert "stage first: already done at step 20, nothing trained" in err and "stage second done: 14 steps, final loss" in err
     assert (tmp_path / "w" / "second" / "model.safetensors").stat().st_mtime_ns != stamp
 
 
@@ -305,9 +306,19 @@ def test_settings_torch_or_the_task_would_refuse_are_config_errors(tmp_path, cap
     from CardiacDiffusionLib.cli.main import main
 
     for bad, said in (("optim.betas=0.9", "optim.betas"), ("optim.betas=[0.9]", "optim.betas"),
-                      ("optim.lr=-1", "optim.lr"), ("train.num_workers=-1", "train.num_workers")):  # fmt: skip
+                      ("optim.lr=-1", "optim.lr"), ("train.num_workers=-1", "train.num_workers"),
+                      ("train.batch_size=true", "train.batch_size"), ("train.seed=1.5", "train.seed"),
+                      ("schedule.warmup_steps=1.5", "schedule.warmup_steps"), ("optim.lr=NaN", "optim.lr"),
+                      ("train.ema_decay=[1]", "train.ema_decay"), ("train.init_from=3", "train.init_from"),
+                      ("train.find_unused_parameters=maybe", "train.find_unused_parameters"),
+                      ("model=3", "config model: 3; expected a mapping"),
+                      ("schedule=cosine", "config schedule: 'cosine'; expected a mapping")):  # fmt: skip
         with pytest.raises(InputError, match=said):
             load_config(config(), [bad])
+    tuple_betas = config()
+    tuple_betas["optim"]["betas"] = (0.8, 0.9)  # the Python API may give a tuple
+    assert load_config(tuple_betas)["optim"]["betas"] == (0.8, 0.9)
+    assert load_config({"task": "toy", "model": None})["model"] == {}  # an empty YAML section (model:)
     assert load_config(config(), ["train.steps=1e3"])["train"]["steps"] == 1000
     for key in ("model.hiden", "data.sise"):
         cfg = load_config(config(), [f"{key}=3"])
@@ -316,10 +327,74 @@ def test_settings_torch_or_the_task_would_refuse_are_config_errors(tmp_path, cap
     assert main(["train", "tos", "--data", str(tmp_path), "--out", str(tmp_path / "tos"), "--progress", "json",
                  "device=cpu", "train.steps=1"]) == 2  # fmt: skip
     captured = capsys.readouterr()
-    assert "--data is for workflows that read a data folder" in captured.err
+    assert "--data (config data.root): task CardiacDiffusionLib.activation.train_tos:TOSTask makes its own" in captured.err
+    assert not (tmp_path / "tos").exists()
     assert json.loads(captured.out.splitlines()[-1])["event"] == "error"
-    assert main(["train", "--out", str(tmp_path / "j"), "--progress", "json", "task=toy", "train.stesp=3"]) == 2
-    assert [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()] == ["error"]
+    for argv in (["task=toy", "train.stesp=3"], ["dmcrv"]):
+        assert main(["train", *argv, "--out", str(tmp_path / "j"), "--progress", "json"]) == 2
+        captured = capsys.readouterr()
+        assert [json.loads(line)["event"] for line in captured.out.splitlines()] == ["error"]
+        assert captured.err.startswith("error: ") and not (tmp_path / "j").exists()
+
+
+class BuggyToy(ToyTask):
+    """A task whose own code raises "unexpected keyword argument": not to be blamed on the config."""
+
+    def build_model(self, config):
+        return torch.nn.Linear(3, 3, bias_typo=True)
+
+
+class UnbuildableToy(ToyTask):
+    """Fails if asked to build its model or data (a finished run asked again must not build them)."""
+
+    def build_model(self, config):
+        raise AssertionError("built")
+
+    build_dataset = build_model
+
+
+def test_a_task_bug_is_not_called_a_config_error(tmp_path):
+    with pytest.raises(TypeError, match="bias_typo"):
+        train(BuggyToy(), config(), tmp_path, progress="none")
+
+
+def test_a_run_past_its_steps_is_exported_at_its_checkpoint(straight, tmp_path):
+    """A run extended, cancelled at 16, then asked for 14 steps: its model.safetensors (from step 12) is stale, so the
+    run is exported at 16 with the logged loss (not null); asked again it is left as it is, without building."""
+    import shutil
+
+    from CardiacDiffusionLib.models.store import read_model_header
+
+    shutil.copytree(straight[0], tmp_path, dirs_exist_ok=True)
+    assert read_model_header(tmp_path / "model.safetensors")[2]["steps"] == 12
+    assert train(InterruptedToy(at=4), config(steps=20), tmp_path, progress="none").step == 16
+    done = train(ToyTask(), config(steps=14), tmp_path, progress="none")
+    assert (done.status, done.step, done.already) == ("done", 16, False)
+    meta = read_model_header(tmp_path / "model.safetensors")[2]
+    assert meta["steps"] == 16 and meta["final_loss"] == losses(tmp_path)[-1][1] == done.loss
+    model = (tmp_path / "model.safetensors").read_bytes()
+    again = train(UnbuildableToy(), config(steps=14), tmp_path, progress="none")
+    assert (again.step, again.already, again.loss) == (16, True, None)
+    assert (tmp_path / "model.safetensors").read_bytes() == model
+
+
+def test_recipe_tasks_and_stage_references_checked_before_training(tmp_path, capsys):
+    """A later stage's unknown task or a reference to a stage that is not an earlier one is refused before the first
+    stage trains; a {stage:NAME} reference given on the command line is a reference, not a YAML mapping."""
+    from CardiacDiffusionLib.cli.main import main
+
+    argv = ["train", "toy", "--out", str(tmp_path / "w"), "--progress", "none", "device=cpu"]
+    for bad, said in (("second:task=toyy", "stage second: config task: unknown task 'toyy'"),
+                      ("second:train.init_from={stage:frist}", "stage second: config train.init_from: {stage:frist} "
+                       "is not an earlier stage; earlier stages: first"),
+                      ("first:train.init_from={stage:second}", "stage first: config train.init_from: {stage:second} "
+                       "is not an earlier stage; earlier stages: none")):  # fmt: skip
+        assert main([*argv, bad]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "w").exists()
+    assert main([*argv, "first:train.steps=2", "second:train.steps=1", "second:train.init_from={stage:first}"]) == 0
+    saved = json.loads((tmp_path / "w" / "second" / "config.json").read_text())["train"]["init_from"]
+    assert saved == str(tmp_path / "w" / "first" / "model.safetensors")
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -6,10 +6,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .config import load_config
 from .progress import MODES
+
+if TYPE_CHECKING:  # the runner imports torch: loaded on first training only
+    from .runner import TrainResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,14 +69,21 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
         print(f"cancelled{where} at step {result.step}; resume with the same command", file=sys.stderr)
         return 130
     if args.progress != "json":
-        what = "already done, nothing trained" if result.loss is None else f"final loss {result.loss:.4g}"
-        print(f"{f'stage {stage} ' if stage else ''}done: {result.step} steps, {what}; model {result.model_path}",
-              file=sys.stderr)  # fmt: skip
+        print(_done_message(result, f"stage {stage}" if stage else ""), file=sys.stderr)
     return 0
+
+
+def _done_message(result: TrainResult, who: str) -> str:
+    """One line for a finished :class:`~.runner.TrainResult` (``who``: the stage, or empty)."""
+    if result.already:
+        return f"{who}{': ' if who else ''}already done at step {result.step}, nothing trained; model {result.model_path}"
+    loss = "no loss logged" if result.loss is None else f"final loss {result.loss:.4g}"
+    return f"{who}{' ' if who else ''}done: {result.step} steps, {loss}; model {result.model_path}"
 
 
 def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
     """Train every stage of a recipe in order, each into OUT/<stage> (OUT itself for one stage)."""
+    from .task import get_task
     from .workflows import stage_configs
 
     if args.config:
@@ -80,9 +91,9 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
     stages = stage_configs(args.workflow, args.out, overrides, args.data)
     if args.stage and args.stage not in {s.name for s in stages}:
         raise InputError(f"train {args.workflow}: no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
-    for stage in stages:  # every stage's settings checked before any of them trains
+    for stage in stages:  # every stage's settings and task checked before any of them trains
         try:
-            load_config(stage.config)
+            get_task(load_config(stage.config)["task"])
         except InputError as error:
             raise InputError(f"train {args.workflow} stage {stage.name}: {error}") from None
     if args.stage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def parse_value(text: str) -> Any:
-    """``1e-4`` -> 0.0001, ``true`` -> True, ``[1, 2]`` -> list, anything else the string (JSON, then YAML)."""
+    """``1e-4`` -> 0.0001, ``true`` -> True, ``[1, 2]`` -> list, anything else the string (JSON, then YAML);
+    a recipe's stage reference ``{stage:NAME}`` stays text."""
+    if re.fullmatch(r"\{stage:[^{}]*\}", text.strip()):
+        return text.strip()
     try:
         return json.loads(text)
     except ValueError:
@@ -95,6 +99,10 @@ def merge(base: dict, update: dict, where: str = "", strict: bool = True) -> dic
         if strict and key not in base:
             raise InputError(f"config {path}: unknown key; known keys are {sorted(base)}")
         free = not where and key in FREE_SECTIONS
+        if strict and isinstance(base.get(key), dict) and not isinstance(value, dict):
+            if value is None:  # an empty section in YAML (``model:``)
+                continue
+            raise InputError(f"config {path}: {value!r}; expected a mapping of keys (e.g. {path}.<key>=<value>)")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value, path, strict=strict and not free)
         else:
@@ -137,11 +145,12 @@ def check_config(config: dict) -> None:
     if t["precision"] not in PRECISIONS:
         raise InputError(f"config train.precision: {t['precision']!r}; use one of {', '.join(PRECISIONS)}")
     for key in ("steps", "batch_size", "checkpoint_every"):
-        if not isinstance(t[key], int) or t[key] < 1:
+        if not _is_whole(t[key]) or t[key] < 1:
             raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 1")
-    if not 0 <= float(t["ema_decay"]) < 1:
-        raise InputError(f"config train.ema_decay: {t['ema_decay']}; expected 0 (off) or a value in (0, 1)")
+    if not _is_number(t["ema_decay"]) or not 0 <= t["ema_decay"] < 1:
+        raise InputError(f"config train.ema_decay: {t['ema_decay']!r}; expected 0 (off) or a value in (0, 1)")
     _check_numbers(o, t, s)
+    _check_train_kinds(t)
 
 
 def _check_numbers(o: dict, t: dict, s: dict) -> None:
@@ -149,16 +158,32 @@ def _check_numbers(o: dict, t: dict, s: dict) -> None:
     if not _is_number(o["lr"]) or o["lr"] < 0:
         raise InputError(f"config optim.lr: {o['lr']!r}; expected a learning rate >= 0, e.g. 1e-4")
     betas = o["betas"]
-    if not isinstance(betas, list) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
         raise InputError(f"config optim.betas: {betas!r}; expected two numbers in [0, 1), e.g. [0.9, 0.999]")
     for key, value in (("optim.weight_decay", o["weight_decay"]), ("optim.grad_clip", o["grad_clip"]),
-                       ("schedule.warmup_steps", s["warmup_steps"]), ("schedule.min_factor", s["min_factor"])):  # fmt: skip
+                       ("schedule.min_factor", s["min_factor"])):  # fmt: skip
         if not _is_number(value) or value < 0:
             raise InputError(f"config {key}: {value!r}; expected a number >= 0")
-    for key in ("num_workers", "validate_every", "keep_checkpoints"):
-        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
-            raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 0")
+    counts = {"schedule.warmup_steps": s["warmup_steps"], **{f"train.{k}": t[k] for k in
+              ("num_workers", "validate_every", "keep_checkpoints")}}  # fmt: skip
+    for key, value in counts.items():
+        if not _is_whole(value) or value < 0:
+            raise InputError(f"config {key}: {value!r}; expected a whole number >= 0")
+
+
+def _check_train_kinds(t: dict) -> None:
+    """``train`` values of other kinds than numbers."""
+    if not _is_whole(t["seed"]):
+        raise InputError(f"config train.seed: {t['seed']!r}; expected a whole number, e.g. 0")
+    if not isinstance(t["find_unused_parameters"], bool):
+        raise InputError(f"config train.find_unused_parameters: {t['find_unused_parameters']!r}; expected true or false")
+    if t["init_from"] is not None and (not isinstance(t["init_from"], str) or not t["init_from"].strip()):
+        raise InputError(f"config train.init_from: {t['init_from']!r}; expected a model name or a .safetensors path")
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

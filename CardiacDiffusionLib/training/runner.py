@@ -49,6 +49,7 @@ class TrainResult:
     checkpoint: Path | None
     model_path: Path | None
     loss: float | None
+    already: bool = False  # a finished run asked again: nothing trained, no file written
 
 
 class ResumableSampler(DistributedSampler):
@@ -209,6 +210,9 @@ def train(
 def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainResult:
     t = cfg["train"]
     ckpt_dir = out / "checkpoints"
+    state, last = _resume_state(cfg, out, resume)
+    if state is not None and state["step"] >= t["steps"] and _exported(task, out, state["step"]):
+        return _already_done(task, out, state["step"], last, report)  # before any building: files left as they are
     seed_everything(int(t["seed"]))
     model = _built(task, "model", cfg).to(device)
     trainable = list(task.parameters(model))
@@ -234,21 +238,15 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
 
     step = epoch = in_epoch = 0
     log = LossLog(out / "train_log.jsonl")
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None and not resume:
-        raise InputError(f"--out {out}: holds a training run ({last.name}); resume it or choose another --out")
-    if last is not None:
-        state = load_checkpoint(last)
-        _check_same_settings(state.get("config"), cfg, out, last)
-        if state["step"] >= t["steps"] and (task.architecture is None or (out / "model.safetensors").is_file()):
-            return _already_done(task, out, state["step"], last, report)  # files left as they are
+    if state is not None:
         try:
             model.load_state_dict(state["model"])
             if ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            if state["scaler"]:  # empty when saved without fp16 (CPU, fp32, bf16): a new scaler starts
+                scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise InputError(
                 f"--out {out}: its checkpoint {last.name} does not fit this config ({str(error).splitlines()[0]}); "
@@ -351,8 +349,10 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
                      message=f"cancelled at step {step}; checkpoint saved, run the same command to resume")  # fmt: skip
         return TrainResult("cancelled", step, out, saved, None, loss_value)
     model_path = None
+    if loss_value is None:  # a run stopped at or past its steps, not exported yet: its last logged loss
+        loss_value = next((r["loss"] for r in reversed(log.records()) if r.get("step") == step and "loss" in r), None)
     if info.is_main:
-        if saved is None:  # resumed a finished run
+        if saved is None:  # resumed a run that had its steps
             saved = save()
         model_path = _export(task, cfg, ema.module if ema is not None else model, out, step, loss_value, command)
     report.event("done", step=step, total=t["steps"], loss=loss_value, model=str(model_path) if model_path else None,
@@ -360,9 +360,12 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     return TrainResult("done", step, out, saved, model_path, loss_value)
 
 
-#: settings a resumed run may change: how long, how often it saves or validates, where it runs and the data's place
+#: settings a resumed run may change: how long (the schedule follows), how often it saves or validates, how it
+#: loads data, where and in which precision it runs (CPU is fp32), the data's place, and init_from (read at the
+#: start only); the others would be half-applied (the checkpoint's optimiser state wins) or change the data order
 RESUMABLE = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.validate_every",
-             "train.num_workers", "train.init_from", "train.precision", "device", "data.root")  # fmt: skip
+             "train.num_workers", "train.find_unused_parameters", "train.init_from", "train.precision", "device",
+             "data.root")  # fmt: skip
 
 
 def _flat(config: dict, where: str = "") -> dict[str, Any]:
@@ -390,12 +393,37 @@ def _check_same_settings(saved: dict | None, cfg: dict, out: Path, last: Path) -
         )
 
 
+def _resume_state(cfg: dict, out: Path, resume: bool) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint's state and path (None, None: a new run), its settings checked against ``cfg``."""
+    last = latest_checkpoint(out / "checkpoints")
+    if last is None:
+        return None, None
+    if not resume:
+        raise InputError(f"--out {out}: holds a training run ({last.name}); resume it or choose another --out")
+    state = load_checkpoint(last)
+    _check_same_settings(state.get("config"), cfg, out, last)
+    return state, last
+
+
+def _exported(task: Task, out: Path, step: int) -> bool:
+    """The run's model file was exported at ``step`` (always true for a task that exports nothing)."""
+    if task.architecture is None:
+        return True
+    from ..models.store import read_model_header
+
+    path = out / "model.safetensors"
+    try:
+        return path.is_file() and read_model_header(path)[2].get("steps") == step
+    except InputError:  # damaged: exported again
+        return False
+
+
 def _already_done(task, out: Path, step: int, last: Path, report: Progress) -> TrainResult:
     """A finished run asked again: nothing is trained, nothing rewritten (a registered model keeps its hash)."""
     model_path = out / "model.safetensors" if task.architecture is not None else None
     report.event("done", step=step, total=step, loss=None, model=str(model_path) if model_path else None,
-                 already=True, message=f"already done: {step} steps, model {model_path}")  # fmt: skip
-    return TrainResult("done", step, out, last, model_path, None)
+                 already=True, message=f"already done at step {step}, nothing trained; model {model_path}")  # fmt: skip
+    return TrainResult("done", step, out, last, model_path, None, already=True)
 
 
 def _built(task: Task, section: str, cfg: dict):
@@ -409,9 +437,13 @@ def _built(task: Task, section: str, cfg: dict):
         if not match:
             raise
         key = match.group(1)
-        hint = ("; --data is for workflows that read a data folder, this one makes its own training data"
-                if section == "data" and key == "root" else "")  # fmt: skip
-        raise InputError(f"config {section}.{key}: not a setting of task {cfg['task']}'s {section}{hint}") from None
+        if key not in (cfg[section] or {}):  # raised inside the task, not about the user's setting
+            raise
+        if section == "data" and key == "root":
+            raise InputError(f"--data (config data.root): task {cfg['task']} makes its own training data and reads "
+                             "no data folder; leave --data out") from None  # fmt: skip
+        raise InputError(f"config {section}.{key}: not a setting of task {cfg['task']}'s {section}; check the "
+                         "spelling or leave it out") from None  # fmt: skip
 
 
 def _validate(task: Task, module: nn.Module, step: int, log: LossLog, report: Progress) -> None:

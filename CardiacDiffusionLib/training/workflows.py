@@ -50,11 +50,16 @@ def _deep_update(base: dict, update: dict) -> dict:
     return out
 
 
-def _substitute(value: Any, out_dir: Path) -> Any:
+def _substitute(value: Any, out_dir: Path, earlier: list[str], where: str, key: str = "") -> Any:
+    """``{stage:NAME}`` -> ``OUT/NAME/model.safetensors``; NAME must be a stage trained before this one."""
     if isinstance(value, dict):
-        return {k: _substitute(v, out_dir) for k, v in value.items()}
+        return {k: _substitute(v, out_dir, earlier, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, str) and value.startswith("{stage:") and value.endswith("}"):
-        return str(out_dir / value[len("{stage:") : -1] / "model.safetensors")
+        name = value[len("{stage:") : -1]
+        if name not in earlier:
+            raise InputError(f"{where}: config {key}: {value} is not an earlier stage; earlier stages: "
+                             f"{', '.join(earlier) or 'none (this is the first)'}")  # fmt: skip
+        return str(out_dir / name / "model.safetensors")
     return value
 
 
@@ -74,7 +79,8 @@ def stage_configs(name: str, out_dir: str | Path, overrides: list[str] = (), dat
     result = []
     for stage in stages:
         config = _deep_update(stage.config, parse_overrides(common + per_stage[stage.name]))
-        if data:
-            config.setdefault("data", {})["root"] = str(data)
-        result.append(Stage(stage.name, _substitute(config, Path(out_dir))))
+        if data and isinstance(config.get("data") or {}, dict):  # another kind is refused by the config check
+            config["data"] = {**(config.get("data") or {}), "root": str(data)}
+        where = f"train {name} stage {stage.name}"
+        result.append(Stage(stage.name, _substitute(config, Path(out_dir), [s.name for s in result], where)))
     return result
