@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from CardiacDiffusionLib.cli import models as models_cli
-from CardiacDiffusionLib.errors import InputError
+from CardiacDiffusionLib.errors import InputError, QualityWarning
 from CardiacDiffusionLib.models import store
 from CardiacDiffusionLib.models.store import add_model, list_models, load_model, save_model, sha256_file, verify_model
 from CardiacDiffusionLib.training.toy import ToyMLP
@@ -89,16 +89,20 @@ def test_dmcvr_architecture_round_trip(tmp_path):
 
 def test_tampered_file_refused_by_hash(home, toy_file):
     _, path, sha = toy_file
-    add_model("toy-a", "dmcvr", path)
-    assert load_model("toy-a").entry["sha256"] == sha
-    data = bytearray(path.read_bytes())
+    entry = add_model("toy-a", "dmcvr", path)
+    stored = home / "home" / "models" / "toy-a.safetensors"
+    assert entry["file"] == "models/toy-a.safetensors" and sha256_file(stored) == sha
+    assert load_model("toy-a").entry["sha256"] == sha and load_model("toy-a").checked == "registry sha256 and content sha256"
+    data = bytearray(stored.read_bytes())
     data[-3] ^= 0x01  # one bit of one weight: still a valid safetensors file
-    path.write_bytes(bytes(data))
-    for name in ("toy-a", path):  # by name and by the registered file's path
-        with pytest.raises(InputError, match="toy-a: sha256 mismatch .* re-download/re-train it, do not use it"):
+    stored.write_bytes(bytes(data))
+    for name in ("toy-a", stored):  # by name and by the registered file's path
+        with pytest.raises(InputError, match="toy-a: sha256 mismatch .* re-download/re-train it, do not use it .*"
+                                             "models add --name toy-a .* --force"):  # fmt: skip
             load_model(name)
     with pytest.raises(InputError, match="sha256 mismatch"):
         cli("verify", "toy-a")
+    assert load_model(path).checked == "content sha256"  # the original is untouched and checked by its own hash
 
 
 def test_pickle_file_refused_unread(tmp_path, toy_file):
@@ -247,7 +251,7 @@ def test_a_broken_user_registry_does_not_block_the_shipped_models(home, toy_file
     store.user_registry_path().write_text("{not json")
     with pytest.warns(UserWarning, match="not valid JSON.*shipped models only"):
         assert load_model("shipped-toy").entry["name"] == "shipped-toy"
-    with pytest.warns(UserWarning), pytest.raises(InputError, match="not valid JSON"):  # the user's file kept
+    with pytest.raises(InputError, match="not valid JSON"):  # the user's file kept
         add_model("mine", "dmcvr", path)
     assert store.user_registry_path().read_text() == "{not json"
 
@@ -281,3 +285,275 @@ def test_a_wheel_carries_the_shipped_models(tmp_path):
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(tmp_path / "site" / "CardiacDiffusionResources" / "models.json"), "tos_net"]
+
+
+# -- review of every odd input (files made by the real save_model / training runner, tampered copies in tmp_path)
+def _header(path: Path) -> tuple[int, dict]:
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    return length, json.loads(data[8 : 8 + length])
+
+
+def _flip(src: Path, dst: Path, offset: int) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 0x01
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_an_unregistered_file_is_checked_by_the_hash_it_carries(tmp_path, toy_file):
+    """A model file given by path (reconstruct --model, sample --model, train.init_from) used to load unchecked:
+    a flipped weight bit gave silently wrong results. save_model now records a content sha256 in the header."""
+    _, path, _ = toy_file
+    length, header = _header(path)
+    assert len(header["__metadata__"]["content_sha256"]) == 64
+    data_flip = _flip(path, tmp_path / "data.safetensors", path.stat().st_size - 3)
+    text_at = path.read_bytes().index(b"cardiac-diffusion train x")  # a byte of the training command in the header
+    header_flip = _flip(path, tmp_path / "head.safetensors", text_at + 3)
+    assert json.loads(header_flip.read_bytes()[8 : 8 + length])  # still valid JSON, still a valid safetensors file
+    for bad in (data_flip, header_flip):
+        with pytest.raises(InputError, match=f"model {bad}: {bad} is damaged: its header or weights changed since it "
+                                             "was saved .* re-download/re-train it, do not use it"):  # fmt: skip
+            load_model(bad)
+    assert load_model(path).checked == "content sha256"
+    assert sha256_file(path) == save_model(toy_file[0], tmp_path / "again.safetensors", CONFIG, "toy_mlp",
+                                           meta={"training_command": "cardiac-diffusion train x"})  # same weights, same file
+
+
+def test_a_file_checked_by_no_hash_is_said(tmp_path, home, capsys):
+    """A copy of a shipped file (no content hash in it, not registered): loads, with a QualityWarning, and
+    `models verify` says its bytes are not checked."""
+    copy = tmp_path / "tos_copy.safetensors"
+    copy.write_bytes((REPO / "Resources" / "models" / "tos_regressor.safetensors").read_bytes())
+    with pytest.warns(QualityWarning, match="not registered and saved without a content hash"):
+        assert load_model(copy).checked == ""
+    assert cli("verify", str(copy)) == 0
+    assert "its bytes are NOT checked, tos_net rebuilt strictly" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["huge_length", "length_past_end", "empty", "short", "truncated", "shapes", "text",
+                                  "legacy_pickle", "module_pickle", "zip_pickle"])  # fmt: skip
+def test_every_odd_file_is_one_clear_error(tmp_path, toy_file, case, capsys):
+    module, path, _ = toy_file
+    data = path.read_bytes()
+    length, header = _header(path)
+    bad = tmp_path / f"{case}.safetensors"
+    if case == "huge_length":
+        bad.write_bytes((2**62).to_bytes(8, "little") + data[8:])
+    elif case == "length_past_end":
+        bad.write_bytes((len(data)).to_bytes(8, "little") + data[8:])
+    elif case == "empty":
+        bad.write_bytes(b"")
+    elif case == "short":
+        bad.write_bytes(data[:5])
+    elif case == "truncated":
+        bad.write_bytes(data[:-10])
+    elif case == "shapes":  # a header claiming twice the shapes the data holds
+        for key, value in header.items():
+            if key != "__metadata__":
+                value["shape"] = [2 * n for n in value["shape"]]
+        text = json.dumps(header).encode()
+        bad.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
+    elif case == "text":
+        bad.write_bytes(b"weights of my model\n" * 20)
+    elif case == "legacy_pickle":
+        torch.save(module.state_dict(), bad, _use_new_zipfile_serialization=False)
+    elif case == "module_pickle":  # a whole module pickled, as a .ckpt
+        torch.save(module, bad)
+    else:
+        torch.save(module.state_dict(), bad)
+    expected = "pickle .* never loaded" if "pickle" in case else f"{bad} is corrupt or truncated"
+    with pytest.raises(InputError, match=expected):
+        load_model(bad)
+    from CardiacDiffusionLib.cli.main import main
+
+    assert main(["models", "verify", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model {bad}: ") and err.count("\n") == 1, err
+    if case in ("huge_length", "length_past_end"):
+        assert "its header length field says" in err
+
+
+def test_a_model_trained_by_train_is_added_and_used_by_name(home, tmp_path, monkeypatch, capsys):
+    """train toy -> models add (relative path) -> the run folder deleted, the working directory changed ->
+    train.init_from=<name> starts from exactly those weights; the entry keeps steps and command."""
+    import shutil
+
+    from CardiacDiffusionLib.cli.main import main
+    from CardiacDiffusionLib.training.runner import train
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = {"task": "toy", "model": {"features": 4, "hidden": 8}, "data": {"size": 16, "features": 4},
+           "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 6, "ema_decay": 0}, "device": "cpu"}  # fmt: skip
+    result = train(None, cfg, "run", progress="none", command="cardiac-diffusion train toy --out run")
+    model = Path("run") / "model.safetensors"
+    assert result.model_path.resolve() == model.resolve()
+    trained = load_model(model)
+    assert trained.meta["steps"] == 6 and trained.architecture == "toy_mlp" and trained.config == cfg["model"]
+    assert main(["models", "add", "--name", "toy-trained", "--workflow", "lma", "--file", str(model)]) == 0
+    entry = list_models()[0]
+    assert entry["training"] == {"command": "cardiac-diffusion train toy --out run", "steps": 6}
+    assert entry["copied_from"] == str(work / "run" / "model.safetensors")
+    shutil.rmtree("run")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("toy-trained")
+    assert loaded.checked == "registry sha256 and content sha256"
+    for key, value in trained.module.state_dict().items():
+        assert torch.equal(value, loaded.module.state_dict()[key]), key
+    start = dict(cfg, train=dict(cfg["train"], steps=1, init_from="toy-trained"), optim={"lr": 0.0})
+    train(None, start, "from_name", progress="none")  # one step at lr 0: the exported model is init_from's weights
+    again = load_model(Path("from_name") / "model.safetensors").module.state_dict()
+    assert all(torch.equal(again[k], v) for k, v in trained.module.state_dict().items())
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"user store: {home / 'home' / 'models.json'}")
+    assert str(home / "home" / "models" / "toy-trained.safetensors") in out
+
+
+def test_real_architectures_reach_their_workflows_by_name(home, tmp_path):
+    """A small DMCVR and a small LDM, registered, load by name through reconstruct's and sample's loaders; a model
+    of another workflow is refused by each loader (dmcvr, ldm, sadir, tos) with its name."""
+    from CardiacDiffusionLib.activation.regressor import predict_tos
+    from CardiacDiffusionLib.dmcvr.model import DMCVRModel
+    from CardiacDiffusionLib.dmcvr.reconstruction import load_dmcvr
+    from CardiacDiffusionLib.ldm.diffusion import LatentDiffusion
+    from CardiacDiffusionLib.ldm.generate import load_ldm
+    from CardiacDiffusionLib.sadir.reconstruct import _load as load_sadir
+
+    torch.manual_seed(0)
+    dmcvr_config = {"z_dim": 16, "semantic_channels": [8, 8, 16, 16], "morph_features": [8, 8, 8, 8, 16, 8],
+                    "unet_channels": [8, 16], "unet_attention_levels": [False, False], "norm_num_groups": 4,
+                    "num_head_channels": 8, "morph_channels": 4}  # fmt: skip
+    save_model(DMCVRModel(dmcvr_config), tmp_path / "d.safetensors", dmcvr_config, "dmcvr",
+               meta={"input": {"size": [32, 32], "spacing_mm": [4.0, 4.0]}})  # fmt: skip
+    ldm = LatentDiffusion({"vae": {"channels": [8, 16], "norm_num_groups": 4}, "image_size": 16, "spacing_mm": 10.0,
+                           "unet": {"channels": [16, 16], "attention_levels": [False, True], "num_head_channels": [0, 16],
+                                    "norm_num_groups": 8}})  # fmt: skip
+    save_model(ldm, tmp_path / "l.safetensors", ldm.config, "ldm")
+    add_model("tiny-dmcvr", "dmcvr", tmp_path / "d.safetensors")
+    add_model("tiny-ldm", "ldm", tmp_path / "l.safetensors")
+    with pytest.raises(InputError, match="a ldm model serves the ldm workflow, not dmcvr"):
+        add_model("ldm-as-dmcvr", "dmcvr", tmp_path / "l.safetensors")
+    load_dmcvr.cache_clear()
+    module, size, spacing = load_dmcvr("tiny-dmcvr")
+    assert isinstance(module, DMCVRModel) and (size, spacing) == (32, 4.0)
+    assert load_dmcvr("tiny-dmcvr")[0] is module  # kept while the file is unchanged
+    save_model(DMCVRModel(dmcvr_config), tmp_path / "d2.safetensors", dmcvr_config, "dmcvr",
+               meta={"input": {"size": [48, 48], "spacing_mm": [3.0, 3.0]}})  # fmt: skip
+    add_model("tiny-dmcvr", "dmcvr", tmp_path / "d2.safetensors", force=True)  # re-registered in the same process
+    assert load_dmcvr("tiny-dmcvr")[1:] == (48, 3.0)
+    assert isinstance(load_ldm("tiny-ldm"), LatentDiffusion)
+    with pytest.raises(InputError, match="model tiny-ldm: architecture 'ldm' is not a DMCVR model"):
+        load_dmcvr("tiny-ldm")
+    with pytest.raises(InputError, match="--model tiny-dmcvr: a dmcvr model; sample needs a latent diffusion model"):
+        load_ldm("tiny-dmcvr")
+    with pytest.raises(InputError, match="SADIR model tiny-ldm: is a ldm model, not a SADIR model"):
+        load_sadir("tiny-ldm")
+    with pytest.raises(InputError, match="TOS regressor: expected a tos_net model, got DMCVRModel"):
+        predict_tos(torch.zeros(1, 18, 30).numpy(), model="tiny-dmcvr")
+    load_dmcvr.cache_clear()
+
+
+def test_names_files_and_the_user_store_folder(home, toy_file, tmp_path, monkeypatch, capsys):
+    from CardiacDiffusionLib.cli.main import main
+
+    _, path, sha = toy_file
+    for name in ("my model", "a/b", "../up", "x.safetensors", "", ".hidden", "-x"):
+        with pytest.raises(InputError, match="--name .*: use letters, digits"):
+            add_model(name, "lma", path)
+    assert not (home / "home").exists()  # nothing written for a refused name
+    with pytest.raises(InputError, match="--file .*nope.safetensors not found"):
+        add_model("m", "lma", tmp_path / "nope.safetensors")
+    # a registered name wins over a file of that name in the working directory
+    add_model("m", "lma", path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").write_bytes(b"not a model")
+    assert load_model("m").entry["name"] == "m"
+    # two adds of the same name; another version of it replaces the store's copy with --force
+    with pytest.raises(InputError, match="--name m: already registered .* use --force"):
+        add_model("m", "lma", path)
+    other = ToyMLP(**CONFIG)
+    v2 = tmp_path / "v2.safetensors"
+    sha2 = save_model(other, v2, CONFIG, "toy_mlp", meta={"steps": 99})
+    card = tmp_path / "card.yaml"
+    card.write_text("version: '2.0'\n")
+    add_model("m", "lma", v2, card=card, force=True)
+    [entry] = list_models()
+    assert (entry["version"], entry["sha256"], entry["training"]["steps"]) == ("2.0", sha2, 99) and sha2 != sha
+    assert torch.equal(load_model("m").module.net[0].weight, other.net[0].weight)
+    # the store's copy deleted: said, and listed as missing
+    (home / "home" / "models" / "m.safetensors").unlink()
+    with pytest.raises(InputError, match="model m: file .* not found; register it again with 'cardiac-diffusion models "
+                                         "add ... --force'"):  # fmt: skip
+        load_model("m")
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0 and "(MISSING: re-add or remove this entry)" in capsys.readouterr().out
+    # an unusable user store folder: one line naming it and what to do; a missing one is created
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", str(blocker))
+    assert main(["models", "add", "--name", "n", "--workflow", "lma", "--file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: user model store {blocker}: cannot write there (Not a directory); set CARDIAC_DIFFUSION_HOME "
+                   "to a folder you can write (default ~/.cardiac-diffusion)\n")  # fmt: skip
+    assert blocker.read_text() == "x"
+    monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", str(tmp_path / "new" / "deeper"))
+    assert add_model("n", "lma", path)["sha256"] == sha
+    assert (tmp_path / "new" / "deeper" / "models" / "n.safetensors").is_file()
+    monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", "relative_store")  # taken from the working directory
+    assert store.user_home() == tmp_path / "relative_store"
+
+
+def _validate(value, schema: dict, where: str) -> None:
+    """The subset of JSON Schema that models.schema.json uses (type, enum, pattern, required, properties)."""
+    import re
+
+    types = {"string": str, "number": (int, float), "integer": int, "object": dict, "array": list, "null": type(None)}
+    if "type" in schema:
+        allowed = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        assert any(isinstance(value, types[t]) and not isinstance(value, bool) for t in allowed), (where, value, allowed)
+    if "enum" in schema:
+        assert value in schema["enum"], where
+    if "pattern" in schema:
+        assert re.search(schema["pattern"], value), (where, value)
+    if isinstance(value, dict):
+        assert set(schema.get("required", [])) <= set(value), where
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is False:
+            assert set(value) <= set(props), (where, set(value) - set(props))
+        for key, item in value.items():
+            if key in props:
+                _validate(item, props[key], f"{where}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                _validate(item, schema["additionalProperties"], f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _validate(item, schema["items"], f"{where}[{i}]")
+
+
+def test_shipped_and_user_registries_follow_the_schema(home, toy_file):
+    """The shipped registry had training.steps as an object where the schema said integer."""
+    schema = json.loads((REPO / "Resources" / "models.schema.json").read_text())
+    _validate(json.loads((REPO / "Resources" / "models.json").read_text()), schema, "shipped")
+    card = home / "card.yaml"
+    card.write_text("version: 3\nlabels: {1: LV}\nmetrics: {dice: 0.9}\n")
+    add_model("schema-check", "lma", toy_file[1], card=card)
+    _validate(json.loads(store.user_registry_path().read_text()), schema, "user")
+    with pytest.raises(AssertionError):  # the validator can fail
+        _validate({"models": [{"name": "x"}]}, schema, "broken")
+
+
+def test_the_cli_prints_an_unchecked_model_as_one_warning_line(tmp_path, home, capsys):
+    """A QualityWarning the command does not collect itself (here `sample` given an unchecked copy of the shipped
+    LDM) is printed ``warning: ...``, not in Python's file:line form."""
+    from CardiacDiffusionLib.cli.main import main
+
+    copy = tmp_path / "ldm_copy.safetensors"
+    copy.write_bytes((REPO / "Resources" / "models" / "ldm-ct-phantom-32.safetensors").read_bytes())
+    assert main(["sample", "--model", str(copy), "--steps", "2", "--out", str(tmp_path / "pairs"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: model {copy}: not registered and saved without a content hash" in err
+    assert "QualityWarning" not in err and "warnings.warn" not in err

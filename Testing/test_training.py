@@ -239,8 +239,12 @@ def test_init_from_a_stored_model(straight, tmp_path):
     train(ToyTask(), cfg, tmp_path, progress="none")
     assert_same(load_file(out / "model.safetensors"), load_file(tmp_path / "model.safetensors"))
     cfg["model"]["hidden"] = 32
-    with pytest.raises(InputError, match="does not fit"):
+    with pytest.raises(InputError, match="does not fit the task's model") as error:
         train(ToyTask(), cfg, tmp_path / "other", progress="none")
+    assert "\n" not in str(error.value) and "size mismatch" in str(error.value)  # one line, not torch's key list
+    cfg["train"]["init_from"] = str(REPO / "Resources" / "models" / "tos_regressor.safetensors")
+    with pytest.raises(InputError, match="a tos_net model; task toy trains toy_mlp models"):
+        train(ToyTask(), cfg, tmp_path / "third", progress="none")
 
 
 def test_checkpoint_keeps_types(tmp_path):

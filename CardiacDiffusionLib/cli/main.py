@@ -11,8 +11,9 @@ import argparse
 import importlib
 import re
 import sys
+import warnings
 
-from ..errors import InputError
+from ..errors import InputError, QualityWarning
 from ..training.cli import parse
 
 #: modules of this package that register sub-commands, in help order
@@ -42,6 +43,25 @@ def _values_not_options(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), _values_not_options(sys.argv[1:] if argv is None else list(argv)))
+    with warnings.catch_warnings():  # restores the process's warning display on return
+        warnings.showwarning = _quality_warnings_as_lines(warnings.showwarning)
+        return _run(args)
+
+
+def _quality_warnings_as_lines(show):
+    """A QualityWarning not collected by the command is printed ``warning: <message>``, not Python's
+    file:line form; other warnings are shown by ``show``."""
+
+    def showwarning(message, category, *rest, **kwargs):
+        if issubclass(category, QualityWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kwargs)
+
+    return showwarning
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as error:

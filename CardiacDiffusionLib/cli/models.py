@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from ..models.store import WORKFLOWS, add_model, list_models, user_registry_path, verify_model
+from ..models.store import WORKFLOWS, add_model, list_models, user_home, user_registry_path, verify_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list, register and verify trained models")
+    p = sub.add_parser("models", help="list, register and verify trained models",
+                       description="The model store: shipped models and the user's, in $CARDIAC_DIFFUSION_HOME "
+                                   "(default ~/.cardiac-diffusion): models.json and models/<name>.safetensors.")  # fmt: skip
     actions = p.add_subparsers(dest="models_command", required=True)
     ls = actions.add_parser("list", help="shipped and user models")
     ls.add_argument("--json", action="store_true", help="print the entries as JSON")
     ls.set_defaults(func=run_list)
-    add = actions.add_parser("add", help=f"register a trained model (.safetensors) in {user_registry_path()}")
-    add.add_argument("--name", required=True)
+    add = actions.add_parser("add", help="check a trained model (.safetensors) and copy it into the user store "
+                                         "($CARDIAC_DIFFUSION_HOME, default ~/.cardiac-diffusion)")  # fmt: skip
+    add.add_argument("--name", required=True, help="letters, digits, '.', '_' and '-'")
     add.add_argument("--workflow", required=True, choices=WORKFLOWS)
     add.add_argument("--file", required=True, help="model file written by training (model.safetensors)")
     add.add_argument("--card", help="YAML/JSON model card: version, description, input, labels, training, metrics")
@@ -28,14 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     models = list_models()
+    for m in models:
+        m["missing"] = not Path(m["path"]).is_file()
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
+    print(f"user store: {user_registry_path()} ($CARDIAC_DIFFUSION_HOME, default ~/.cardiac-diffusion)")
     if not models:
         print("no models registered (add one with: cardiac-diffusion models add --name ... --workflow ... --file ...)")
         return 0
     rows = [("name", "workflow", "version", "architecture", "source", "file")]
-    rows += [(m["name"], m["workflow"], str(m["version"]), m["architecture"], m["source"], m["path"]) for m in models]
+    rows += [(m["name"], m["workflow"], str(m["version"]), m["architecture"], m["source"],
+              m["path"] + ("  (MISSING: re-add or remove this entry)" if m["missing"] else "")) for m in models]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -45,12 +53,14 @@ def run_list(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     entry = add_model(args.name, args.workflow, args.file, card=args.card, force=args.force)
     sha = entry["sha256"][:16]
-    print(f"registered {entry['name']} ({entry['architecture']}, sha256 {sha}...) in {user_registry_path()}")
+    print(f"registered {entry['name']} ({entry['architecture']}, sha256 {sha}...): copied to "
+          f"{user_home() / entry['file']}, listed in {user_registry_path()}")  # fmt: skip
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     summary = verify_model(args.model)
-    checked = "sha256 ok, " if summary["sha256_checked"] else "not registered: sha256 not checked, "
-    print(f"{args.model}: {checked}{summary['architecture']} rebuilt strictly, {summary['parameters']} parameters")
+    checked = f"{summary['checked']} ok" if summary["checked"] else (
+        "not registered and saved without a content hash: its bytes are NOT checked")  # fmt: skip
+    print(f"{args.model}: {checked}, {summary['architecture']} rebuilt strictly, {summary['parameters']} parameters")
     return 0

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from ..errors import InputError, QualityWarning
 from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, normal_points_to_apex, slice_order_warning
-from ..models.store import list_models, load_model
+from ..models.store import list_models, load_model, model_path
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
 from ..utils.device import resolve_device, run_batched
 from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, crop_angle, label_center
@@ -80,10 +80,17 @@ def default_model_name() -> str:
     return DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
 
 
-@functools.lru_cache(maxsize=2)
 def load_dmcvr(model: str | None = None, device: str = "cpu") -> tuple[DMCVRModel, int, float]:
-    """(model, crop size, pixel spacing mm) of a registered name or a .safetensors path (hash checked when known)."""
+    """(model, crop size, pixel spacing mm) of a registered name or a .safetensors path (hash checked when known);
+    kept for the next call while the file is unchanged (a model re-registered or re-trained is read again)."""
     name = model or default_model_name()
+    path = model_path(name)
+    stat = path.stat() if path.is_file() else None
+    return _load_dmcvr(name, device, str(path), stat and (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_dmcvr(name: str, device: str, path: str, stamp: tuple | None) -> tuple[DMCVRModel, int, float]:
     loaded = load_model(name, device=device)
     if loaded.architecture != "dmcvr":
         raise InputError(f"model {name}: architecture {loaded.architecture!r} is not a DMCVR model")
@@ -91,6 +98,9 @@ def load_dmcvr(model: str | None = None, device: str = "cpu") -> tuple[DMCVRMode
     size = int((entry_input.get("size") or [TRAIN_SIZE])[0])
     spacing = float((entry_input.get("spacing_mm") or [TRAIN_SPACING_MM])[0])
     return loaded.module, size, spacing
+
+
+load_dmcvr.cache_clear = _load_dmcvr.cache_clear  # type: ignore[attr-defined]
 
 
 def normalisation(pixels: np.ndarray, percentile: float = CLIP_PERCENTILE) -> tuple[float, float]:

@@ -1,14 +1,17 @@
 """The model store: safetensors weights that rebuild their own module, checked before use, never unpickled.
 
 A model file is safetensors with metadata ``format``, ``architecture`` (a name in the
-architecture registry), ``config`` (JSON given to that builder) and ``meta`` (JSON: training
-command, steps, ...). Loading checks, in order: the sha256 recorded in a registry, that the file
-is a readable safetensors model (a pickle is refused unread), and that the config rebuilds a
-module with exactly the file's keys and shapes (strict) - each failure an InputError.
+architecture registry), ``config`` (JSON given to that builder), ``meta`` (JSON: training
+command, steps, ...) and ``content_sha256`` (the sha256 of its header and weights, written by
+:func:`save_model`, so that a file given by path is checked too). Loading checks, in order: the
+sha256 recorded in a registry, that the file is a readable safetensors model (a pickle is refused
+unread), the content hash the file carries, and that the config rebuilds a module with exactly the
+file's keys and shapes (strict) - each failure an InputError. A file checked by neither hash is
+loaded with a :class:`QualityWarning`.
 
-Registries: ``Resources/models.json`` (shipped, never edited by code) and the user's
+Registries: ``Resources/models.json`` (shipped, never edited by code) and the user's store
 ``$CARDIAC_DIFFUSION_HOME/models.json`` (default ``~/.cardiac-diffusion``), written by
-:func:`add_model` (``cardiac-diffusion models add``).
+:func:`add_model` (``cardiac-diffusion models add``), which copies each file into the store's ``models/``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import importlib
 import json
 import os
 import re
+import shutil
+import struct
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, QualityWarning
 
 if TYPE_CHECKING:  # torch and safetensors are imported where used: the CLI lists and registers models without them
     import torch
@@ -35,6 +40,9 @@ MODEL_FORMAT = "cardiac-diffusion-model/1"
 WORKFLOWS = ("dmcvr", "sadir", "ldm", "lma")
 REQUIRED = ("name", "workflow", "version", "file", "sha256", "architecture")
 CARD_KEYS = ("version", "description", "input", "labels", "training", "metrics", "url", "license")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+CONTENT_KEY = "content_sha256"  # metadata: sha256 of the file's header (less this key) and weights
+MAX_HEADER = 100_000_000  # bytes; safetensors' own limit
 
 #: architecture name -> "module:builder", imported on first use; builder(config: dict) -> nn.Module
 BUILTIN_ARCHITECTURES: dict[str, str] = {
@@ -59,6 +67,7 @@ class LoadedModel(NamedTuple):
     config: dict
     meta: dict
     entry: dict | None  # the registry entry (None for an unregistered file)
+    checked: str = ""  # what vouched for the bytes: "registry sha256", "content sha256", both, or "" (nothing)
 
 
 # -- architectures
@@ -138,14 +147,71 @@ def save_model(
         tensors[key] = value
     metadata = {"format": MODEL_FORMAT, "architecture": architecture, "config": json.dumps(config),
                 "meta": json.dumps(meta or {})}  # fmt: skip
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    header, start = _parse_header(blob[:8], lambda n: blob[8 : 8 + n], len(blob), str(path))
+    weights = memoryview(blob)[start:]  # offsets in the header are relative to here: the header may change
+    header["__metadata__"][CONTENT_KEY] = _content_sha256(header, [weights])
+    # written sorted (safetensors writes its metadata in hash-map order): the same weights give the same file
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = text.ljust(-(-len(text) // 8) * 8)  # the weights 8-byte aligned, as safetensors writes them
+    blob = struct.pack("<Q", len(text)) + text + bytes(weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(blob)
     os.replace(tmp, path)
-    return sha256_file(path)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _corrupt(label: str, path: Path | str, why: str) -> InputError:
+    return InputError(f"model {label}: {path} is corrupt or truncated, not a readable safetensors file ({why}); "
+                      "re-download or re-train it")  # fmt: skip
+
+
+def _parse_header(head: bytes, read: Callable[[int], bytes], size: int, label: str, path: Path | str = "") -> tuple[dict, int]:
+    """(the JSON header, offset of the weights) of safetensors bytes; the length field is checked before reading."""
+    path = path or label
+    if size < 8 or len(head) < 8:
+        raise _corrupt(label, path, f"{size} bytes, shorter than the 8-byte header length")
+    (length,) = struct.unpack("<Q", head[:8])
+    if length > MAX_HEADER or 8 + length > size:
+        raise _corrupt(label, path, f"its header length field says {length} bytes, the file has {size}")
+    try:
+        header = json.loads(read(length))
+    except (ValueError, UnicodeDecodeError):
+        raise _corrupt(label, path, "its JSON header does not parse") from None
+    if not isinstance(header, dict):
+        raise _corrupt(label, path, "its header is not a JSON object")
+    return header, 8 + length
+
+
+def _content_sha256(header: dict, chunks) -> str:
+    """sha256 of the header (keys sorted, without the content key) and the weight bytes."""
+    header = dict(header)
+    header["__metadata__"] = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != CONTENT_KEY}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_content(path: Path, label: str) -> bool:
+    """Check the content hash a file carries (False when it carries none)."""
+    with path.open("rb") as f:
+        header, start = _parse_header(f.read(8), f.read, path.stat().st_size, label, path)
+        expected = (header.get("__metadata__") or {}).get(CONTENT_KEY)
+        if not expected:
+            return False
+        f.seek(start)
+        actual = _content_sha256(header, iter(lambda: f.read(1 << 20), b""))
+    if actual != expected:
+        raise InputError(
+            f"model {label}: {path} is damaged: its header or weights changed since it was saved (content sha256 "
+            f"{actual[:16]}..., recorded {str(expected)[:16]}...); re-download/re-train it, do not use it"
+        )
+    return True
 
 
 def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, dict, dict, dict[str, tuple]]:
@@ -162,8 +228,11 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # torch.save zip or a raw pickle
         raise InputError(
             f"model {label}: {path} is a pickle (torch.save) file; pickles can run code and are never loaded: "
-            "convert it to safetensors with models.store.save_model where you trust its origin"
+            "where you trust its origin, load it into its module yourself and write it with "
+            "models.store.save_model, then use that .safetensors file"
         )
+    with path.open("rb") as f:  # the length field and the JSON, before safetensors reads anything
+        _parse_header(f.read(8), f.read, path.stat().st_size, label, path)
     from safetensors import safe_open
 
     try:
@@ -171,10 +240,7 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
             metadata = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as error:  # noqa: BLE001 - any parse failure of the header
-        raise InputError(
-            f"model {label}: {path} is corrupt or truncated, not a readable safetensors file ({error}); "
-            "re-download or re-train it"
-        ) from None
+        raise _corrupt(label, path, str(error)) from None
     if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
         raise InputError(
             f"model {label}: {path} has no architecture/config in its metadata; save it with models.store.save_model"
@@ -186,12 +252,16 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     return metadata["architecture"], config, meta, shapes
 
 
-def _check_sha256(path: Path, expected: str, label: str) -> None:
+def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = None) -> None:
     actual = sha256_file(path)
     if actual.lower() != expected.lower():
+        again = ""
+        if entry and entry.get("source") == "user":
+            again = (f" (if you changed it on purpose, register it again: cardiac-diffusion models add --name {label} "
+                     "--workflow ... --file FILE --force)")  # fmt: skip
         raise InputError(
             f"model {label}: sha256 mismatch (file {actual[:16]}..., registry {expected[:16]}...): {path} is damaged "
-            "or was changed; re-download/re-train it, do not use it"
+            f"or was changed; re-download/re-train it, do not use it{again}"
         )
 
 
@@ -201,16 +271,24 @@ def load_model(
 ) -> LoadedModel:  # fmt: skip
     """A registered model by name, or a model file, rebuilt and checked, in eval mode on ``device``.
 
-    The sha256 is checked when known (registry entry of the name or of the file, or ``sha256``).
+    The sha256 is checked when known (registry entry of the name or of the file, or ``sha256``), and the
+    content sha256 the file carries (written by :func:`save_model`); a file with neither loads with a
+    QualityWarning.
     """
     entry, path = _locate(name_or_path)
     label = entry["name"] if entry else str(path)
     expected = sha256 or (entry or {}).get("sha256")
+    checked = []
     if expected:
         if not path.is_file():
-            raise InputError(f"model {label}: file {path} not found; re-download it or fix the registry entry")
-        _check_sha256(path, expected, label)
+            where = "register it again with 'cardiac-diffusion models add ... --force'" if (entry or {}).get(
+                "source") == "user" else "re-download it or fix the registry entry"  # fmt: skip
+            raise InputError(f"model {label}: file {path} not found; {where}")
+        _check_sha256(path, expected, label, entry)
+        checked.append("registry sha256")
     architecture, config, meta, shapes = read_model_header(path, label)
+    if _check_content(path, label):
+        checked.append("content sha256")
     if entry and entry.get("architecture") not in (None, architecture):
         raise InputError(f"model {label}: registry says architecture {entry['architecture']}, the file {architecture}")
     module = build_architecture(architecture, config, builders)
@@ -226,9 +304,16 @@ def load_model(
         module.load_state_dict(load_file(str(path)), strict=True)
     except Exception as error:  # noqa: BLE001 - data part damaged although the header parsed
         raise InputError(f"model {label}: {path} could not be read ({error}); re-download or re-train it") from None
+    if not checked:  # said once the file has passed every other check
+        warnings.warn(
+            f"model {label}: not registered and saved without a content hash, so nothing checks that its weights "
+            "are intact; register it (cardiac-diffusion models add) or re-save it with models.store.save_model",
+            QualityWarning, stacklevel=2,
+        )  # fmt: skip
     from ..utils.onednn import use_onednn_convs  # batch-1 CPU inference: see utils/onednn.py
 
-    return LoadedModel(use_onednn_convs(module).to(device).eval(), architecture, config, meta, entry)
+    return LoadedModel(use_onednn_convs(module).to(device).eval(), architecture, config, meta, entry,
+                       " and ".join(checked))  # fmt: skip
 
 
 # -- registries
@@ -240,7 +325,9 @@ def shipped_registry_path() -> Path:
 
 
 def user_home() -> Path:
-    return Path(os.environ.get("CARDIAC_DIFFUSION_HOME") or Path.home() / ".cardiac-diffusion")
+    """The user's model store: ``$CARDIAC_DIFFUSION_HOME`` (``~`` expanded; a relative value is relative to the
+    working directory), else ``~/.cardiac-diffusion`` on every platform."""
+    return Path(os.environ.get("CARDIAC_DIFFUSION_HOME") or Path.home() / ".cardiac-diffusion").expanduser().absolute()
 
 
 def user_registry_path() -> Path:
@@ -254,6 +341,8 @@ def check_entry(entry: Any, where: str) -> dict:
     missing = [k for k in REQUIRED if not entry.get(k)]
     if missing:
         raise InputError(f"{where}: model {entry.get('name', '?')!r} lacks {missing}")
+    if not isinstance(entry["name"], str) or not re.fullmatch(NAME_PATTERN, entry["name"]):
+        raise InputError(f"{where}: model name {entry['name']!r}: use letters, digits, '.', '_' and '-'")
     if entry["workflow"] not in WORKFLOWS:
         raise InputError(f"{where}: model {entry['name']!r} has workflow {entry['workflow']!r}; use one of {WORKFLOWS}")
     if not re.fullmatch(r"[0-9a-fA-F]{64}", str(entry["sha256"])):
@@ -314,17 +403,29 @@ def find_model(name: str) -> dict:
     )
 
 
+def model_path(name_or_path: str | Path) -> Path:
+    """The file a registered name or a path stands for (not checked: :func:`load_model` does that)."""
+    return _locate(name_or_path)[1]
+
+
 def _locate(name_or_path: str | Path) -> tuple[dict | None, Path]:
+    """(registry entry or None, file): a registered name wins over a same-named file in the working directory;
+    a path (a separator or .safetensors) is a file, matched to its registry entry when it is a registered one."""
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if path.suffix == ".safetensors" or path.is_file() or os.sep in text:
-        resolved = path.resolve()
-        for entry in list_models():  # a registered file keeps its hash check when given by path
-            if Path(entry["path"]).resolve() == resolved:
-                return entry, path
-        return None, path
-    entry = find_model(text)
-    return entry, Path(entry["path"])
+    looks_like_path = isinstance(name_or_path, Path) or path.suffix == ".safetensors" or "/" in text or os.sep in text
+    models = list_models()
+    if not looks_like_path:
+        for entry in models:
+            if entry["name"] == text:
+                return entry, Path(entry["path"])
+        if not path.is_file():
+            find_model(text)  # raises: not registered
+    resolved = path.resolve()
+    for entry in models:  # a registered file keeps its hash check when given by path
+        if Path(entry["path"]).resolve() == resolved:
+            return entry, path
+    return None, path
 
 
 def _read_card(card: str | Path) -> dict:
@@ -343,50 +444,78 @@ def _read_card(card: str | Path) -> dict:
     return data
 
 
+def _store_error(home: Path, error: OSError) -> InputError:
+    return InputError(
+        f"user model store {home}: cannot write there ({error.strerror or error}); set CARDIAC_DIFFUSION_HOME "
+        "to a folder you can write (default ~/.cardiac-diffusion)"
+    )
+
+
 def add_model(
     name: str, workflow: str, file: str | Path, card: str | Path | None = None, force: bool = False,
     builders: Builders | None = None,
 ) -> dict:  # fmt: skip
-    """Check a user's model file (readable, rebuilds strictly) and register it in the user registry."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
-        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    """Check a user's model file (readable, hash, rebuilds strictly), copy it into the user store's ``models/``
+    and register the copy in the user registry: a run folder deleted, moved or retrained later leaves it intact."""
+    if not re.fullmatch(NAME_PATTERN, name or "") or name.endswith(".safetensors"):
+        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (not ending in .safetensors)")
     if workflow not in WORKFLOWS:
         raise InputError(f"--workflow {workflow!r}: use one of {', '.join(WORKFLOWS)}")
-    path = Path(file).expanduser().resolve()
+    path = Path(file).expanduser().absolute()
     if any(e["name"] == name for e in read_registry(shipped_registry_path())):
         raise InputError(f"--name {name}: a shipped model has this name; choose another --name")
-    sha = sha256_file(path) if path.is_file() else ""
-    loaded = load_model(path, builders=builders, sha256=sha or None)
-    serves = ARCHITECTURE_WORKFLOW.get(loaded.architecture, workflow)
-    if serves != workflow:
-        raise InputError(f"--file {file}: a {loaded.architecture} model serves the {serves} workflow, not "
-                         f"{workflow}; register it with --workflow {serves}")  # fmt: skip
+    home = user_home()
     registry = user_registry_path()
     entries = read_registry(registry)
     if any(e["name"] == name for e in entries) and not force:
         raise InputError(f"--name {name}: already registered in {registry}; use --force to replace it")
-    command = loaded.meta.get("training_command")
-    entry = {"name": name, "workflow": workflow, "version": "user", "file": str(path), "sha256": sha,
-             "architecture": loaded.architecture, "training": {"command": command} if command else {},
-             "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    if card:
-        entry.update(_read_card(card))
+    if not path.is_file():
+        raise InputError(f"--file {file}: {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    card_fields = _read_card(card) if card else {}
+    sha = sha256_file(path)
+    loaded = load_model(path, builders=builders, sha256=sha)  # readable, content hash, rebuilds strictly
+    serves = ARCHITECTURE_WORKFLOW.get(loaded.architecture, workflow)
+    if serves != workflow:
+        raise InputError(f"--file {file}: a {loaded.architecture} model serves the {serves} workflow, not "
+                         f"{workflow}; register it with --workflow {serves}")  # fmt: skip
+    training = {k: v for k, v in (("command", loaded.meta.get("training_command")), ("steps", loaded.meta.get("steps")))
+                if v is not None}  # fmt: skip
+    stored = Path("models") / f"{name}.safetensors"
+    entry = {"name": name, "workflow": workflow, "version": loaded.meta.get("version") or "user",
+             "file": stored.as_posix(), "sha256": sha, "architecture": loaded.architecture, "training": training,
+             "copied_from": str(path), "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    entry.update(card_fields)
     entries = [e for e in entries if e["name"] != name] + [check_entry(entry, "--card")]
-    registry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = registry.with_name(registry.name + ".tmp")
-    tmp.write_text(json.dumps({"models": entries}, indent=2) + "\n")
-    os.replace(tmp, registry)
+    target = home / stored
+    tmp_model, tmp_registry = target.with_name(target.name + ".tmp"), registry.with_name(registry.name + ".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, tmp_model)
+        if sha256_file(tmp_model) != sha:
+            raise InputError(f"--file {file}: changed while it was copied into {target}; add it again")
+        tmp_registry.write_text(json.dumps({"models": entries}, indent=2) + "\n")
+        os.replace(tmp_model, target)
+        os.replace(tmp_registry, registry)
+    except OSError as error:
+        raise _store_error(home, error) from None
+    finally:
+        for tmp in (tmp_model, tmp_registry):
+            if tmp.is_file():
+                tmp.unlink()
     return entry
 
 
 def verify_model(name_or_path: str | Path, builders: Builders | None = None) -> dict:
     """Load a model on the CPU with every check; a short summary when it passes."""
-    loaded = load_model(name_or_path, builders=builders)
+    with warnings.catch_warnings():  # an unchecked file is said in the summary ("checked" empty)
+        warnings.simplefilter("ignore", QualityWarning)
+        loaded = load_model(name_or_path, builders=builders)
     entry, path = _locate(name_or_path)
     return {
         "name": entry["name"] if entry else None,
         "file": str(path),
         "sha256_checked": bool(entry),
+        "checked": loaded.checked,
         "architecture": loaded.architecture,
         "parameters": sum(p.numel() for p in loaded.module.parameters()),
     }

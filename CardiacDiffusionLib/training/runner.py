@@ -260,10 +260,16 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
         if t["init_from"]:  # weights of a stored model (checked like any model), same architecture
             from ..models.store import load_model
 
+            loaded = load_model(t["init_from"])
+            if task.architecture is not None and loaded.architecture != task.architecture:
+                raise InputError(f"train.init_from {t['init_from']}: a {loaded.architecture} model; task {cfg['task']} "
+                                 f"trains {task.architecture} models: give one of those")  # fmt: skip
             try:  # the EMA copies the weights at its first update
-                model.load_state_dict(load_model(t["init_from"]).module.state_dict())
+                model.load_state_dict(loaded.module.state_dict())
             except RuntimeError as error:
-                raise InputError(f"train.init_from {t['init_from']}: does not fit the task's model ({error})") from None
+                said = str(error).splitlines()[-1].strip()[:200]  # torch lists every key; its last line says what
+                raise InputError(f"train.init_from {t['init_from']}: does not fit the task's model ({said}); "
+                                 "give a model trained with the same model settings") from None  # fmt: skip
         if info.rank > 0:  # same initial weights on every rank (seeded above), different noise after
             seed_everything(int(t["seed"]) + 1_000_003 * info.rank)
     if info.is_main:
