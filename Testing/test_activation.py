@@ -14,7 +14,7 @@ import torch
 from vtk.util.numpy_support import vtk_to_numpy
 
 from CardiacDiffusionLib.activation import qa
-from CardiacDiffusionLib.activation.bullseye import SEPTAL, segment_of, segment_table, suggest_lead
+from CardiacDiffusionLib.activation.bullseye import SEPTAL, bullseye_figure, segment_of, segment_table, suggest_lead
 from CardiacDiffusionLib.activation.mapping import late_mask, mesh_points, read_vtp, write_vtp
 from CardiacDiffusionLib.activation.phantom_case import PhantomCase, heart_dir
 from CardiacDiffusionLib.activation.pipeline import OUTPUTS, run_lma, write_outputs
@@ -258,6 +258,81 @@ def test_bullseye_lead_clear_margin():
     assert r.lead["segment"] == lead["segment"]
 
 
+def test_aha_segments_follow_each_levels_rv_insertion(case):
+    """A septum that turns 60 deg between the basal and mid slices (ACDC: up to 57 deg base to apex): the AHA
+    segments of each level start at that level's anterior insertion, as its 18 sectors do. The late sectors 13-15
+    of every slice are segments 6 and 12 (basal, mid anterolateral); one frame for all levels read them as segment
+    1 (basal anterior, 190 ms) and 6 at 91 ms."""
+    frame = lv_frame(case.stack)
+    turn = np.deg2rad(np.where(frame.slice_heights() < 1 / 3, 40.0, -20.0))
+    points = frame.centres + 30 * (np.cos(turn)[:, None] * frame.e0 + np.sin(turn)[:, None] * frame.e1)
+    late = np.full(18, 60.0)
+    late[12:15] = 200.0
+    r = run_lma(case.stack, tos={int(k): late for k in frame.slices}, rv_insertion=points)
+    medians = {x["segment"]: x["tos_median_ms"] for x in r.segments}
+    assert medians[6] == medians[12] == 200.0
+    assert all(medians[s] == 60.0 for s in (1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 13, 14, 15, 17))
+    # an exact tie (6 and 12, 200 ms) goes to the lower number, the other is named with it
+    assert r.lead["segment"] == 6 and r.lead["near_ties"] == [12]
+    # each slice's sectors 1-18, three per segment from its own insertion: 2,2,2,3,3,3,...,1,1,1 (+6 mid)
+    heights = r.frame.slice_heights()
+    for i in np.flatnonzero(heights < 2 / 3):
+        segments = segment_of(*r.frame.aha_coords(r.sector_points[i]))
+        ring = np.repeat([2, 3, 4, 5, 6, 1], 3) + (6 if heights[i] >= 1 / 3 else 0)
+        assert segments.tolist() == ring.tolist(), i
+    # the mesh carries the segments it was ranked by
+    on_mesh = vtk_to_numpy(r.mesh.GetPointData().GetArray("aha_segment"))
+    assert np.bincount(on_mesh, minlength=18)[1:].tolist() == [x["points"] for x in r.segments]
+
+
+def test_lead_ties_scar_and_septum():
+    """Exact ties: lower segment number; near ties (within 5 ms) named; scar and septum never suggested."""
+    segments = np.repeat(np.arange(1, 18), 10)
+    tos = {1: 90.0, 2: 250.0, 3: 250.0, 4: 100.0, 5: 150.0, 6: 150.0, 7: 90.0, 8: 250.0, 9: 250.0, 10: 100.0,
+           11: 146.0, 12: 120.0, 13: 160.0, 14: 250.0, 15: 100.0, 16: 170.0, 17: 100.0}  # fmt: skip
+    values = np.array([tos[s] for s in segments])
+    lead = suggest_lead(segment_table(segments, values))
+    assert (lead["segment"], lead["near_ties"]) == (5, [6, 11])  # septal 250 ms never; apical only on request
+    lead = suggest_lead(segment_table(segments, values, scar=[5]))
+    assert (lead["segment"], lead["near_ties"], lead["excluded_scar"]) == (6, [11], [5])
+    lead = suggest_lead(segment_table(segments, values, scar=[5, 6, 11]))
+    assert (lead["segment"], lead["tos_median_ms"], lead["near_ties"]) == (12, 120.0, [])
+    assert suggest_lead(segment_table(segments, values), include_apical=True)["segment"] == 16
+    assert suggest_lead(segment_table(segments, values, scar=[1, 4, 5, 6, 7, 10, 11, 12]))["segment"] is None
+
+
+def test_bullseye_says_ms_decision_support_late_rule_and_ties_inside_the_picture():
+    """Every text of the bullseye lies inside the picture (the caption was cut at both sides before)."""
+    segments = np.repeat(np.arange(1, 18), 10)
+    values = np.where(np.isin(segments, (5, 6, 11)), 150.0, 80.0)
+    table = segment_table(segments, values, late=values > 100, late_threshold_ms=120.0, scar=[5])
+    lead = suggest_lead(table)
+    fig = bullseye_figure(table, lead, late_rule="segment median TOS >= 120 ms (TOS >= 75th percentile)")
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_text") and hasattr(o, "get_window_extent"))
+             if t.get_text()]  # fmt: skip
+    for t in texts:
+        extent = t.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0, t.get_text()
+    words = " ".join(t.get_text() for t in texts)
+    assert "segment median TOS (ms)" in words and "DECISION SUPPORT, not a diagnosis" in words
+    assert "segment: 6 (basal anterolateral, 150 ms)" in words and "within 5 ms: segment(s) 11" in words
+    assert "6\n150*" in words and "1\n80" in words and "* late: segment median TOS >= 120 ms" in words
+
+
+def test_a_uniform_map_has_no_late_region(case):
+    """All sectors 80 ms: the 75th percentile is the earliest TOS too, so nothing is late (not everything)."""
+    late, cut = late_mask(np.full(100, 80.0))
+    assert cut == 80.0 and not late.any()
+    late, cut = late_mask(np.r_[np.full(60, 80.0), np.full(40, 150.0)])  # a plateau above the cut: all of it
+    assert cut == 150.0 and late.sum() == 40
+    frame = lv_frame(case.stack)
+    r = run_lma(case.stack, tos={int(k): np.full(18, 80.0) for k in frame.slices})
+    assert r.lma["late_activation"]["late_fraction_of_points"] == 0 and "none" in r.lma["late_activation"]["rule"]
+    assert not any(x["late"] for x in r.segments) and r.lead["near_ties"] == [4, 5, 6, 7, 10, 11, 12]
+
+
 # ---- files ------------------------------------------------------------------------------------
 def test_outputs_read_back(case, results, tmp_path):
     r = results["detector"]
@@ -276,6 +351,17 @@ def test_outputs_read_back(case, results, tmp_path):
     direction = np.array(labels.GetDirection()).reshape(3, 3)
     lps = (myo * labels.GetSpacing()) @ direction.T + labels.GetOrigin()
     assert np.allclose(bounds[:, 0], lps.min(0), atol=2) and np.allclose(bounds[:, 1], lps.max(0), atol=2)
+    # no floating specks: bits of the few labelled pixels beyond the base (93 voxels here, 0.2 % of the myocardium;
+    # touching the rest only at edges they made a separate 492-cell surface) leave labels and mesh: one piece
+    assert r.lma["reconstruction"]["specks_removed_voxels"] == 93
+    assert sitk.GetArrayViewFromImage(sitk.ConnectedComponent(labels > 0, False)).max() == 1
+    import vtk
+
+    regions = vtk.vtkPolyDataConnectivityFilter()
+    regions.SetInputData(mesh)
+    regions.SetExtractionModeToAllRegions()
+    regions.Update()
+    assert regions.GetNumberOfExtractedRegions() == 1
     lma = json.loads(paths["json"].read_text())
     assert lma["label"] == "decision support" and lma["lead"]["segment"] == r.lead["segment"]
     assert len(lma["segments"]) == 17 and lma["tos_slices"] == case.frame.slices.tolist()
@@ -285,8 +371,6 @@ def test_outputs_read_back(case, results, tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(str(paths["bullseye"])).shape[0] > 400
-    import vtk
-
     stl = vtk.vtkSTLReader()
     stl.SetFileName(str(paths["stl"]))
     stl.Update()

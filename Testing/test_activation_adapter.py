@@ -235,3 +235,14 @@ def test_activation_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch
     result = module.ActivationMapTest("runTest").run()
     assert result.wasSuccessful(), [text for _, text in result.errors + result.failures]
     assert result.testsRun == 1 and not result.skipped
+
+
+def test_activation_summary_names_near_ties(mrml_scene, monkeypatch):
+    """The module's summary: one decision-support line, with the segments within 5 ms of the suggested one."""
+    from types import SimpleNamespace
+
+    module = _load_module("ActivationMap", monkeypatch, mrml_scene)
+    lead = {"segment": 6, "name": "basal anterolateral", "tos_median_ms": 200.0, "near_ties": [12], "near_tie_ms": 5.0}
+    lines = module.ActivationMapLogic.summary(SimpleNamespace(lma={"qa": [], "lead": lead}))
+    assert lines == ["Decision support, not a diagnosis: latest-activating eligible segment 6 (basal anterolateral, "
+                     "median TOS 200 ms; within 5 ms: segment(s) 12)."]  # fmt: skip

@@ -260,9 +260,12 @@ class ActivationMapLogic(ScriptedLoadableModuleLogic):
         lines = [f"{flag['severity']}: {flag['message']}" for flag in result.lma.get("qa", [])]
         lead = result.lma.get("lead", {})
         if lead.get("segment") is not None:
+            from CardiacDiffusionLib.activation.bullseye import near_ties_text
+
+            ties = f"; {near_ties_text(lead)}" if near_ties_text(lead) else ""
             lines.append(
                 f"Decision support, not a diagnosis: latest-activating eligible segment {lead['segment']} "
-                f"({lead['name']}, median TOS {lead['tos_median_ms']:.0f} ms)."
+                f"({lead['name']}, median TOS {lead['tos_median_ms']:.0f} ms{ties})."
             )
         return lines
 

@@ -5,8 +5,12 @@ Segments from cardiac coordinates (:mod:`.sectors`): height 0-1/3 basal (1-6), 1
 anterior RV insertion (anteroseptal, inferoseptal, inferior, inferolateral, anterolateral,
 anterior), the apical ring in 90 degree steps centred on the mid-septum (60 degrees).
 
+Angles are each level's own: from the anterior RV insertion of the point's height (interpolated between
+slices, :meth:`.sectors.LVFrame.aha_coords`), so the 3 sectors of a basal or mid slice fill one segment.
+
 The lead suggestion is decision support: the latest-activating free-wall segment of the basal and
-mid rings (never septal, apical only on request), skipping segments marked as scar.
+mid rings (never septal, apical only on request), skipping segments marked as scar. Exact ties go to the
+lower segment number (basal before mid); segments within :data:`NEAR_TIE_MS` of it are listed as near ties.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ SEPTAL = (2, 3, 8, 9, 14)
 FREE_WALL = (1, 4, 5, 6, 7, 10, 11, 12)
 APICAL_FREE_WALL = (13, 15, 16)
 APEX_HEIGHT = 0.9
+#: free-wall segments whose median TOS is this close to the suggested one's are named with it: the TOS of a
+#: segment is not known better (onset detector ~4 ms sector error, DENSE frames 15-20 ms apart)
+NEAR_TIE_MS = 5.0
 DISCLAIMER = (
     "Decision support only, not a diagnosis: the suggested segment ranks late activation on this model; "
     "confirm with scar imaging, coronary venous anatomy and clinical judgement"
@@ -38,7 +45,7 @@ PLOT_OFFSET_DEG = 120.0
 
 
 def segment_of(angle, height) -> np.ndarray:
-    """AHA segment (1-17) of cardiac coordinates (angle rad from the anterior insertion, height 0 base 1 apex)."""
+    """AHA segment (1-17) of cardiac coordinates (angle rad from the level's anterior insertion, height 0 base 1 apex)."""
     deg = np.mod(np.rad2deg(np.asarray(angle, float)), 360.0)
     h = np.asarray(height, float)
     ring6 = np.array([2, 3, 4, 5, 6, 1])[np.minimum((deg // 60).astype(int), 5)]
@@ -74,6 +81,12 @@ def segment_table(segments: np.ndarray, tos: np.ndarray, late: np.ndarray | None
     return rows
 
 
+def near_ties_text(lead: dict | None) -> str:
+    """``within 5 ms: segment(s) 6, 12`` for a suggestion with near ties, else empty."""
+    ties = (lead or {}).get("near_ties")
+    return f"within {lead['near_tie_ms']:g} ms: segment(s) {', '.join(map(str, ties))}" if ties else ""
+
+
 def suggest_lead(table: list[dict], include_apical: bool = False, top: int = 3) -> dict:
     """Latest free-wall segments (by median TOS), scar excluded; ``segment`` is the first, or None."""
     allowed = FREE_WALL + (APICAL_FREE_WALL if include_apical else ())
@@ -83,14 +96,17 @@ def suggest_lead(table: list[dict], include_apical: bool = False, top: int = 3) 
     )
     best = ranked[0] if ranked else None
     rings = "basal, mid, apical" if include_apical else "basal, mid"
+    ties = [r["segment"] for r in ranked[1:] if best["tos_median_ms"] - r["tos_median_ms"] <= NEAR_TIE_MS]
     return {
         "segment": best["segment"] if best else None,
         "name": best["name"] if best else None,
         "tos_median_ms": best["tos_median_ms"] if best else None,
+        "near_ties": ties,
+        "near_tie_ms": NEAR_TIE_MS,
         "ranked": [{k: r[k] for k in ("segment", "name", "tos_median_ms")} for r in ranked[:top]],
         "excluded_scar": [r["segment"] for r in table if r["scar"]],
-        "rule": f"latest median TOS among free-wall segments ({rings}); "
-        "septal segments never, scar segments excluded",
+        "rule": f"latest median TOS among free-wall segments ({rings}); septal segments never, scar segments "
+        f"excluded; an exact tie goes to the lower segment number, segments within {NEAR_TIE_MS:g} ms are near_ties",
         "label": "decision support",
         "disclaimer": DISCLAIMER,
     }
@@ -121,8 +137,18 @@ def _ring_geometry():
 
 
 def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title: str = "Time to onset of shortening",
-                       cmap: str = "turbo") -> Path:  # fmt: skip
-    """AHA bullseye coloured by segment median TOS (grey: no data), scar hatched, suggested segment outlined."""
+                       cmap: str = "turbo", late_rule: str | None = None) -> Path:  # fmt: skip
+    """Save :func:`bullseye_figure` as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bullseye_figure(table, lead, title, cmap, late_rule).savefig(str(path))
+    return path
+
+
+def bullseye_figure(table: list[dict], lead: dict | None = None, title: str = "Time to onset of shortening",
+                    cmap: str = "turbo", late_rule: str | None = None):  # fmt: skip
+    """AHA bullseye coloured by segment median TOS (grey: no data), late segments starred, scar hatched, the
+    suggested segment outlined; ``late_rule`` (e.g. "TOS >= 83 ms, the 75th percentile") explains the star."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -131,12 +157,13 @@ def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title:
 
     values = {r["segment"]: r["tos_median_ms"] for r in table}
     scar = {r["segment"] for r in table if r["scar"]}
+    late = {r["segment"] for r in table if r.get("late")}
     finite = [v for v in values.values() if np.isfinite(v)]
     norm = Normalize(min(finite, default=0.0), max(finite, default=1.0) + 1e-6)
     mappable = ScalarMappable(norm, cmap)
-    fig = Figure(figsize=(6.2, 5.6), dpi=120)
+    fig = Figure(figsize=(6.2, 6.0), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.08, 0.76, 0.8))
+    ax = fig.add_axes((0.02, 0.15, 0.76, 0.76))
     ax.set_aspect("equal")
     ax.axis("off")
     for s, r0, r1, start, span in _ring_geometry():
@@ -149,10 +176,11 @@ def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title:
                                linewidth=3.0, zorder=3))  # fmt: skip
         mid = np.deg2rad(start + span / 2)
         rad = 0.0 if s == 17 else (r0 + r1) / 2
-        text = f"{s}\n{v:.0f}" if np.isfinite(v) else f"{s}\n–"
+        text = f"{s}\n{v:.0f}{'*' if s in late else ''}" if np.isfinite(v) else f"{s}\n–"
         dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] < 0.45
+        box = {"facecolor": colour, "edgecolor": "none", "pad": 1.0} if s in scar else None  # readable over hatch
         ax.text(rad * np.cos(mid), rad * np.sin(mid), text, ha="center", va="center", fontsize=8,
-                color="white" if dark else "black", zorder=4)  # fmt: skip
+                color="white" if dark else "black", zorder=4, bbox=box)  # fmt: skip
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     for text, xy in (("anterior", (0, 1.02)), ("septal", (-1.03, 0)), ("inferior", (0, -1.04)), ("lateral", (1.03, 0))):
@@ -161,12 +189,15 @@ def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title:
     cax = fig.add_axes((0.82, 0.2, 0.035, 0.56))
     fig.colorbar(mappable, cax=cax, label="segment median TOS (ms)")
     fig.suptitle(title, fontsize=11)
-    note = "DECISION SUPPORT"
+    note = "DECISION SUPPORT, not a diagnosis"
     if lead and lead.get("segment"):
         note += f" - suggested LV lead segment: {lead['segment']} ({lead['name']}, {lead['tos_median_ms']:.0f} ms)"
-    fig.text(0.5, 0.045, note, ha="center", fontsize=8, weight="bold")
-    fig.text(0.5, 0.015, "not a diagnosis; scar hatched, septum never suggested", ha="center", fontsize=7, color="0.3")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path))
-    return path
+    lines = [(note, {"fontsize": 8, "weight": "bold"})]
+    if near_ties_text(lead):
+        lines.append((f"as late {near_ties_text(lead)}", {"fontsize": 8}))
+    if late_rule:
+        lines.append((f"* late: {late_rule}", {"fontsize": 7, "color": "0.3"}))
+    lines.append(("scar hatched (never suggested), septum never suggested", {"fontsize": 7, "color": "0.3"}))
+    for i, (text, style) in enumerate(lines):
+        fig.text(0.5, 0.015 + 0.032 * (len(lines) - 1 - i), text, ha="center", **style)
+    return fig

@@ -22,6 +22,7 @@ from .tos import N_SECTORS, TOS_RANGE_MS
 
 TOS_ARRAY = "TOS_ms"
 LATE_ARRAY = "late_activation"
+SEGMENT_ARRAY = "aha_segment"
 SECTOR_WIDTH = 2 * np.pi / N_SECTORS
 
 
@@ -134,7 +135,8 @@ def add_point_array(mesh: vtk.vtkPolyData, name: str, values: np.ndarray, active
 def late_mask(
     tos: np.ndarray, percentile: float | None = 75.0, threshold_ms: float | None = None
 ) -> tuple[np.ndarray, float]:
-    """(late?, threshold used): TOS >= ``threshold_ms`` when given, else >= the ``percentile`` of ``tos``."""
+    """(late?, threshold used): TOS >= ``threshold_ms`` when given, else >= the ``percentile`` of ``tos`` (> it
+    where the percentile is the earliest TOS of the map, so that a uniform map has no late region, not all late)."""
     if threshold_ms is not None:
         low, high = TOS_RANGE_MS
         if not low < threshold_ms <= high:  # NaN too: outside the range it marks all or none late
@@ -144,6 +146,8 @@ def late_mask(
     if percentile is None or not 0 < percentile < 100:
         raise InputError(f"late-activation percentile must be in (0, 100), got {percentile}")
     cut = float(np.percentile(tos, percentile))
+    if cut - float(np.min(tos)) < 1e-3:  # a map as early everywhere as at its percentile (all equal): none is late
+        return tos > cut + 1e-3, cut
     return tos >= cut, cut
 
 
@@ -155,6 +159,8 @@ def paint(mesh: vtk.vtkPolyData, frame: LVFrame, tos: np.ndarray, percentile: fl
     add_point_array(mesh, TOS_ARRAY, values.astype(np.float32), active=True)
     add_point_array(mesh, LATE_ARRAY, late.astype(np.uint8))
     rule = f"TOS >= {threshold_ms:g} ms" if threshold_ms is not None else f"TOS >= {percentile:g}th percentile"
+    if threshold_ms is None and not late.any():
+        rule += f" (none: the {percentile:g}th percentile is the map's earliest TOS)"
     return {"rule": rule, "threshold_ms": round(cut, 2), "late_fraction_of_points": round(float(late.mean()), 4)}
 
 

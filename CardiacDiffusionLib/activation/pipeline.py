@@ -26,7 +26,8 @@ from ..geometry.stack import SliceStack
 from . import qa
 from .bullseye import DISCLAIMER, segment_of, segment_table, suggest_lead, write_bullseye_png, write_segments_csv
 from .mapping import (
-    LATE_ARRAY, TOS_ARRAY, mesh_points, myocardium_mesh, paint, sector_points, sector_polydata, write_stl, write_vtp,
+    LATE_ARRAY, SEGMENT_ARRAY, TOS_ARRAY, add_point_array, mesh_points, myocardium_mesh, paint, sector_points,
+    sector_polydata, write_stl, write_vtp,
 )  # fmt: skip
 from .sectors import MYO, LVFrame, lv_frame
 from .tos import check_strain, check_tos_range, read_tos_csv, tos_from_strain, write_tos_csv
@@ -37,7 +38,7 @@ METHODS = ("shape", "sadir")
 @dataclass
 class LMAResult:
     labels: sitk.Image  # myocardium (value 2) in the stack's physical frame
-    mesh: vtk.vtkPolyData  # LPS mm, point data TOS_ms and late_activation
+    mesh: vtk.vtkPolyData  # LPS mm, point data TOS_ms, late_activation and aha_segment
     frame: LVFrame  # of the slices with TOS
     tos: np.ndarray  # (n_tos_slices, 18) ms
     sector_points: np.ndarray  # (n_tos_slices, 18, 3) mid-wall LPS points
@@ -165,16 +166,20 @@ def run_lma(
     flags += qa.alignment_flags(stack, full) + qa.anatomy_flags(stack, full) + qa.coverage_flags(full, frame)
     flags += qa.tos_flags(values)
     myo, deformation = _myocardium(stack, method, spacing, sadir_options)
+    myo, specks = drop_specks(myo)
     if deformation:
         flags += qa.jacobian_flags(deformation.get("displacement"), deformation.get("jacobian_min"))
         flags += [qa.flag("sadir", str(message)) for message in deformation.get("flags", [])
                   if "jacobian" not in str(message).lower()]  # fmt: skip
     mesh = myocardium_mesh(myo, smoothing_iterations=smoothing_iterations)
     late = paint(mesh, frame, values, late_percentile, late_threshold_ms)
-    angle, height = frame.coords(mesh_points(mesh))
+    angle, height = frame.aha_coords(mesh_points(mesh))  # each level from its own RV insertion
+    segments = segment_of(angle, height)
+    add_point_array(mesh, SEGMENT_ARRAY, segments.astype(np.uint8))
     tos_points = _array(mesh, TOS_ARRAY)
-    table = segment_table(segment_of(angle, height), tos_points, _array(mesh, LATE_ARRAY).astype(bool),
-                          late["threshold_ms"], scar)  # fmt: skip
+    late_points = _array(mesh, LATE_ARRAY).astype(bool)
+    table = segment_table(segments, tos_points, late_points, late["threshold_ms"] if late_points.any() else None,
+                          scar)  # fmt: skip
     lead = suggest_lead(table, include_apical)
     if lead["segment"] is None:
         flags.append(qa.flag("no_lead_segment", "no free-wall segment without scar has TOS values"))
@@ -183,14 +188,15 @@ def run_lma(
         "label": "decision support",
         "disclaimer": DISCLAIMER,
         "coordinates": "LPS mm (mesh points and all 3D points)",
-        "reconstruction": {"method": method, "spacing_mm": spacing, **_sadir_summary(deformation)},
+        "reconstruction": {"method": method, "spacing_mm": spacing, "specks_removed_voxels": specks,
+                           **_sadir_summary(deformation)},  # fmt: skip
         "tos_source": source,
         "tos_slices": [int(k) for k in indices],
         "tos_ms": [[round(float(v), 2) for v in row] for row in values],
         "frame": frame.summary(),
         "late_activation": late,
         "mesh": {"points": mesh.GetNumberOfPoints(), "cells": mesh.GetNumberOfCells(),
-                 "point_arrays": [TOS_ARRAY, LATE_ARRAY],
+                 "point_arrays": [TOS_ARRAY, LATE_ARRAY, SEGMENT_ARRAY],
                  "stl_note": "STL holds the geometry only (no TOS_ms): use the VTP for the painted map"},  # fmt: skip
         "segments": table,
         "lead": lead,
@@ -199,6 +205,17 @@ def run_lma(
     }
     points = sector_points(stack, frame)
     return LMAResult(myo, mesh, frame, values, points, table, lead, lma)
+
+
+def drop_specks(myo: sitk.Image, fraction: float = 0.01) -> tuple[sitk.Image, int]:
+    """(myocardium without its detached specks, voxels removed): face-connected pieces under ``fraction`` of the
+    myocardium (bits of a few labelled pixels beyond the base or apex) would float beside the surface."""
+    components = sitk.ConnectedComponent(myo > 0, False)
+    total = int(sitk.GetArrayViewFromImage(myo).astype(bool).sum())
+    kept = sitk.RelabelComponent(components, max(1, int(np.ceil(fraction * total)))) > 0
+    out = sitk.Cast(kept, sitk.sitkUInt8) * MYO
+    out.CopyInformation(myo)
+    return out, total - int(sitk.GetArrayViewFromImage(kept).sum())
 
 
 def _sadir_summary(info: dict | None) -> dict:
@@ -231,7 +248,10 @@ def write_outputs(result: LMAResult, out_dir) -> dict[str, Path]:
     write_image(result.labels, paths["labels"])
     write_vtp(result.mesh, paths["vtp"])
     write_stl(result.mesh, paths["stl"])
-    write_bullseye_png(paths["bullseye"], result.segments, result.lead)
+    late = result.lma.get("late_activation", {})
+    late_rule = (f"segment median TOS >= {late['threshold_ms']:g} ms ({late['rule']})"
+                 if late.get("late_fraction_of_points") else None)  # fmt: skip
+    write_bullseye_png(paths["bullseye"], result.segments, result.lead, late_rule=late_rule)
     write_segments_csv(paths["segments"], result.segments, result.lead)
     write_tos_csv(paths["sector_tos"], dict(zip(result.frame.slices.tolist(), result.tos)))
     write_vtp(sector_polydata(result.sector_points, result.tos), paths["sector_points"])

@@ -59,6 +59,21 @@ class LVFrame:
         angle = np.mod(np.arctan2(d @ self.e1, d @ self.e0), 2 * np.pi)
         return angle, self.height(position)
 
+    def insertion_angle_at(self, position) -> np.ndarray:
+        """Angle (rad) of the anterior RV insertion at axis positions: the slices' (unwrapped) linear between
+        slices, held beyond the end slices."""
+        return np.interp(np.asarray(position, float), self.positions, np.unwrap(self.insertion_angles))
+
+    def aha_coords(self, points) -> tuple[np.ndarray, np.ndarray]:
+        """(angle rad in [0, 2pi) from the anterior RV insertion of the point's own level, height) of LPS points.
+
+        The AHA rule: each level's septum lies between its own RV insertions, so the segments of a heart whose
+        insertion turns from base to apex turn with it, as each slice's 18 sectors do.
+        """
+        p = np.asarray(points, float)
+        angle, height = self.coords(p)
+        return np.mod(angle - self.insertion_angle_at(p @ self.axis), 2 * np.pi), height
+
     def height(self, position) -> np.ndarray:
         return (np.asarray(position, float) - self.base) / (self.apex - self.base)
 

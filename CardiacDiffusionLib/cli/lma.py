@@ -108,6 +108,7 @@ def _labels_alone(slices: str, convention: str, phase: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..activation.bullseye import near_ties_text
     from ..activation.pipeline import OUTPUTS, run_lma, write_outputs
     from ..activation.tos import load_strain
 
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{item['severity']}: {item['message']}")
     lead = result.lead
     if lead["segment"] is not None:
+        ties = f"; {near_ties_text(lead)}" if near_ties_text(lead) else ""
         print(f"decision support: suggested LV lead segment {lead['segment']} ({lead['name']}, "
-              f"median TOS {lead['tos_median_ms']:.0f} ms); not a diagnosis")  # fmt: skip
+              f"median TOS {lead['tos_median_ms']:.0f} ms{ties}); not a diagnosis")  # fmt: skip
     print(f"lma: wrote {', '.join(p.name for p in paths.values())} to {args.out}")
     return 0
