@@ -286,6 +286,19 @@ def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     assert labels.GetSize() == (32, 32, 32) and labels.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
 
 
+@pytest.mark.parametrize("options, said", [(["--seed", "-1"], "--seed -1: give a whole number"),
+                                           (["--device", "bogus"], "--device bogus: unknown device"),
+                                           (["--device", "cuda:99"], "CUDA")])  # fmt: skip
+def test_demo_refuses_bad_options_before_any_work(tmp_path, capsys, options, said):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *options]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("error: ") and said in error and not out.exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--out", str(out), "--methods", "foo"])
+    assert stop.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err and not out.exists()
+
+
 def test_help_imports_no_heavy_library():
     """Building the parser (``--help``, every Slicer child process) imports neither torch nor SimpleITK/VTK/matplotlib."""
     import subprocess

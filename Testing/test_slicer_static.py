@@ -264,3 +264,139 @@ def test_extension_metadata():
         assert fields[f"EXTENSION_{key}"].strip('"').startswith("https://")
     assert re.search(r"add_subdirectory\(CardiacDiffusion\)", text)
     assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
+
+
+# ---- the modules load before the first-use install ---------------------------------------------
+def test_modules_load_without_the_packages_installed_on_first_use():
+    """Slicer imports each module at start-up, before ``dependencies.ensure`` (Apply) could install monai & co.
+    and before the PyTorch extension gave torch: the Lib names the modules import must not need them."""
+    import subprocess
+    import sys
+
+    from CardiacDiffusionLib.slicer_adapter import dependencies
+
+    absent = ["torch", *(p.module for p in dependencies.REQUIRED)]
+    imports = sorted({
+        f"from {node.module} import {', '.join(a.name for a in node.names)}"
+        for module in MODULES for node in _tree(module).body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("CardiacDiffusionLib")
+    })  # fmt: skip
+    code = f"import sys\nfor name in {absent!r}: sys.modules[name] = None\n" + "\n".join(imports)
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert len(imports) >= len(MODULES) and done.returncode == 0, done.stderr[-2000:]
+
+
+# ---- CMake: configure, build and install against a stand-in Slicer ------------------------------
+SCRIPTED = "lib/Slicer-5.8/qt-scripted-modules"
+STAND_IN_SLICER = {
+    "SlicerConfig.cmake": f"""
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR {SCRIPTED})
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR {SCRIPTED})
+set(Slicer_USE_FILE ${{CMAKE_CURRENT_LIST_DIR}}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${{CMAKE_CURRENT_LIST_DIR}}/Empty.cmake)
+set(Slicer_EXTENSION_CPACK ${{CMAKE_CURRENT_LIST_DIR}}/Empty.cmake)
+""",
+    "Empty.cmake": "",
+    # CTK's macro less the byte compilation: each file copied to DESTINATION_DIR/<its path below SOURCE_DIR>
+    # at build time, and the whole DESTINATION_DIR installed; Slicer's module macro calls it per module.
+    "UseSlicer.cmake": """
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR"
+    "SCRIPTS;RESOURCES" ${ARGN})
+  if(NOT DEFINED MY_SOURCE_DIR)
+    set(MY_SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR})
+  endif()
+  set(_copied)
+  foreach(_file ${MY_SCRIPTS} ${MY_RESOURCES})
+    add_custom_command(OUTPUT ${MY_DESTINATION_DIR}/${_file} DEPENDS ${MY_SOURCE_DIR}/${_file}
+      COMMAND ${CMAKE_COMMAND} -E copy ${MY_SOURCE_DIR}/${_file} ${MY_DESTINATION_DIR}/${_file})
+    list(APPEND _copied ${MY_DESTINATION_DIR}/${_file})
+  endforeach()
+  add_custom_target(Copy${MY_TARGET_NAME}PythonFiles ALL DEPENDS ${_copied})
+  install(DIRECTORY "${MY_DESTINATION_DIR}/" DESTINATION "${MY_INSTALL_DIR}" USE_SOURCE_PERMISSIONS)
+endmacro()
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  ctkMacroCompilePythonScript(TARGET_NAME ${MY_NAME} SCRIPTS "${MY_SCRIPTS}" RESOURCES "${MY_RESOURCES}"
+    DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
+    INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR} NO_INSTALL_SUBDIR)
+endmacro()
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT})
+    message(FATAL_ERROR "slicer_add_python_unittest: no ${MY_SCRIPT}")
+  endif()
+endmacro()
+""",
+}
+
+#: what the installed Lib sees, run with only the tree on PYTHONPATH (and an empty user model store)
+TREE_PROBE = """
+import json, sys
+import CardiacDiffusionLib
+from CardiacDiffusionLib.models import store
+from CardiacDiffusionLib.training import workflows
+shipped = [m for m in store.list_models() if m["source"] == "shipped"]
+print(json.dumps({
+    "lib": CardiacDiffusionLib.__file__, "registry": str(store.shipped_registry_path()),
+    "models": {m["name"]: [m["path"], store.sha256_file(m["path"]) == m["sha256"]] for m in shipped},
+    "presets": workflows.available(),
+    "tos": store.verify_model("tos-regressor")["parameters"],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cmake_trees(tmp_path_factory):
+    """(build tree, install tree) of the extension's scripted-modules folder, CMake run on the checkout."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
+        pytest.skip("cmake or a C++ compiler is not installed")
+    work = tmp_path_factory.mktemp("cmake")
+    for name, text in STAND_IN_SLICER.items():
+        (work / "slicer" / name).parent.mkdir(exist_ok=True)
+        (work / "slicer" / name).write_text(text)
+    configure = ["cmake", "-S", ROOT, "-B", work / "build", f"-DSlicer_DIR={work / 'slicer'}", "-DBUILD_TESTING=ON",
+                 f"-DCMAKE_INSTALL_PREFIX={work / 'install'}"]  # fmt: skip
+    for command in (configure, ["cmake", "--build", work / "build"], ["cmake", "--install", work / "build"]):
+        done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{command[:2]}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    return work / "build" / SCRIPTED, work / "install" / SCRIPTED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree", ["build", "install"])
+def test_cmake_puts_modules_lib_and_shipped_models_together(cmake_trees, tree, tmp_path):
+    """Slicer runs the modules from the install tree, and their self tests (ctest) from the build tree:
+    both hold every module file, every Lib module, the recipes and the shipped models the Lib finds there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = cmake_trees[tree == "install"]
+    for module in MODULES:
+        for name in (f"{module}.py", f"Resources/Icons/{module}.png", f"Resources/UI/{module}.ui"):
+            assert (folder / name).is_file(), f"{tree}: {name}"
+    lib = ROOT / "CardiacDiffusionLib"
+    missing = [p for p in lib.rglob("*.py") if not (folder / p.relative_to(ROOT)).is_file()]
+    assert not missing, f"{tree}: {missing[:5]}"
+    env = {**os.environ, "PYTHONPATH": str(folder), "CARDIAC_DIFFUSION_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", TREE_PROBE], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert Path(seen["lib"]).is_relative_to(folder) and Path(seen["registry"]).is_relative_to(folder)
+    shipped = json.loads((ROOT / "Resources" / "models.json").read_text())["models"]
+    assert set(seen["models"]) == {m["name"] for m in shipped}
+    for name, (path, sha_ok) in seen["models"].items():
+        assert Path(path).is_relative_to(folder / "CardiacDiffusionResources") and sha_ok, name
+    assert seen["presets"] == sorted(p.stem for p in (lib / "training" / "presets").glob("*.yaml"))
+    assert seen["tos"] > 1000  # the shipped TOS regressor rebuilt from the tree's copy
+    atlas = {p.name for p in (ROOT / "Resources" / "atlas").iterdir()}
+    assert atlas and atlas <= {p.name for p in (folder / "CardiacDiffusionResources" / "atlas").iterdir()}
+    if tree == "install":
+        assert (folder / "CardiacDiffusionScripts" / "slicer_batch.py").is_file()

@@ -15,7 +15,9 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import InputError
 from .common import output_folder
+from .reconstruct import METHODS
 
 BASELINES = ("nearest", "linear", "shape")
 
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the workflows on a phantom and write a report")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--seed", type=int, default=7, help="phantom seed")
-    p.add_argument("--methods", nargs="*", default=None, help="reconstruction methods (default: all available)")
+    p.add_argument("--methods", nargs="*", default=None, choices=METHODS,
+                   help="reconstruction methods (default: all available)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps for the diffusion steps")
     p.add_argument("--skip", nargs="*", default=[], choices=("lma", "synthetic"), help="workflows to leave out")
     p.set_defaults(func=run)
@@ -40,7 +43,14 @@ def default_methods() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     output_folder(args.out)
-    reconstruction_demo(Path(args.out), args.seed, args.methods or default_methods(), args.device)
+    if not 0 <= args.seed <= 2**63 - 2:  # numpy phantoms take seeds >= 0, torch sampling 64-bit ones
+        raise InputError(f"--seed {args.seed}: give a whole number from 0 to {2**63 - 2}")
+    methods = args.methods or default_methods()
+    if "dmcvr" in methods or "synthetic" not in args.skip:  # the diffusion steps' device, checked before any work
+        from ..utils.device import resolve_device
+
+        resolve_device(args.device)
+    reconstruction_demo(Path(args.out), args.seed, methods, args.device)
     if "lma" not in args.skip:
         lma_demo(Path(args.out) / "lma", args.seed)
     if "synthetic" not in args.skip:
