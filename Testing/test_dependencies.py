@@ -121,6 +121,24 @@ def test_protected_packages_are_never_installed(module):
         assert str(error.value).startswith(f"{module} is missing") and "reinstall Slicer" in str(error.value)
 
 
+def test_torch_is_offered_through_the_pytorch_extension_only_when_missing():
+    """Every module's Apply offers PyTorch Utils' installer when torch is missing and the extension is there."""
+    calls = []
+
+    class PyTorchUtilsLogic:  # the PyTorch extension's logic: installTorch returns None when declined
+        def installTorch(self, askConfirmation: bool):
+            calls.append(askConfirmation)
+            return answer
+
+    extension = type("PyTorchUtils", (), {"PyTorchUtilsLogic": PyTorchUtilsLogic})
+    for absent, answer, expected, asked in ((set(), None, True, []), ({"torch", "PyTorchUtils"}, None, True, []),
+                                            ({"torch"}, None, False, [True]), ({"torch"}, "torch 2.4", True, [True])):  # fmt: skip
+        calls.clear()
+        assert deps.offer_torch(True, fake_environment(absent), lambda name: extension) is expected
+        assert calls == asked
+    assert deps.offer_torch(False, fake_environment({"torch"}), lambda name: extension) and calls[-1] is False
+
+
 def test_cuda_absent_falls_back_to_cpu_with_a_message():
     assert deps.device_for("auto", True, True) == ("auto", None)
     assert deps.device_for("cuda", True, True) == ("cuda", None)

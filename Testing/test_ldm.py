@@ -149,7 +149,7 @@ def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
     model = tiny_ldm()
     save_model(model, path, model.config, architecture="ldm")
     args = argparse.Namespace(n=2, seed=3, steps=4, model=str(path), no_cleanup=False, out=str(tmp_path / "out"),
-                              device="cpu")  # fmt: skip
+                              device="cpu", progress="text")  # fmt: skip
     assert run(args) == 0
     out = tmp_path / "out"
     for i in range(2):
@@ -296,7 +296,7 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
     args = argparse.Namespace(model=str(path), real=2, generated=2, test=1, ssl_steps=2, finetune_steps=2, ddim_steps=2,
                               seed=0, repeats=2, out=str(tmp_path / "eval.json"))  # fmt: skip
     assert run_ldm(args) == 0
-    both = json.loads((tmp_path / "eval.json").read_text())
+    both = json.loads((tmp_path / "eval.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert both["repeats"]["seeds"] == [0, 1] and [r["setup"]["seed"] for r in both["runs"]] == [0, 1]
     for arm, summary in both["repeats"]["arms"].items():
         runs = [r["downstream"][arm]["dice"]["mean"]["mean"] for r in both["runs"]]
@@ -315,3 +315,185 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
     assert result["label_noise"]["after_cleanup"]["noisy_fraction"] <= result["label_noise"]["before_cleanup"]["noisy_fraction"]
     out = capsys.readouterr().out
     assert "| a_scratch_real |" in out and "of 2 seeds" in out
+
+
+def test_train_ldm_refuses_a_data_folder(tmp_path, capsys):
+    """The ldm recipe makes its own phantoms: `--data DIR` is refused by name (it used to be ignored silently),
+    before any run folder is made, in the VAE stage and in the diffusion stage."""
+    from CardiacDiffusionLib.cli.main import main
+    from CardiacDiffusionLib.ldm.tasks import DiffusionTask
+    from CardiacDiffusionLib.training.config import load_config
+    from CardiacDiffusionLib.training.runner import train
+    from CardiacDiffusionLib.training.workflows import stage_configs
+
+    data = tmp_path / "my_ct_folder"
+    data.mkdir()
+    assert main(["train", "ldm", "--data", str(data), "--out", str(tmp_path / "run"), "device=cpu", "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --data (config data.root): task CardiacDiffusionLib.ldm.tasks:VAETask makes its own training data" in err
+    assert "leave --data out" in err and not (tmp_path / "run").exists()
+    vae_path = tmp_path / "vae.safetensors"
+    vae = JointVAE(TINY_VAE)
+    save_model(vae, vae_path, vae.config, architecture="ldm_vae")
+    stage = stage_configs("ldm", tmp_path / "run", [f"diffusion:model.vae={vae_path}", "diffusion:model.scale_phantoms=2",
+                                                      "diffusion:train.steps=1"], data=str(data))[1]  # fmt: skip
+    assert stage.config["data"]["root"] == str(data)
+    with pytest.raises(InputError, match=r"--data \(config data.root\): task .*DiffusionTask makes its own"):
+        train(DiffusionTask(), load_config(stage.config), tmp_path / "run" / "diffusion", progress="none")
+    assert not (tmp_path / "run").exists()
+    # without --data the same stage config builds its phantom dataset
+    del stage.config["data"]["root"]
+    task = DiffusionTask()
+    task.build_model(load_config(stage.config)["model"])
+    assert len(task.build_dataset({**stage.config["data"], "phantoms": 2})) == 2
+
+
+def _pairs(n: int, first_seed: int = 0, interrupt_after: int | None = None):
+    """Pairs of known content: labels a slab of value 1 + index, image 10 x seed HU."""
+    for i in range(n):
+        if interrupt_after is not None and i == interrupt_after:
+            raise KeyboardInterrupt
+        labels = np.zeros((4, 5, 6), np.uint8)
+        labels[1:3] = 1 + i
+        yield {"seed": first_seed + i, "hu": np.full((4, 5, 6), 10.0 * (first_seed + i)), "labels": labels,
+               "noise_before": {}, "noise_after": {}}  # fmt: skip
+
+
+def _folder(out) -> tuple[list[str], list[int]]:
+    """(file names, seeds in labels.json)."""
+    info = json.loads((out / "labels.json").read_text())
+    return sorted(p.name for p in out.iterdir()), [s["seed"] for s in info["samples"]]
+
+
+def test_an_interrupted_sample_run_leaves_whole_listed_pairs_only(tmp_path, monkeypatch):
+    """Ctrl-C between pairs or in the middle of a pair's writing: the folder holds whole pairs, each in labels.json,
+    no temporary file; the earlier run's pairs go once the first new pair is ready, not before."""
+    from CardiacDiffusionLib.io import volumes
+    from CardiacDiffusionLib.ldm.generate import write_pairs
+
+    out = tmp_path / "out"
+    write_pairs(out, _pairs(3), 2.0, {})
+    earlier = _folder(out)
+    assert earlier == (["labels.json", *[f"sample_00{i}_{k}.nii.gz" for i in range(3) for k in ("image", "labels")]],
+                       [0, 1, 2])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):  # stopped while the first pair is sampled: the earlier run stays
+        write_pairs(out, _pairs(2, 50, interrupt_after=0), 2.0, {})
+    assert _folder(out) == earlier
+    with pytest.raises(KeyboardInterrupt):  # stopped while the third pair is sampled
+        write_pairs(out, _pairs(5, 100, interrupt_after=2), 2.0, {})
+    names, seeds = _folder(out)
+    assert seeds == [100, 101] and names == ["labels.json", *[f"sample_00{i}_{k}.nii.gz" for i in range(2)
+                                                                for k in ("image", "labels")]]  # fmt: skip
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sample_001_image.nii.gz")))
+    assert (hu == 1010).all()  # the new run's pair, not the earlier one's
+
+    calls, original = [], volumes.write_image
+
+    def interrupted_write(image, path):  # Ctrl-C while the second pair's labels are written
+        calls.append(path.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(image, path)
+
+    monkeypatch.setattr(volumes, "write_image", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(out, _pairs(3, 200), 2.0, {})
+    assert calls[3] == ".partial_sample_001_labels.nii.gz"
+    assert _folder(out) == (["labels.json", "sample_000_image.nii.gz", "sample_000_labels.nii.gz"], [200])
+
+
+def test_sample_cli_odd_options_and_models_are_refused_before_the_work(tmp_path):
+    from CardiacDiffusionLib.cli.sample import run
+
+    path = tmp_path / "ldm.safetensors"
+    model = tiny_ldm()
+    save_model(model, path, model.config, architecture="ldm")
+    vae_path = tmp_path / "vae.safetensors"
+    save_model(model.vae, vae_path, model.vae.config, architecture="ldm_vae")
+    (tmp_path / "a_file").write_text("x")
+    good = dict(n=1, seed=0, steps=2, model=str(path), no_cleanup=False, out=str(tmp_path / "out"), device="cpu")
+    for change, said in (({"n": -3}, "--n -3: give at least 1"), ({"seed": -1}, "--seed -1: give a seed from 0"),
+                         ({"seed": 2**63 - 1}, "--seed"), ({"steps": 0}, "--steps 0"),
+                         ({"steps": 1001}, "--steps 1001: at most 1000"),
+                         ({"n": 10**12}, r"--n 1000000000000: .* pairs may take up to .* GB free"),
+                         ({"out": str(tmp_path / "a_file")}, "is a file"),
+                         ({"out": str(tmp_path / "a_file" / "out")}, "lies under the file"),
+                         ({"model": str(vae_path)}, "a ldm_vae model; sample needs a latent diffusion model .* VAE stage"),
+                         ({"model": "dmcvr-acdc-64"}, "a dmcvr model; sample needs"),
+                         ({"model": str(tmp_path / "a_file")}, "corrupt or truncated")):  # fmt: skip
+        with pytest.raises(InputError, match=said):
+            run(argparse.Namespace(**{**good, **change}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ldm.safetensors", "vae.safetensors"]
+
+
+def test_sample_cli_json_progress_and_ctrl_c_in_a_real_process(tmp_path):
+    """`sample --progress json` reports DDIM steps as fractions that grow to 1; SIGINT to the running command ends
+    it with code 130 and a line saying how many pairs were kept, and leaves only those, whole and listed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "ldm.safetensors"
+    model = tiny_ldm()
+    save_model(model, path, model.config, architecture="ldm")
+    command = [sys.executable, "-m", "CardiacDiffusionLib.cli.main", "sample", "--model", str(path), "--steps", "3",
+               "--device", "cpu", "--progress", "json"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, "--n", "3", "--out", str(tmp_path / "three")], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fractions = [json.loads(line)["progress"] for line in done.stdout.splitlines()]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 3  # one chunk, 3 steps
+    child = subprocess.Popen([*command, "--n", "100000", "--out", str(tmp_path / "many")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        while not child.stderr.readline().startswith("seed 10:"):  # the 11th pair is out of the sampler
+            assert child.poll() is None
+        child.send_signal(signal.SIGINT)
+        err = child.communicate(timeout=60)[1]
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    kept = int(err.split("cancelled after ")[1].split(" ")[0])
+    assert 10 <= kept < 100000 and f"the {kept} finished pairs are in" in err
+    names, seeds = _folder(tmp_path / "many")
+    assert seeds == list(range(kept)) and len(names) == 1 + 2 * kept and not any(n.startswith(".") for n in names)
+    for i in range(kept):
+        image = sitk.ReadImage(str(tmp_path / "many" / f"sample_{i:03d}_image.nii.gz"))
+        labels = sitk.ReadImage(str(tmp_path / "many" / f"sample_{i:03d}_labels.nii.gz"))
+        assert image.GetSize() == labels.GetSize() == (16, 16, 16) and image.GetOrigin() == labels.GetOrigin()
+
+
+def test_evaluate_ldm_odd_options_are_refused_and_absent_labels_are_null(tmp_path):
+    from CardiacDiffusionLib.cli.evaluate import run_ldm
+    from CardiacDiffusionLib.ldm.evaluate import format_table, per_label_dice
+
+    path = tmp_path / "ldm.safetensors"
+    model = tiny_ldm()
+    save_model(model, path, model.config, architecture="ldm")
+    vae_path = tmp_path / "vae.safetensors"
+    save_model(model.vae, vae_path, model.vae.config, architecture="ldm_vae")
+    good = dict(model=str(path), real=2, generated=2, test=1, ssl_steps=1, finetune_steps=1, ddim_steps=1, seed=0,
+                repeats=1, out=None)  # fmt: skip
+    for change, said in (({"real": 1}, "--real 1: give at least 2"), ({"generated": 1}, "--generated 1: give at least 2"),
+                         ({"test": 0}, "--test 0"), ({"ddim_steps": 5000}, "--ddim-steps 5000: at most 1000"),
+                         ({"seed": -1}, "--seed -1: give a seed from 0"), ({"out": str(tmp_path)}, "is a folder"),
+                         ({"model": str(vae_path)}, "a ldm_vae model; evaluate ldm needs a latent diffusion")):  # fmt: skip
+        with pytest.raises(InputError, match=said):
+            run_ldm(argparse.Namespace(**{**good, **change}))
+    ref = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    ref[:, :2] = 1
+    pred = ref.clone()
+    pred[1, 0] = 0  # volume 1: half of LA missed -> Dice 2/3
+    dices = per_label_dice(pred, ref)
+    assert dices["LA"] == {"mean": pytest.approx(5 / 6), "sd": pytest.approx(1 / 6)}
+    assert dices["LV"] == {"mean": None, "sd": None}  # in no volume: no number, not NaN
+    assert dices["mean"] == {"mean": pytest.approx(5 / 6), "sd": None}
+    json.dumps(dices, allow_nan=False)
+    table = format_table({"downstream": {"a": {"dice": dices}}, "vae_round_trip_test": {"label_dice": dices,
+                          "psnr_db": 1.0, "ssim": 0.5}, "label_image_agreement": {"generated": dices},
+                          "diversity_ms_ssim": {"generated": 0.1, "real_role": 0.2},
+                          "label_noise": {k: {"noisy_fraction": 0.0} for k in ("before_cleanup", "after_cleanup",
+                                                                              "real_role_labels")}})  # fmt: skip
+    assert "| a | 0.833 | - |" in table

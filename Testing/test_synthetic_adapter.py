@@ -25,11 +25,14 @@ from CardiacDiffusionLib.ldm.generate import write_pairs
 p = argparse.ArgumentParser()
 p.add_argument("command"); p.add_argument("--n", type=int); p.add_argument("--seed", type=int)
 p.add_argument("--steps", type=int); p.add_argument("--device"); p.add_argument("--model")
-p.add_argument("--no-cleanup", action="store_true"); p.add_argument("--out")
+p.add_argument("--no-cleanup", action="store_true"); p.add_argument("--out"); p.add_argument("--progress")
 a = p.parse_args()
-assert a.command == "sample"
+assert a.command == "sample" and a.progress == "json"
 if a.model == "broken":
     print("error: --model broken: no such model", file=sys.stderr); sys.exit(2)
+if a.model == "slow":  # a long run: says it started, then works until cancelled
+    print('{"event": "progress", "progress": 0.1, "message": "DDIM step 1/10"}', flush=True)
+    import time; time.sleep(300)
 pairs = []
 for i in range(a.n):
     labels = np.zeros((20, 22, 24), np.uint8)
@@ -79,9 +82,13 @@ def test_sample_job_arguments_and_failure(mrml_scene, stand_in):
         SampleJob(mrml_scene, count=0)
     with pytest.raises(InputError, match="device"):
         SampleJob(mrml_scene, device="tpu")
+    for seed in (-1, 2**63 - 1):
+        with pytest.raises(InputError, match="seed must be 0.."):
+            SampleJob(mrml_scene, seed=seed)
     job = SampleJob(mrml_scene, count=1, seed=3, steps=20, device="cuda", model="my.safetensors", cleanup=False)
     assert job._export(None) == [
-        "--n", "1", "--seed", "3", "--steps", "20", "--device", "cuda", "--model", "my.safetensors", "--no-cleanup",
+        "--n", "1", "--seed", "3", "--steps", "20", "--device", "cuda", "--progress", "json", "--model",
+        "my.safetensors", "--no-cleanup",
     ]  # fmt: skip
     nodes_before = mrml_scene.GetNumberOfNodes()
     broken = SampleJob(mrml_scene, model="broken")
@@ -121,7 +128,11 @@ def test_sample_job_on_the_shipped_ldm(mrml_scene):
     from CardiacDiffusionLib.slicer_adapter import mrml
     from CardiacDiffusionLib.slicer_adapter.synthetic import CT_DESCRIPTIONS, SampleJob
 
-    result = SampleJob(mrml_scene, count=1, seed=0, steps=10, device="cpu", surfaces=False).start().wait(timeout=300)
+    reports = []
+    job = SampleJob(mrml_scene, count=1, seed=0, steps=10, device="cpu", surfaces=False)
+    result = job.start(lambda fraction, text: reports.append(fraction)).wait(timeout=300)
+    steps = [f for f in reports if f is not None and 0.05 < f < 0.9]  # the child's DDIM steps on the bar
+    assert len(steps) == 9 and steps == sorted(steps), reports
     image = mrml.image_from_volume_node(result.volumes[0])
     labels = sitk.GetArrayFromImage(mrml.labels_from_segmentation(
         result.segmentations[0], image, {CT_DESCRIPTIONS[name]: value for value, name in CT_LABELS.items()}))  # fmt: skip
@@ -129,3 +140,45 @@ def test_sample_job_on_the_shipped_ldm(mrml_scene):
     assert set(np.unique(labels)) == set(range(9)), np.unique(labels)  # background and every structure
     hu = sitk.GetArrayFromImage(image)
     assert -200 < np.median(hu[labels == 1]) < 600 and np.median(hu[labels == 0]) < np.median(hu[labels == 1])
+
+
+def test_sample_job_keeps_the_users_nodes_and_names_repeats_apart(mrml_scene, stand_in):
+    """A node of the user's with the name a pair would take, and the pairs of an earlier run of the same seed: all
+    left as they were; the new nodes get unique names."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
+
+    users = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    users.SetOrigin((1.0, 2.0, 3.0))
+    own = mrml.volume_node_from_image(mrml_scene, users, "Synthetic CT seed 7")
+    first = SampleJob(mrml_scene, count=1, seed=7, device="cpu", surfaces=False)
+    first.cli_module = stand_in
+    earlier = first.start().wait(timeout=60)
+    again = SampleJob(mrml_scene, count=1, seed=7, device="cpu", surfaces=False)
+    again.cli_module = stand_in
+    later = again.start().wait(timeout=60)
+    names = [own.GetName(), earlier.volumes[0].GetName(), later.volumes[0].GetName()]
+    assert names[0] == "Synthetic CT seed 7" and len(set(names)) == 3 and all(n.startswith(names[0]) for n in names)
+    assert earlier.segmentations[0].GetName() != later.segmentations[0].GetName()
+    kept = mrml.image_from_volume_node(own)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(kept), sitk.GetArrayFromImage(users))
+    assert kept.GetOrigin() == pytest.approx((1.0, 2.0, 3.0))
+
+
+def test_cancelled_sample_job_adds_nothing_and_stops_its_child(mrml_scene, stand_in):
+    from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
+
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    reports = []
+    job = SampleJob(mrml_scene, count=2, model="slow", device="cpu")
+    job.cli_module = stand_in
+    job.start(lambda fraction, text: reports.append((fraction, text)))
+    while not any(text == "DDIM step 1/10" for _, text in reports):  # the child is working
+        assert not job.poll()
+    assert (0.05 < [f for f, t in reports if t == "DDIM step 1/10"][0] < 0.9)  # its progress moves the bar
+    job.cancel()
+    assert job.child.finished and job.child.process.returncode != 0
+    assert mrml_scene.GetNumberOfNodes() == nodes_before and not job.folder.exists()
+    with pytest.raises(InputError, match="cancelled"):
+        job.finish()
+    assert mrml_scene.GetNumberOfNodes() == nodes_before

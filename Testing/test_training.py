@@ -334,6 +334,8 @@ def test_settings_torch_or_the_task_would_refuse_are_config_errors(tmp_path, cap
     assert "--data (config data.root): task CardiacDiffusionLib.activation.train_tos:TOSTask makes its own" in captured.err
     assert not (tmp_path / "tos").exists()
     assert json.loads(captured.out.splitlines()[-1])["event"] == "error"
+    assert main(["train", "tos", "--data", str(tmp_path), "--out", str(tmp_path / "tos"), "device=cpu"]) == 2
+    assert capsys.readouterr().err.count("error: --data (config data.root)") == 1  # said once, not by the bar too
     for argv in (["task=toy", "train.stesp=3"], ["dmcrv"]):
         assert main(["train", *argv, "--out", str(tmp_path / "j"), "--progress", "json"]) == 2
         captured = capsys.readouterr()

@@ -250,7 +250,10 @@ class ActivationMapLogic(ScriptedLoadableModuleLogic):
             logging.info(text if fraction is None else f"{100 * fraction:3.0f}% {text}")
 
     def ensureDependencies(self, ask: bool = True) -> bool:
-        """First use: install missing Python packages after the user's OK (never torch, numpy, SimpleITK, vtk)."""
+        """First use: torch through the PyTorch extension's installer when it is there, then the missing Python
+        packages after the user's OK (never numpy, SimpleITK, vtk). False when the user declined."""
+        if not dependencies.offer_torch(ask):
+            return False
         confirm = slicer.util.confirmOkCancelDisplay if ask else (lambda message: True)
         return dependencies.ensure(dependencies.slicer_pip_install, confirm)
 

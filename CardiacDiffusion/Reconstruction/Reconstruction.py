@@ -265,17 +265,10 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
             logging.info(text if fraction is None else f"{100 * fraction:3.0f}% {text}")
 
     def ensureDependencies(self, ask: bool = True) -> bool:
-        """First use: install missing Python packages after the user's OK (never torch, numpy, SimpleITK, vtk).
-
-        torch comes from the PyTorch extension: when it is missing and the extension is there, its
-        installer is offered (it picks the CUDA or CPU build); without the extension the error says
-        to install it. Returns False when the user declined.
-        """
-        if importlib.util.find_spec("torch") is None and importlib.util.find_spec("PyTorchUtils") is not None:
-            import PyTorchUtils
-
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask) is None:
-                return False
+        """First use: torch through the PyTorch extension's installer when it is there, then the missing Python
+        packages after the user's OK (never numpy, SimpleITK, vtk). False when the user declined."""
+        if not dependencies.offer_torch(ask):
+            return False
         confirm = slicer.util.confirmOkCancelDisplay if ask else (lambda message: True)
         return dependencies.ensure(dependencies.slicer_pip_install, confirm)
 

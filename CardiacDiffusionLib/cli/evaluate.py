@@ -107,13 +107,13 @@ def run_compare(args: argparse.Namespace) -> int:
 def register_ldm(protocols: argparse._SubParsersAction) -> None:
     q = protocols.add_parser("ldm", help="LDM fidelity and downstream Dice of scratch / SSL / SSL + mixed fine-tuning")
     q.add_argument("--model", help="registered LDM name or .safetensors (default the shipped one)")
-    q.add_argument("--real", type=int, default=8, help="real-role training phantoms (default 8)")
-    q.add_argument("--generated", type=int, default=24, help="generated pairs (default 24 = 3x real)")
+    q.add_argument("--real", type=int, default=8, help="real-role training phantoms (at least 2, default 8)")
+    q.add_argument("--generated", type=int, default=24, help="generated pairs (at least 2, default 24 = 3x real)")
     q.add_argument("--test", type=int, default=8, help="held-out test phantoms (default 8)")
     q.add_argument("--ssl-steps", type=int, default=200, help="masked-image pretraining steps (default 200)")
     q.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps of every arm (default 200)")
     q.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps per generated batch (default 20)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the first repeat (0 to 1e9, default 0)")
     q.add_argument("--repeats", type=int, default=1,
                    help="run seeds SEED..SEED+N-1 and report each arm's mean and sd (default 1)")
     q.add_argument("--out", help="write the JSON result here too")
@@ -126,10 +126,18 @@ def run_ldm(args: argparse.Namespace) -> int:
 
     if args.out:
         output_file(args.out)
-    for name in ("real", "generated", "test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
+    for name in ("test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    model = load_ldm(args.model or DEFAULT_MODEL)
+    for name in ("real", "generated"):  # pairs for the diversity measure, batches of 2 in SSL and fine-tuning
+        if getattr(args, name) < 2:
+            raise InputError(f"--{name} {getattr(args, name)}: give at least 2 (diversity compares pairs of volumes; "
+                             "the networks train on batches of 2)")  # fmt: skip
+    if not 0 <= args.seed <= 10**9:  # numpy's and MONAI's seeds are 32-bit; samples use seed + 10000 + i
+        raise InputError(f"--seed {args.seed}: give a seed from 0 to {10**9}")
+    model = load_ldm(args.model or DEFAULT_MODEL, command="evaluate ldm")
+    if args.ddim_steps > model.scheduler.num_train_timesteps:
+        raise InputError(f"--ddim-steps {args.ddim_steps}: at most {model.scheduler.num_train_timesteps}")
     runs = []
     for seed in range(args.seed, args.seed + args.repeats):
         runs.append(evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
 from ..errors import InputError
-from .common import add_device_argument, output_folder
+from .common import add_device_argument, make_folder, output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="registered LDM name or .safetensors (default the shipped one)")
     p.add_argument("--no-cleanup", action="store_true", help="write the raw argmax labels, no clean-up")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--progress", choices=("text", "json"), default="text",
+                   help="text: one line per pair on stderr; json: also progress events on stdout (the Slicer module)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ldm.generate import DEFAULT_MODEL, iter_pairs, load_ldm, write_pairs
+    from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, iter_pairs, load_ldm, write_pairs
+    from ..slicer_adapter.process import emit_progress
     from ..utils.device import prepare_device
 
     if args.n < 1:
@@ -31,20 +35,41 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--seed {args.seed}: give a seed from 0 to {2**63 - 1 - args.n}")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
-    output_folder(args.out)
+    out = output_folder(args.out)
     model_name = args.model or DEFAULT_MODEL
     model = load_ldm(model_name, prepare_device(args.device))
     if args.steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--steps {args.steps}: at most {model.scheduler.num_train_timesteps}")
+    _check_space(out, args.n, bytes_per_pair(model))
+    make_folder(out)
     meta = {"model": str(model_name), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}
+    progress = emit_progress if args.progress == "json" else None  # the protocol the Slicer module reads
+    count = [0]
 
     def reported(pairs):  # each pair as it is written
         for pair in pairs:
             b, a = pair["noise_before"]["noisy_fraction"], pair["noise_after"]["noisy_fraction"]
             print(f"seed {pair['seed']}: noisy label voxels {100 * b:.2f} % -> {100 * a:.2f} % after clean-up", file=sys.stderr)
             yield pair
+            count[0] += 1
 
-    pairs = iter_pairs(model, args.n, args.seed, args.steps, cleanup=not args.no_cleanup)
-    written = write_pairs(args.out, reported(pairs), float(model.config["spacing_mm"]), meta)
-    print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
+    pairs = iter_pairs(model, args.n, args.seed, args.steps, cleanup=not args.no_cleanup, progress=progress)
+    try:
+        written = write_pairs(out, reported(pairs), float(model.config["spacing_mm"]), meta)
+    except KeyboardInterrupt:
+        kept = f"the {count[0]} finished pairs are in {out}, listed in labels.json" if count[0] else "nothing written"
+        print(f"cancelled after {count[0]} of {args.n} pairs: {kept}", file=sys.stderr)
+        raise
+    print(f"wrote {len(written)} files to {out}", file=sys.stderr)
     return 0
+
+
+def _check_space(out, n: int, per_pair: int) -> None:
+    """Refuse a count whose files (uncompressed bound) would not fit on the output's disk."""
+    place = out.absolute()
+    while not place.exists():
+        place = place.parent
+    free, need = shutil.disk_usage(place).free, n * per_pair
+    if need > free:
+        raise InputError(f"--n {n}: {n} pairs may take up to {need / 1e9:.3g} GB and {place} has {free / 1e9:.3g} GB "
+                         "free; ask for fewer pairs or choose another --out")  # fmt: skip

@@ -82,8 +82,8 @@ class CTPhantomPairs(Dataset):
     """
 
     def __init__(self, phantoms: int = 200, first_seed: int = 0, size: int = 32, contrast_fraction: float = 0.75,
-                 noise_hu: float = 15.0, augment: bool = True, root: str | None = None):  # fmt: skip
-        del root  # the recipe's --data has no meaning for phantoms
+                 noise_hu: float = 15.0, augment: bool = True):  # fmt: skip
+        # no ``root``: ``train ldm --data DIR`` is refused by the runner (the recipe makes its own phantoms)
         self.size, self.augment = size, augment
         self.items = []
         for seed in range(first_seed, first_seed + phantoms):

@@ -40,14 +40,17 @@ def stack(data: CTPhantomPairs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([d["image"] for d in items]), torch.stack([d["labels"] for d in items])
 
 
-def per_label_dice(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, dict[str, float]]:
-    """{label: {mean, sd}} over volumes, and "mean" (the mean of the per-label means)."""
+def per_label_dice(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, dict[str, float | None]]:
+    """{label: {mean, sd}} over the volumes where the label is in prediction or reference (None where it is in
+    none: JSON has no NaN), and "mean" (the mean of the per-label means; its sd None)."""
     p, r = pred.numpy(), ref.numpy()
     out = {}
     for k, name in CT_LABELS.items():
-        vals = np.array([dice(a == k, b == k) for a, b in zip(p, r)])
-        out[name] = {"mean": float(np.nanmean(vals)), "sd": float(np.nanstd(vals))}
-    out["mean"] = {"mean": float(np.mean([v["mean"] for v in out.values()])), "sd": float("nan")}
+        vals = np.array([dice(a == k, b == k) for a, b in zip(p, r)], float)
+        vals = vals[np.isfinite(vals)]
+        out[name] = {"mean": float(vals.mean()), "sd": float(vals.std())} if len(vals) else {"mean": None, "sd": None}
+    means = [v["mean"] for v in out.values() if v["mean"] is not None]
+    out["mean"] = {"mean": float(np.mean(means)) if means else None, "sd": None}
     return out
 
 
@@ -188,11 +191,12 @@ def format_table(result: dict) -> str:
     arms = result["downstream"]
     lines = ["| arm | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for arm, r in arms.items():
-        lines.append(f"| {arm} | " + " | ".join(f"{r['dice'][n]['mean']:.3f}" for n in names) + " |")
+        lines.append(f"| {arm} | " + " | ".join(_number(r["dice"][n]["mean"]) for n in names) + " |")
     vae = result["vae_round_trip_test"]
-    lines.append("| VAE round trip (label Dice) | " + " | ".join(f"{vae['label_dice'][n]['mean']:.3f}" for n in names) + " |")
+    vae_dice = vae["label_dice"]
+    lines.append("| VAE round trip (label Dice) | " + " | ".join(_number(vae_dice[n]["mean"]) for n in names) + " |")
     agree = result["label_image_agreement"]["generated"]
-    lines.append("| label-image agreement (gen.) | " + " | ".join(f"{agree[n]['mean']:.3f}" for n in names) + " |")
+    lines.append("| label-image agreement (gen.) | " + " | ".join(_number(agree[n]["mean"]) for n in names) + " |")
     lines.append("")
     lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, SSIM {vae['ssim']:.3f} (unit-range image, window -200..800 HU)")
     d = result["diversity_ms_ssim"]
@@ -202,3 +206,7 @@ def format_table(result: dict) -> str:
                  f"{100 * n['after_cleanup']['noisy_fraction']:.2f} % after clean-up (phantom truth "
                  f"{100 * n['real_role_labels']['noisy_fraction']:.2f} %)")  # fmt: skip
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

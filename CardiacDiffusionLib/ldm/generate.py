@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,12 +26,16 @@ from .diffusion import LatentDiffusion
 DEFAULT_MODEL = "ldm-ct-phantom-32"
 
 
-def load_ldm(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> LatentDiffusion:
-    """The LDM of a registered name or file, checked by the model store."""
+def load_ldm(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", option: str = "--model",
+             command: str = "sample") -> LatentDiffusion:  # fmt: skip
+    """The LDM of a registered name or file, checked by the model store; another kind of model is refused
+    naming ``option`` of ``command``."""
     loaded = load_model(name_or_path, device=device)
     if not isinstance(loaded.module, LatentDiffusion):
-        raise InputError(f"--model {name_or_path}: a {loaded.architecture} model; sample needs a latent diffusion "
-                         "model (architecture ldm, e.g. ldm-ct-phantom-32; `models list` shows them)")  # fmt: skip
+        hint = ("it is the VAE stage of `train ldm`: give the diffusion stage's model (RUN/diffusion/model.safetensors)"
+                if loaded.architecture == "ldm_vae" else "`models list` shows them")  # fmt: skip
+        raise InputError(f"{option} {name_or_path}: a {loaded.architecture} model; {command} needs a latent diffusion "
+                         f"model (architecture ldm, e.g. {DEFAULT_MODEL}); {hint}")  # fmt: skip
     return loaded.module
 
 
@@ -42,18 +46,29 @@ def sample_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50,
 
 
 def iter_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50, cleanup: bool = True,
-               chunk: int = 8) -> Iterator[dict]:  # fmt: skip
-    """:func:`sample_pairs` one at a time, sampled ``chunk`` at a time: memory stays that of a chunk, whatever ``n``."""
+               chunk: int = 8, progress: Callable[[float, str], None] | None = None) -> Iterator[dict]:  # fmt: skip
+    """:func:`sample_pairs` one at a time, sampled ``chunk`` at a time: memory stays that of a chunk, whatever ``n``.
+    ``progress(fraction of all n pairs, message)`` is called after every DDIM step."""
     device = model.latent_scale.device
     for first in range(seed, seed + n, chunk):
         seeds = range(first, min(first + chunk, seed + n))
         noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        image, labels = model.sample(len(seeds), steps=steps, noise=noise.to(device))
+        done = first - seed
+        report = None
+        if progress is not None:
+            def report(k: int, total: int, done: int = done, m: int = len(seeds)) -> None:
+                progress((done + m * k / total) / n, f"pairs {done + 1}-{done + m} of {n}: DDIM step {k}/{total}")
+        image, labels = model.sample(len(seeds), steps=steps, noise=noise.to(device), progress=report)
         for i, s in enumerate(seeds):
             raw = labels[i].cpu().numpy().astype(np.uint8)
             final = clean_labels(raw) if cleanup else raw
             yield {"seed": s, "hu": unit_to_hu(image[i, 0].cpu().numpy()), "raw_labels": raw, "labels": final,
                    "noise_before": noise_report(raw), "noise_after": noise_report(final)}  # fmt: skip
+
+
+def bytes_per_pair(model: LatentDiffusion) -> int:
+    """An upper bound of one written pair's size: Int16 image + UInt8 labels, uncompressed, plus headers."""
+    return 3 * int(model.config["image_size"]) ** 3 + 1024
 
 
 def to_sitk(array: np.ndarray, spacing_mm: float, pixel: int) -> sitk.Image:
@@ -65,24 +80,57 @@ def to_sitk(array: np.ndarray, spacing_mm: float, pixel: int) -> sitk.Image:
     return img
 
 
+def pair_names(index: int) -> tuple[str, str]:
+    """File names of pair ``index``: (image, labels)."""
+    return f"sample_{index:03d}_image.nii.gz", f"sample_{index:03d}_labels.nii.gz"
+
+
 def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta: dict) -> list[Path]:
-    """sample_XXX_image.nii.gz / sample_XXX_labels.nii.gz per pair (written as each comes: ``pairs`` may be
-    :func:`iter_pairs`) and labels.json; the written paths. Other sample files in ``out`` (an earlier run's) are
-    removed."""
+    """sample_XXX_image.nii.gz / sample_XXX_labels.nii.gz per pair and labels.json; the written paths.
+
+    Pairs are written as they come (``pairs`` may be :func:`iter_pairs`): each under temporary names, then
+    renamed, and labels.json is rewritten after each, so an interrupted run (Ctrl-C) leaves whole pairs only,
+    each listed in labels.json. An earlier run's sample files and labels.json in ``out`` are removed when the
+    first pair is ready to be put in place; a run stopped before that leaves the folder as it was.
+    """
     from ..io.volumes import write_image
 
     out = Path(out)
-    written, samples = [], []
-    for i, pair in enumerate(pairs):
-        hu = np.rint(pair["hu"]).astype(np.int16)
-        written.append(write_image(to_sitk(hu, spacing_mm, sitk.sitkInt16), out / f"sample_{i:03d}_image.nii.gz"))
-        written.append(write_image(to_sitk(pair["labels"], spacing_mm, sitk.sitkUInt8), out / f"sample_{i:03d}_labels.nii.gz"))
-        samples.append({"index": i, "seed": pair["seed"], "noise_before_cleanup": pair["noise_before"],
-                        "noise_after_cleanup": pair["noise_after"]})  # fmt: skip
+    written, samples, temporary, placed = [], [], [], []
     info = {"labels": {str(k): v for k, v in CT_LABELS.items()}, "background": 0, "spacing_mm": [spacing_mm] * 3,
             "samples": samples, **meta}  # fmt: skip
-    (out / "labels.json").write_text(json.dumps(info, indent=2))
-    for stale in [*out.glob("sample_*_image.nii.gz"), *out.glob("sample_*_labels.nii.gz")]:
-        if stale not in written:  # an earlier, larger run's pairs would pass for this run's
-            stale.unlink()
+    try:
+        for i, pair in enumerate(pairs):
+            hu = np.rint(pair["hu"]).astype(np.int16)
+            images = (to_sitk(hu, spacing_mm, sitk.sitkInt16), to_sitk(pair["labels"], spacing_mm, sitk.sitkUInt8))
+            final = [out / name for name in pair_names(i)]
+            temporary = [path.with_name(f".partial_{path.name}") for path in final]
+            for image, path in zip(images, temporary):
+                write_image(image, path)
+            if i == 0:  # an earlier run's pairs would pass for this run's
+                _remove_earlier_run(out)
+            for path, target in zip(temporary, final):
+                path.replace(target)
+                placed.append(target)
+            written += final
+            temporary, placed = [], []
+            samples.append({"index": i, "seed": pair["seed"], "noise_before_cleanup": pair["noise_before"],
+                            "noise_after_cleanup": pair["noise_after"]})  # fmt: skip
+            _write_json(out / "labels.json", info)
+    finally:  # also on Ctrl-C: the pair being written goes, whole
+        for path in [*temporary, *placed]:
+            path.unlink(missing_ok=True)
+    if not samples:
+        _write_json(out / "labels.json", info)
     return written + [out / "labels.json"]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(f".partial_{path.name}")
+    partial.write_text(json.dumps(data, indent=2))
+    partial.replace(path)
+
+
+def _remove_earlier_run(out: Path) -> None:
+    for stale in [*out.glob("sample_*_image.nii.gz"), *out.glob("sample_*_labels.nii.gz"), out / "labels.json"]:
+        stale.unlink(missing_ok=True)

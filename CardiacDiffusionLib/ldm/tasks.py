@@ -7,6 +7,8 @@ stored as the ``latent_scale`` buffer of the exported LDM (the file rebuilds wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -58,6 +60,9 @@ class DiffusionTask(Task):
         n_scale = int(config.pop("scale_phantoms", 32))
         if not vae_path:
             raise InputError("model.vae: give the trained VAE (a .safetensors file or a registered name)")
+        if str(vae_path).endswith(".safetensors") and not Path(vae_path).is_file():
+            raise InputError(f"model.vae {vae_path}: file not found; train the VAE stage first (`train ldm` runs both "
+                             "stages, `--stage vae` the first) or give a trained VAE")  # fmt: skip
         vae = load_model(vae_path).module
         if not isinstance(vae, JointVAE):
             raise InputError(f"model.vae {vae_path}: not an ldm_vae model")

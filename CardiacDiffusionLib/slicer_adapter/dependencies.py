@@ -1,7 +1,7 @@
 """The Python packages the Lib needs, found missing and offered for install on first use in Slicer.
 
-The Reconstruction widget calls :func:`ensure` when Apply is clicked, never at start-up. torch is
-never pip-installed: it comes from Slicer's PyTorch extension, whose PyTorch Utils module picks
+Each module's logic calls :func:`offer_torch` and :func:`ensure` when Apply is clicked, never at start-up.
+torch is never pip-installed: it comes from Slicer's PyTorch extension, whose PyTorch Utils module picks
 the CUDA or CPU build. numpy, SimpleITK and vtk come with Slicer; a pip-installed copy breaks
 Slicer (Slicer/Slicer#6711, #7661), so pip runs with a constraints file that pins them (and torch)
 to what is installed: a package whose dependencies would replace one of them fails to install
@@ -129,6 +129,16 @@ def ensure(
         names = ", ".join(p.requirement for p in still)
         raise DependencyError(f"still missing after the install: {names}; see the Python console for pip's output")
     return True
+
+
+def offer_torch(ask: bool = True, find_spec: FindSpec = importlib.util.find_spec,
+                import_module: Callable[[str], object] = importlib.import_module) -> bool:
+    """torch missing and Slicer's PyTorch extension present: run its installer (it picks the CUDA or CPU build,
+    asking first when ``ask``). False when the user declined; True otherwise (without the extension,
+    :func:`ensure` then says to install it)."""
+    if find_spec("torch") is not None or find_spec("PyTorchUtils") is None:
+        return True
+    return import_module("PyTorchUtils").PyTorchUtilsLogic().installTorch(askConfirmation=ask) is not None
 
 
 def slicer_pip_install(requirements: list[str], constraints_file: Path) -> None:

@@ -53,6 +53,8 @@ class SampleJob(CLIJob):
             raise InputError(f"number of pairs must be 1..100, got {count}")
         if int(steps) < 1:
             raise InputError(f"DDIM steps must be at least 1, got {steps}")
+        if not 0 <= int(seed) <= 2**63 - 1 - int(count):  # pair i uses the 64-bit torch seed seed + i
+            raise InputError(f"seed must be 0..{2**63 - 1 - int(count)}, got {seed}")
         if device not in DEVICES:
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         self.count, self.seed, self.steps, self.device = int(count), int(seed), int(steps), device
@@ -60,7 +62,7 @@ class SampleJob(CLIJob):
 
     def _export(self, folder: Path) -> list[str]:
         arguments = ["--n", str(self.count), "--seed", str(self.seed), "--steps", str(self.steps)]
-        arguments += ["--device", self.device]
+        arguments += ["--device", self.device, "--progress", "json"]
         if self.model:
             arguments += ["--model", self.model]
         if not self.cleanup:
@@ -75,11 +77,12 @@ class SampleJob(CLIJob):
             raise InputError(f"the sampler wrote {len(samples)} pairs, {self.count} were asked for")
         result = SampleResult(info=info, log=list(self.log))
         for index, sample in enumerate(samples):
-            stem = out / f"sample_{index:03d}"
+            # the names of ldm.generate.pair_names, not imported: that module needs torch
+            image_name, labels_name = f"sample_{index:03d}_image.nii.gz", f"sample_{index:03d}_labels.nii.gz"
             base = f"Synthetic CT seed {sample['seed']}"
-            image = sitk.ReadImage(str(stem) + "_image.nii.gz")
+            image = sitk.ReadImage(str(out / image_name))
             volume = mrml.volume_node_from_image(self.scene, image, base)
-            labels = sitk.ReadImage(str(stem) + "_labels.nii.gz")
+            labels = sitk.ReadImage(str(out / labels_name))
             segmentation = mrml.segmentation_from_labels(
                 self.scene, labels, f"{base} segmentation", label_names=names, descriptions=CT_DESCRIPTIONS,
                 colors=CT_COLORS, reference_volume=volume, surfaces=self.surfaces,

@@ -45,7 +45,7 @@ class Progress:
         if self.mode == "json":
             record = {"event": event, **{k: _clean(v) for k, v in fields.items()}}
             print(json.dumps(record), file=self.stream or sys.stdout, flush=True)
-        elif self.mode == "bar" and event != "progress":
+        elif self.mode == "bar" and event not in ("progress", "error"):  # an error is raised, and said by the caller
             text = fields.get("message") or " ".join(f"{k}={_clean(v)}" for k, v in fields.items())
             tqdm.write(f"{event}: {text}", file=sys.stderr)
 
