@@ -24,7 +24,7 @@ from CardiacDiffusionLib.activation.tos import check_tos_range, detect_tos, read
 from CardiacDiffusionLib.activation.train_tos import TEST_SEED
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.geometry.stack import SliceStack
-from CardiacDiffusionLib.models.store import list_models, load_model
+from CardiacDiffusionLib.models.store import list_models, load_model, sha256_file
 from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
 
 ACTIVATION_SEED = TEST_SEED + 1  # held out: the regressor never saw it
@@ -81,6 +81,16 @@ def test_regressor_is_registered_with_hash_and_provenance():
     model = load_default()  # sha256-checked
     assert sum(p.numel() for p in model.parameters()) < 50_000
     assert tos_from_strain(np.zeros((3, 18, 40)) + 1e-3, 17.0, "regressor").shape == (3, 18)
+
+
+
+def test_lma_json_says_which_models_made_it(results):
+    """The regressor's TOS record the shipped file's name, version and sha256 (the detector's none)."""
+    entry = next(e for e in list_models() if e["name"] == MODEL_NAME)
+    made_by = results["regressor"].lma["tos_source"]["model"]
+    assert made_by["sha256"] == sha256_file(entry["path"]) == entry["sha256"]
+    assert (made_by["name"], made_by["version"], made_by["source"]) == (MODEL_NAME, entry["version"], "shipped")
+    assert "model" not in results["detector"].lma["tos_source"]
 
 
 def test_tos_task_trains_with_the_runner_and_exports(tmp_path):
@@ -486,6 +496,9 @@ def test_sadir_method_uses_its_myocardium_and_checks_the_deformation(case, resul
     assert r.mesh.GetNumberOfPoints() == results["detector"].mesh.GetNumberOfPoints()
     assert [f["code"] for f in r.lma["qa"]] == ["jacobian_not_positive", "sadir"]
     assert r.lma["reconstruction"]["slice_dice"] == 0.9
+    sadir_entry = next(e for e in list_models() if e["name"] == "sadir-myocardium")  # the model it would load
+    assert r.lma["reconstruction"]["model"]["sha256"] == sha256_file(sadir_entry["path"]) == sadir_entry["sha256"]
+    assert r.lma["reconstruction"]["model"]["version"] == sadir_entry["version"]
 
 
 # ---- CLI --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from CardiacDiffusionLib.cli.main import main
+from CardiacDiffusionLib.models.store import find_model, sha256_file
 
 ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc"
 
@@ -284,6 +285,8 @@ def test_demo_prints_table_and_writes_report(tmp_path, capsys):
     assert "mean abs error" in out
     labels = sitk.ReadImage(str(next((tmp_path / "synthetic").glob("sample_*_labels.nii.gz"))))
     assert labels.GetSize() == (32, 32, 32) and labels.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
+    made_by = json.loads((tmp_path / "synthetic" / "labels.json").read_text())["model"]
+    assert made_by["sha256"] == sha256_file(find_model(made_by["name"])["path"]) and made_by["version"]
 
 
 @pytest.mark.parametrize("options, said", [(["--seed", "-1"], "--seed -1: give a whole number"),
@@ -338,8 +341,12 @@ def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volu
     sax = write(pixels, tmp_path / "sax.nii.gz", spacing=(1.5, 1.5, 20.0))
     assert main(["reconstruct", "--method", "dmcvr", "--steps", "1", "--sax", sax, "--out", str(tmp_path / "out")]) == 0
     said = [line for line in capsys.readouterr().out.splitlines() if "dmcvr is unsure where the heart is" in line]
-    kept = [w for w in json.loads((tmp_path / "out" / "geometry.json").read_text())["warnings"] if "unsure" in w]
+    geometry = json.loads((tmp_path / "out" / "geometry.json").read_text())
+    kept = [w for w in geometry["warnings"] if "unsure" in w]
     assert (len(said), len(kept)) == ((1, 1) if unsure else (0, 0)), said
+    shipped = find_model(geometry["settings"]["model"])  # which model made it: name, version, the file's sha256
+    assert geometry["model"]["sha256"] == sha256_file(shipped["path"]) == shipped["sha256"]
+    assert (geometry["model"]["name"], geometry["model"]["version"]) == (shipped["name"], shipped["version"])
     if unsure:
         assert said[0].startswith("warning: ") and "net confidence 0.8" in said[0] and "give SAX labels" in said[0]
 
@@ -369,6 +376,8 @@ def test_gap_protocol_per_volume_rows_carry_the_warnings(tmp_path):
         assert table[method]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]), abs=1e-3)
     assert all(r["dice"]["LV"] is None and r["warnings"] == [] for r in table["linear"]["rows"])
     assert all(len(r["warnings"]) == 1 and "unsure where the heart is" in r["warnings"][0] for r in table["dmcvr"]["rows"])
+    assert table["dmcvr"]["model"]["sha256"] == sha256_file(find_model(table["dmcvr"]["model"]["name"])["path"])
+    assert "model" not in table["linear"]
 
 
 @pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,14 @@ def fake_environment(absent: set[str]):
     return lambda name: None if name in absent else object()
 
 
-def fake_version(name: str) -> str:
-    if name == "vtk":  # Slicer's own VTK build: importable, not a pip distribution
+SLICER = {"torch": "2.4.1+cu121", "numpy": "1.26.4", "SimpleITK": "2.4.0"}  # vtk: Slicer's own build, no metadata
+
+
+def fake_version(name: str, installed: dict[str, str] = SLICER) -> str:
+    """importlib.metadata.version of an environment holding ``installed``; others (Slicer's VTK) have no metadata."""
+    if name not in installed:
         raise importlib.metadata.PackageNotFoundError(name)
-    return {"torch": "2.4.1+cu121", "numpy": "1.26.4", "SimpleITK": "2.4.0"}[name]
+    return installed[name]
 
 
 def test_required_packages_match_pyproject_and_never_the_protected_ones():
@@ -59,14 +64,19 @@ def test_constraints_pin_installed_and_forbid_slicer_builds():
 
 
 class Recorder:
-    def __init__(self, answer: bool = True, installs: set[str] | None = None, absent: set[str] = frozenset()):
+    def __init__(self, answer: bool = True, installs: set[str] | None = None, absent: set[str] = frozenset(),
+                 versions: dict[str, str] | None = None):  # fmt: skip
         self.answer, self.absent = answer, set(absent)
-        self.installs = installs if installs is not None else set(absent)  # what pip "manages" to install
+        self.versions = {**SLICER, **(versions or {})}  # installed distributions (pip metadata)
+        self.installs = installs if installs is not None else set(absent) | set(versions or ())  # what pip manages
         self.asked: list[str] = []
         self.installed: list[tuple[list[str], str]] = []
 
     def find_spec(self, name):
         return None if name in self.absent else object()
+
+    def version(self, name: str) -> str:
+        return fake_version(name, self.versions)
 
     def confirm(self, message: str) -> bool:
         self.asked.append(message)
@@ -74,12 +84,15 @@ class Recorder:
 
     def install(self, requirements: list[str], constraints_file: Path) -> None:
         self.installed.append((requirements, constraints_file.read_text()))
-        by_requirement = {p.requirement: p.module for p in deps.REQUIRED}
-        self.absent -= {by_requirement[r] for r in requirements} & self.installs
+        by_requirement = {p.requirement: p for p in deps.REQUIRED}
+        for package in (by_requirement[r] for r in requirements):
+            if package.module in self.installs or package.distribution in self.installs:
+                self.absent.discard(package.module)
+                self.versions[package.distribution] = "99.0"  # pip's newest
 
 
-def _ensure(recorder: Recorder) -> bool:
-    return deps.ensure(recorder.install, recorder.confirm, recorder.find_spec, fake_version)
+def _ensure(recorder: Recorder, imported=()) -> bool:
+    return deps.ensure(recorder.install, recorder.confirm, recorder.find_spec, recorder.version, imported)
 
 
 def test_nothing_missing_asks_nothing():
@@ -137,6 +150,78 @@ def test_torch_is_offered_through_the_pytorch_extension_only_when_missing():
         assert deps.offer_torch(True, fake_environment(absent), lambda name: extension) is expected
         assert calls == asked
     assert deps.offer_torch(False, fake_environment({"torch"}), lambda name: extension) and calls[-1] is False
+
+
+def test_versions_are_compared_with_packaging_and_without_it(monkeypatch):
+    """PEP 440 through packaging; its absence (it is not in the standard library) falls back to the numbers."""
+    cases = [("2.2.0", "pydicom>=2.4", False), ("2.4", "pydicom>=2.4", True), ("2.4.0", "pydicom>=2.4", True),
+             ("2.10.1", "pydicom>=2.4", True), ("1.9.3", "scipy>=1.10", False), ("1.10.0rc1", "scipy>=1.9", True),
+             ("2.4.1+cu121", "torch>=2.2", True), ("2.1.2+cpu", "torch>=2.2", False), ("5.0", "nibabel>=5", True),
+             ("4.0.2", "nibabel>=5", False), ("1.4.0", "monai>=1.4,<2", True), ("2.0", "monai>=1.4,<2", False)]  # fmt: skip
+    assert [deps.satisfies(found, req) for found, req, _ in cases] == [ok for _, _, ok in cases]
+    monkeypatch.setitem(sys.modules, "packaging", None)  # import packaging.* now fails
+    with pytest.raises(ImportError):
+        import packaging.version  # noqa: F401
+    assert [deps.satisfies(found, req) for found, req, _ in cases] == [ok for _, _, ok in cases]
+    # a version without numbers cannot be compared: taken as it is, like a module without pip metadata
+    assert deps.satisfies("unknown", "pydicom>=2.4") is True and deps.satisfies("3", "pydicom") is True
+
+
+def test_outdated_reads_the_installed_versions():
+    """Slicer's pydicom 2.2 and scipy 1.9 are below the minimums; a module without pip metadata is taken as it is."""
+    installed = {"pydicom": "2.2.0", "scipy": "1.9.3", "monai": "1.4.0", "scikit-image": "0.19.3", "pyyaml": "6.0.1"}
+    found = deps.outdated(find_spec=fake_environment({"h5py"}), version=lambda n: fake_version(n, installed))
+    assert [(p.requirement, v) for p, v in found] == [("scipy>=1.10", "1.9.3"), ("scikit-image>=0.21", "0.19.3"),
+                                                      ("pydicom>=2.4", "2.2.0")]  # fmt: skip
+    assert deps.outdated() == []  # this environment
+
+
+def test_too_old_packages_are_upgraded_after_confirmation():
+    recorder = Recorder(absent={"einops"}, versions={"pydicom": "2.2.0", "scipy": "1.11.4"})
+    assert _ensure(recorder) is True
+    assert len(recorder.asked) == 1
+    assert "not installed yet: einops>=0.7; and newer versions of pydicom>=2.4 (installed: 2.2.0)" in recorder.asked[0]
+    assert recorder.installed == [
+        (["einops>=0.7", "pydicom>=2.4"], "torch==2.4.1+cu121\nnumpy==1.26.4\nSimpleITK==2.4.0\nvtk<0\n")
+    ]
+    assert _ensure(recorder) is True and len(recorder.asked) == 1  # nothing left to do: not asked again
+    declined = Recorder(answer=False, versions={"pydicom": "2.2.0"})
+    assert _ensure(declined) is False and declined.installed == []
+
+
+def test_an_upgrade_that_does_not_take_or_is_already_imported_is_an_error():
+    stuck = Recorder(versions={"pydicom": "2.2.0"}, installs=set())  # pip could not upgrade it
+    with pytest.raises(deps.DependencyError, match=r"still too old after the install: pydicom>=2\.4 \(installed: 2\.2\.0\)"):
+        _ensure(stuck)
+    loaded = Recorder(versions={"scipy": "1.9.3"})
+    with pytest.raises(deps.DependencyError, match="upgraded scipy, but Slicer had already imported the old version: "
+                                                   "restart Slicer"):  # fmt: skip
+        _ensure(loaded, imported={"scipy", "numpy"})
+    assert loaded.installed[0][0] == ["scipy>=1.10"]
+
+
+@pytest.mark.parametrize("module, found, said", [
+    ("torch", "2.1.2+cu118", "needs torch>=2.2 and Slicer's Python has torch 2.1.2+cu118: update torch in the "
+                             "PyTorch Utils module"),
+    ("numpy", "1.23.5", "needs numpy>=1.24 and Slicer's Python has numpy 1.23.5; it comes with Slicer and is never "
+                        "pip-installed here (that breaks Slicer): use a newer Slicer release"),
+    ("SimpleITK", "2.2.1", "needs SimpleITK>=2.3 and Slicer's Python has SimpleITK 2.2.1"),
+    ("vtk", "9.2.6", "needs vtk>=9.3 and Slicer's Python has vtk 9.2.6"),
+])  # fmt: skip
+def test_protected_packages_too_old_are_said_never_upgraded(module, found, said):
+    recorder = Recorder(absent={"einops"}, versions={module: found, "pydicom": "2.2.0"})
+    with pytest.raises(deps.DependencyError) as error:
+        _ensure(recorder)
+    assert said in str(error.value)
+    assert recorder.installed == [] and recorder.asked == []
+
+
+def test_protected_minimums_match_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {p.requirement for p in deps.PROTECTED_MINIMUM} <= set(declared)
+    assert [p.module for p in deps.PROTECTED_MINIMUM] == list(deps.PROTECTED)
+    assert {p.distribution for p in deps.PROTECTED_MINIMUM} == set(deps.PROTECTED.values())
 
 
 def test_cuda_absent_falls_back_to_cpu_with_a_message():

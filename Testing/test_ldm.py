@@ -19,7 +19,7 @@ from CardiacDiffusionLib.ldm.data import CTPhantomPairs, augment, hu_to_unit, ph
 from CardiacDiffusionLib.ldm.diffusion import LatentDiffusion, diffusion_loss, latent_scale
 from CardiacDiffusionLib.ldm.ssl import finetune, masker, pretrain, transfer_encoder, ENCODER
 from CardiacDiffusionLib.ldm.vae import JointVAE, vae_losses
-from CardiacDiffusionLib.models.store import find_model, load_model, save_model
+from CardiacDiffusionLib.models.store import find_model, load_model, save_model, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -164,6 +164,9 @@ def test_sample_cli_writes_pairs_with_geometry_and_label_names(tmp_path):
         assert hu.min() >= -200 and hu.max() <= 800  # inside the training window
     info = json.loads((out / "labels.json").read_text())
     assert info["labels"] == {str(k): v for k, v in CT_LABELS.items()} and info["steps"] == 4
+    # which model made them: the file's own sha256 and the content hash it carries (an unregistered file: no name)
+    assert info["model"]["sha256"] == sha256_file(path) and info["model"]["name"] is None
+    assert info["model"]["content_sha256"] == load_model(path).content_sha256 and info["model"]["file"] == str(path)
     assert [s["seed"] for s in info["samples"]] == [3, 4]
     # pair i depends on seed S+i only, not on how many were asked for
     args.n, args.seed, args.out = 1, 4, str(tmp_path / "one")
@@ -304,6 +307,7 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
         assert summary["sd"] == pytest.approx(np.std(runs))
     a, b = both["repeats"]["arms"]["a_scratch_real"]["runs"], both["repeats"]["arms"]["b_ssl_gen_then_real"]["runs"]
     assert both["repeats"]["wins"]["a_scratch_real > b_ssl_gen_then_real"] == sum(x > y for x, y in zip(a, b))
+    assert both["model"]["sha256"] == sha256_file(path) and both["model"]["architecture"] == "ldm"
     result = both["runs"][0]
     assert set(result["downstream"]) == {"a_scratch_real", "b_ssl_gen_then_real", "c_ssl_gen_then_real_plus_gen"}
     for arm in result["downstream"].values():

@@ -557,3 +557,59 @@ def test_the_cli_prints_an_unchecked_model_as_one_warning_line(tmp_path, home, c
     err = capsys.readouterr().err
     assert f"warning: model {copy}: not registered and saved without a content hash" in err
     assert "QualityWarning" not in err and "warnings.warn" not in err
+
+
+def test_provenance_records_the_file_that_was_loaded(home, toy_file, tmp_path):
+    """Every result says which model made it: name, version, the file's sha256 and the content hash it carries,
+    the same from what load_model returned, from its module, and from the name or the path."""
+    module, path, sha = toy_file
+    card = home / "card.yaml"
+    card.write_text("version: '2.1'\n")
+    add_model("mine", "dmcvr", path, card=card)
+    stored = home / "home" / "models" / "mine.safetensors"
+    loaded = load_model("mine")
+    recorded = store.model_provenance(loaded)
+    assert recorded == {"name": "mine", "version": "2.1", "sha256": sha256_file(stored), "architecture": "toy_mlp",
+                        "content_sha256": _header(stored)[1]["__metadata__"]["content_sha256"], "source": "user",
+                        "file": str(stored)}  # fmt: skip
+    assert recorded["sha256"] == sha and recorded["content_sha256"] != sha
+    assert store.model_provenance(loaded.module) == recorded == store.model_provenance("mine")
+    assert store.model_provenance(stored) == recorded  # the registered file given by path
+    by_path = store.model_provenance(path)  # an unregistered file: its own hashes, no name
+    assert by_path == dict(recorded, name=None, version=None, source="file", file=str(path))
+    with pytest.warns(QualityWarning):  # no hash at all: still recorded by its sha256
+        copy = tmp_path / "tos_copy.safetensors"
+        copy.write_bytes((REPO / "Resources" / "models" / "tos_regressor.safetensors").read_bytes())
+        unchecked = store.model_provenance(load_model(copy))
+    assert unchecked["sha256"] == sha256_file(copy) and unchecked["content_sha256"] is None
+    assert store.model_provenance(ToyMLP(**CONFIG))["sha256"] is None  # not from a file: nothing to claim
+    with pytest.raises(InputError, match="not registered"):
+        store.model_provenance("nobody")
+
+
+def test_verify_without_a_name_checks_every_model(home, toy_file, tmp_path, capsys):
+    """`models verify` alone: every shipped and user model, one line each; a damaged one fails (exit 2) and the
+    others are still checked and said."""
+    from CardiacDiffusionLib.cli.main import main
+
+    _, path, sha = toy_file
+    entry = {"name": "toy-shipped", "workflow": "lma", "version": "1", "file": str(path), "sha256": sha,
+             "architecture": "toy_mlp"}  # fmt: skip
+    store.shipped_registry_path().write_text(json.dumps({"models": [entry]}))
+    for name in ("good", "bad", "after"):
+        add_model(name, "lma", path)
+    capsys.readouterr()
+    assert main(["models", "verify"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["toy-shipped (version 1)", "good (version user)",
+                                                           "bad (version user)", "after (version user)"]
+    assert all(f"sha256 {sha}" in line for line in lines[:4]) and lines[4] == "all 4 models verified"
+    _flip(home / "home" / "models" / "bad.safetensors", home / "home" / "models" / "bad.safetensors", -3)
+    assert main(["models", "verify"]) == 2
+    said = capsys.readouterr()
+    lines = said.out.splitlines()
+    assert len(lines) == 4 and "registry sha256 and content sha256 ok" in lines[3]
+    assert lines[2].startswith("bad (user): FAILED: model bad: sha256 mismatch")
+    assert said.err.splitlines() == ["error: models verify: 1 of 4 models failed (bad); re-download, re-train or "
+                                     "re-register them (lines above)"]  # fmt: skip
+    assert main(["models", "verify", "good"]) == 0 and "good (version user): registry sha256" in capsys.readouterr().out

@@ -64,6 +64,11 @@ def _tos_input(frame: LVFrame, strain, tos_csv, tos, frame_ms, tos_method, strai
         values = tos_from_strain(s, frame_ms, tos_method)
         check_tos_range(values, f"TOS from strain (frame_ms {frame_ms:g})", measured=True)
         source = {"kind": "strain", "method": tos_method, "frame_ms": frame_ms, "shape": list(s.shape)}
+        if tos_method == "regressor":  # the shipped regressor (tos.tos_from_strain): which file made the TOS
+            from ..models.store import model_provenance
+            from .regressor import MODEL_NAME
+
+            source["model"] = model_provenance(MODEL_NAME)
     else:
         table = read_tos_csv(tos_csv) if tos_csv is not None else {int(k): np.asarray(v, float) for k, v in tos.items()}
         if tos is not None:
@@ -103,7 +108,16 @@ def _myocardium(stack: SliceStack, method: str, spacing: float, sadir_options: d
             "--method sadir: the SADIR reconstruction (sadir.reconstruct_myocardium) is not available in this "
             "installation; use --method shape"
         ) from None
-    return _sadir_output(reconstruct_myocardium(stack, **(sadir_options or {})))
+    myo, info = _sadir_output(reconstruct_myocardium(stack, **(sadir_options or {})))
+    return myo, {**info, "model": _sadir_model((sadir_options or {}).get("model"))}
+
+
+def _sadir_model(model) -> dict:
+    """lma.json's record of the SADIR model used: name, version, sha256 (models.store.model_provenance)."""
+    from ..models.store import model_provenance
+    from ..sadir.reconstruct import DEFAULT_MODEL
+
+    return model_provenance(DEFAULT_MODEL if model is None or isinstance(model, str) and not model else model)
 
 
 def _first(out, keys):
@@ -221,7 +235,7 @@ def drop_specks(myo: sitk.Image, fraction: float = 0.01) -> tuple[sitk.Image, in
 def _sadir_summary(info: dict | None) -> dict:
     if not info:
         return {}
-    out = {k: info.get(k) for k in ("jacobian_min", "slice_dice", "topology") if info.get(k) is not None}
+    out = {k: info.get(k) for k in ("jacobian_min", "slice_dice", "topology", "model") if info.get(k) is not None}
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in out.items()}
 
 

@@ -73,6 +73,11 @@ def run_gap(args: argparse.Namespace) -> int:
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}, {given}", file=sys.stderr)
     table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr}, kept_labels=not args.no_labels,
                          per_volume=args.per_volume)
+    if "dmcvr" in table:  # which model made the dmcvr rows: name, version, sha256
+        from ..dmcvr.reconstruction import default_model_name
+        from ..models.store import model_provenance
+
+        table["dmcvr"]["model"] = model_provenance(args.model or default_model_name())
     text = json.dumps(table, indent=2)
     print(text)
     if args.out:
@@ -123,6 +128,7 @@ def register_ldm(protocols: argparse._SubParsersAction) -> None:
 def run_ldm(args: argparse.Namespace) -> int:
     from ..ldm.evaluate import evaluate_ldm, format_repeats, format_table, summarise_repeats
     from ..ldm.generate import DEFAULT_MODEL, load_ldm
+    from ..models.store import model_provenance
 
     if args.out:
         output_file(args.out)
@@ -147,6 +153,7 @@ def run_ldm(args: argparse.Namespace) -> int:
     if args.repeats > 1:
         result = {"repeats": summarise_repeats(runs), "runs": runs}
         print(format_repeats(result["repeats"]))
+    result["model"] = model_provenance(model)  # name, version, sha256 of the LDM evaluated
     if args.out:
         write_json_file(args.out, result)
     return 0

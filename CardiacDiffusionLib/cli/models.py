@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from ..models.store import WORKFLOWS, add_model, list_models, user_home, user_registry_path, verify_model
 
 
@@ -25,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--card", help="YAML/JSON model card: version, description, input, labels, training, metrics")
     add.add_argument("--force", action="store_true", help="replace a user model of the same name")
     add.set_defaults(func=run_add)
-    verify = actions.add_parser("verify", help="check a model's sha256, file and architecture")
-    verify.add_argument("model", help="registered name or .safetensors path")
+    verify = actions.add_parser("verify", help="check a model's sha256, file and architecture (every registered "
+                                               "model when none is named)")  # fmt: skip
+    verify.add_argument("model", nargs="?", help="registered name or .safetensors path (default: every shipped and "
+                                                 "user model, one line each; exit code 2 if any fails)")  # fmt: skip
     verify.set_defaults(func=run_verify)
 
 
@@ -59,8 +62,34 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    summary = verify_model(args.model)
+    if args.model:
+        print(_verified(args.model, verify_model(args.model)))
+        return 0
+    models = list_models()
+    if not models:
+        print("no models registered (add one with: cardiac-diffusion models add --name ... --workflow ... --file ...)")
+        return 0
+    failed = []
+    for m in models:  # each one said, whatever happened to the others
+        try:
+            line = _verified(m["name"], verify_model(m["name"]))
+        except InputError as error:
+            failed.append(m["name"])
+            line = f"{m['name']} ({m['source']}): FAILED: {error}"
+        except Exception as error:  # noqa: BLE001 - any failure of one model must not hide the others
+            failed.append(m["name"])
+            line = f"{m['name']} ({m['source']}): FAILED: {type(error).__name__}: {error}"
+        print(line, flush=True)
+    if failed:
+        raise InputError(f"models verify: {len(failed)} of {len(models)} models failed ({', '.join(failed)}); "
+                         "re-download, re-train or re-register them (lines above)")  # fmt: skip
+    print(f"all {len(models)} models verified")
+    return 0
+
+
+def _verified(model: str, summary: dict) -> str:
     checked = f"{summary['checked']} ok" if summary["checked"] else (
         "not registered and saved without a content hash: its bytes are NOT checked")  # fmt: skip
-    print(f"{args.model}: {checked}, {summary['architecture']} rebuilt strictly, {summary['parameters']} parameters")
-    return 0
+    version = f" (version {summary['version']})" if summary.get("version") else ""
+    return (f"{model}{version}: {checked}, {summary['architecture']} rebuilt strictly, {summary['parameters']} "
+            f"parameters, sha256 {summary['sha256']}")  # fmt: skip

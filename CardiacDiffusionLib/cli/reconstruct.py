@@ -103,14 +103,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:
     """What geometry.json records beside the stack's report: the input's frame, the method and its settings (dmcvr's
-    defaults filled in), and the output grid."""
-    settings = {"spacing_mm": args.spacing}
+    defaults filled in), the model (dmcvr: name, version, sha256) and the output grid."""
+    settings, model = {"spacing_mm": args.spacing}, {}
     if args.method == "dmcvr":
         from ..dmcvr.reconstruction import DEFAULT_SHAPE_PRIOR, DEFAULT_STEPS, DEFAULT_STRENGTH, default_model_name
+        from ..models.store import model_provenance
 
         defaults = {"steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "shape_prior": DEFAULT_SHAPE_PRIOR,
                     "model": default_model_name(), "device": "auto"}  # fmt: skip
         settings.update({k: options[k] if options.get(k) is not None else v for k, v in defaults.items()})
+        model = {"model": model_provenance(settings["model"])}
     image = result.image
     return {
         "input": {"path": stack.meta.get("path", str(args.sax)), "phase": args.phase or 0,
@@ -119,6 +121,7 @@ def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:
                      (("row_direction", stack.row_dir), ("column_direction", stack.col_dir))}},  # fmt: skip
         "method": args.method,
         "settings": settings,
+        **model,
         "output": {"size": list(image.GetSize()), "spacing_mm": [round(v, 6) for v in image.GetSpacing()],
                    "origin_lps": [round(v, 4) for v in image.GetOrigin()]},  # fmt: skip
     }

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, iter_pairs, load_ldm, write_pairs
+    from ..models.store import model_provenance
     from ..slicer_adapter.process import emit_progress
     from ..utils.device import prepare_device
 
@@ -36,13 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
     out = output_folder(args.out)
-    model_name = args.model or DEFAULT_MODEL
-    model = load_ldm(model_name, prepare_device(args.device))
+    model = load_ldm(args.model or DEFAULT_MODEL, prepare_device(args.device))
     if args.steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--steps {args.steps}: at most {model.scheduler.num_train_timesteps}")
     _check_space(out, args.n, bytes_per_pair(model))
     make_folder(out)
-    meta = {"model": str(model_name), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}
+    meta = {"model": model_provenance(model), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}
     progress = emit_progress if args.progress == "json" else None  # the protocol the Slicer module reads
     count = [0]
 

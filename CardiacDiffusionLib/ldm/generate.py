@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..labels import CT_LABELS
-from ..models.store import load_model
+from ..models.store import load_model, model_provenance
 from .cleanup import clean_labels, noise_report
 from .data import unit_to_hu
 from .diffusion import LatentDiffusion
@@ -92,10 +92,14 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
     renamed, and labels.json is rewritten after each, so an interrupted run (Ctrl-C) leaves whole pairs only,
     each listed in labels.json. An earlier run's sample files and labels.json in ``out`` are removed when the
     first pair is ready to be put in place; a run stopped before that leaves the folder as it was.
+    ``meta`` goes into labels.json; its ``model``, given as a name or path, is recorded as that model's
+    :func:`~CardiacDiffusionLib.models.store.model_provenance` (name, version, sha256).
     """
     from ..io.volumes import write_image
 
     out = Path(out)
+    if isinstance(meta.get("model"), (str, Path)):
+        meta = {**meta, "model": model_provenance(meta["model"])}
     written, samples, temporary, placed = [], [], [], []
     info = {"labels": {str(k): v for k, v in CT_LABELS.items()}, "background": 0, "spacing_mm": [spacing_mm] * 3,
             "samples": samples, **meta}  # fmt: skip

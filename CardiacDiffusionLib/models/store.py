@@ -7,7 +7,8 @@ command, steps, ...) and ``content_sha256`` (the sha256 of its header and weight
 sha256 recorded in a registry, that the file is a readable safetensors model (a pickle is refused
 unread), the content hash the file carries, and that the config rebuilds a module with exactly the
 file's keys and shapes (strict) - each failure an InputError. A file checked by neither hash is
-loaded with a :class:`QualityWarning`.
+loaded with a :class:`QualityWarning`. :func:`model_provenance` says which model made a result
+(name, version, sha256) for the JSON files the workflows write.
 
 Registries: ``Resources/models.json`` (shipped, never edited by code) and the user's store
 ``$CARDIAC_DIFFUSION_HOME/models.json`` (default ``~/.cardiac-diffusion``), written by
@@ -24,6 +25,7 @@ import re
 import shutil
 import struct
 import warnings
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -58,6 +60,8 @@ BUILTIN_ARCHITECTURES: dict[str, str] = {
 ARCHITECTURE_WORKFLOW = {"dmcvr": "dmcvr", "sadir": "sadir", "sadir_unet3d": "sadir", "ldm": "ldm", "ldm_vae": "ldm",
                          "tos_net": "lma"}  # fmt: skip
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
+#: module -> its provenance, for every module :func:`load_model` returned (dropped with the module)
+_PROVENANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 Builders = dict[str, Callable[[dict], "nn.Module"]]
 
 
@@ -68,6 +72,9 @@ class LoadedModel(NamedTuple):
     meta: dict
     entry: dict | None  # the registry entry (None for an unregistered file)
     checked: str = ""  # what vouched for the bytes: "registry sha256", "content sha256", both, or "" (nothing)
+    path: str = ""  # the file loaded
+    sha256: str = ""  # that file's sha256, computed while loading
+    content_sha256: str = ""  # the content hash the file carries ("" when none)
 
 
 # -- architectures
@@ -197,13 +204,13 @@ def _content_sha256(header: dict, chunks) -> str:
     return digest.hexdigest()
 
 
-def _check_content(path: Path, label: str) -> bool:
-    """Check the content hash a file carries (False when it carries none)."""
+def _check_content(path: Path, label: str) -> str:
+    """Check the content hash a file carries; returns it ("" when it carries none)."""
     with path.open("rb") as f:
         header, start = _parse_header(f.read(8), f.read, path.stat().st_size, label, path)
         expected = (header.get("__metadata__") or {}).get(CONTENT_KEY)
         if not expected:
-            return False
+            return ""
         f.seek(start)
         actual = _content_sha256(header, iter(lambda: f.read(1 << 20), b""))
     if actual != expected:
@@ -211,7 +218,7 @@ def _check_content(path: Path, label: str) -> bool:
             f"model {label}: {path} is damaged: its header or weights changed since it was saved (content sha256 "
             f"{actual[:16]}..., recorded {str(expected)[:16]}...); re-download/re-train it, do not use it"
         )
-    return True
+    return actual
 
 
 def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, dict, dict, dict[str, tuple]]:
@@ -252,7 +259,8 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     return metadata["architecture"], config, meta, shapes
 
 
-def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = None) -> None:
+def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = None) -> str:
+    """The file's sha256, checked against ``expected``."""
     actual = sha256_file(path)
     if actual.lower() != expected.lower():
         again = ""
@@ -263,6 +271,7 @@ def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = No
             f"model {label}: sha256 mismatch (file {actual[:16]}..., registry {expected[:16]}...): {path} is damaged "
             f"or was changed; re-download/re-train it, do not use it{again}"
         )
+    return actual
 
 
 def load_model(
@@ -278,16 +287,18 @@ def load_model(
     entry, path = _locate(name_or_path)
     label = entry["name"] if entry else str(path)
     expected = sha256 or (entry or {}).get("sha256")
-    checked = []
+    checked, sha = [], ""
     if expected:
         if not path.is_file():
             where = "register it again with 'cardiac-diffusion models add ... --force'" if (entry or {}).get(
                 "source") == "user" else "re-download it or fix the registry entry"  # fmt: skip
             raise InputError(f"model {label}: file {path} not found; {where}")
-        _check_sha256(path, expected, label, entry)
+        sha = _check_sha256(path, expected, label, entry)
         checked.append("registry sha256")
     architecture, config, meta, shapes = read_model_header(path, label)
-    if _check_content(path, label):
+    sha = sha or sha256_file(path)  # a file given by path: recorded (model_provenance), not checked
+    content = _check_content(path, label)
+    if content:
         checked.append("content sha256")
     if entry and entry.get("architecture") not in (None, architecture):
         raise InputError(f"model {label}: registry says architecture {entry['architecture']}, the file {architecture}")
@@ -312,8 +323,47 @@ def load_model(
         )  # fmt: skip
     from ..utils.onednn import use_onednn_convs  # batch-1 CPU inference: see utils/onednn.py
 
-    return LoadedModel(use_onednn_convs(module).to(device).eval(), architecture, config, meta, entry,
-                       " and ".join(checked))  # fmt: skip
+    loaded = LoadedModel(use_onednn_convs(module).to(device).eval(), architecture, config, meta, entry,
+                         " and ".join(checked), str(path), sha, content)  # fmt: skip
+    _PROVENANCE[loaded.module] = model_provenance(loaded)
+    return loaded
+
+
+def model_provenance(model: LoadedModel | nn.Module | str | Path) -> dict:
+    """Which model made a result, for the JSON a workflow writes: ``name`` (registry name, None for an
+    unregistered file), ``version``, ``sha256`` (of the file), ``content_sha256`` (the hash it carries, None
+    when none), ``architecture``, ``source`` (shipped, user or file) and ``file``.
+
+    ``model``: what :func:`load_model` returned, or its module (both: the file as loaded); or a registered
+    name or a path (the file as it is now: hashed here, its weights not read). A module that did not come
+    from the store has no file: name, version and hashes are None.
+    """
+    if isinstance(model, LoadedModel):
+        entry, path, sha, content = model.entry, model.path, model.sha256, model.content_sha256
+        architecture, meta = model.architecture, model.meta
+    elif isinstance(model, (str, Path)):
+        entry, file = _locate(model)
+        label = entry["name"] if entry else str(file)
+        if not file.is_file():
+            raise InputError(f"model {label}: file {file} not found")
+        with file.open("rb") as f:
+            header, _ = _parse_header(f.read(8), f.read, file.stat().st_size, label, file)
+        metadata = header.get("__metadata__") or {}
+        try:
+            meta = json.loads(metadata.get("meta") or "{}")
+        except ValueError:
+            meta = {}
+        path, sha, content = str(file), sha256_file(file), metadata.get(CONTENT_KEY)
+        architecture = metadata.get("architecture")
+    elif model in _PROVENANCE:
+        return dict(_PROVENANCE[model])
+    else:
+        return {"name": None, "version": None, "sha256": None, "content_sha256": None,
+                "architecture": type(model).__name__, "source": "module given in memory", "file": None}  # fmt: skip
+    return {"name": entry["name"] if entry else None,
+            "version": (entry or {}).get("version") or (meta if isinstance(meta, dict) else {}).get("version"),
+            "sha256": sha, "content_sha256": content or None, "architecture": architecture,
+            "source": (entry or {}).get("source", "file"), "file": str(path)}  # fmt: skip
 
 
 # -- registries
@@ -518,4 +568,5 @@ def verify_model(name_or_path: str | Path, builders: Builders | None = None) -> 
         "checked": loaded.checked,
         "architecture": loaded.architecture,
         "parameters": sum(p.numel() for p in loaded.module.parameters()),
+        **{k: model_provenance(loaded)[k] for k in ("version", "sha256", "source")},
     }
