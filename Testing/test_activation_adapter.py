@@ -5,6 +5,7 @@ The child's outputs are compared with ``run_lma`` run in this process on the ver
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -115,6 +116,100 @@ def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli
     assert reports[-1] == (1.0, "done")
 
 
+def _array(node, name: str) -> np.ndarray:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    return vtk_to_numpy(node.GetPolyData().GetPointData().GetArray(name))
+
+
+def _run(job, lma_cli, **expected_options):
+    """(the job's result, ``run_lma`` in this process on the files the job wrote, with ``expected_options``)."""
+    from CardiacDiffusionLib.cli.lma import read_labelled_stack
+
+    job.cli_module, job.keep_files = lma_cli, True
+    try:
+        result = job.start().wait(timeout=180)
+        assert result is not None, "the job did not finish in 180 s"
+        stack = read_labelled_stack(str(job.folder / "sax_labels.nrrd"), None, "project")
+        return result, stack, run_lma(stack, **expected_options)
+    finally:
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def test_late_threshold_scar_and_apical_reach_the_job(mrml_scene, case, lma_cli):
+    """The module's late threshold (ms), scar segments and 'apical lead segments' change the child's map: the
+    late rule in lma.json and the model's late_activation array, the lead (the LBBB phantom's latest free-wall
+    segments 5, 6, 11, 12 marked scar leave the apical lateral 16 only when apical segments may be suggested),
+    and the sector points come as a model with the table's TOS at the mid-wall points, in RAS."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import LATE_ARRAY, TOS_ARRAY, ActivationJob
+
+    stack, good, _ = case
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    scar = [5, 6, 11, 12]
+    job = ActivationJob(mrml_scene, labels, tos_file=str(good), late_threshold_ms=120.0, scar=scar, include_apical=True)
+    result, read, expected = _run(job, lma_cli, tos_csv=good, late_threshold_ms=120.0, scar=scar,
+                                  include_apical=True)  # fmt: skip
+    default = run_lma(read, tos_csv=good)  # the CLI's defaults: 75th percentile, no scar, basal and mid only
+
+    late = result.lma["late_activation"]
+    assert late["rule"] == "TOS >= 120 ms" and late["threshold_ms"] == 120.0
+    assert default.lma["late_activation"]["rule"] == "TOS >= 75th percentile"
+    tos, flags = _array(result.model, TOS_ARRAY), _array(result.model, LATE_ARRAY)
+    np.testing.assert_array_equal(flags, tos >= 120.0)
+    assert flags.mean() == pytest.approx(late["late_fraction_of_points"], abs=1e-4)
+    assert late["late_fraction_of_points"] == expected.lma["late_activation"]["late_fraction_of_points"]
+    assert abs(flags.mean() - default.lma["late_activation"]["late_fraction_of_points"]) > 0.02  # 0.28 vs 0.25
+    # scar and apical: the lead the in-process run gives, and not the default's
+    assert default.lead["segment"] == 5
+    assert result.lma["lead"]["segment"] == expected.lead["segment"] == 16
+    assert "apical" in result.lma["lead"]["rule"] and result.lma["lead"]["excluded_scar"] == scar
+    assert run_lma(read, tos_csv=good, scar=scar).lead["segment"] not in (16, *scar)  # without apical: another
+    rows = mrml.dict_from_table(result.table)
+    assert sorted(int(name.split()[0]) for name, row in rows.items() if row["scar"] == 1.0) == scar
+    # the sector points: 18 per TOS slice, the table's values, at the in-process mid-wall points (LPS -> RAS)
+    points = result.sector_points
+    assert points.GetPolyData().GetNumberOfPoints() == expected.sector_points.size // 3 == 18 * len(expected.tos)
+    np.testing.assert_allclose(_array(points, TOS_ARRAY), expected.tos.ravel(), atol=1e-3)
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    ras = vtk_to_numpy(points.GetPolyData().GetPoints().GetData())
+    np.testing.assert_allclose(ras, expected.sector_points.reshape(-1, 3) * [-1.0, -1.0, 1.0], atol=1e-4)
+    assert points.GetPolyData().GetNumberOfVerts() == len(ras)  # vertices: shown as dots
+    # both models in one colour scale: a colour means the same TOS on the surface and on the points
+    ranges = [n.GetDisplayNode().GetScalarRange() for n in (result.model, points)]
+    assert ranges[0] == ranges[1] and ranges[0][0] <= tos.min() and tos.max() <= ranges[0][1]
+    assert points.GetDisplayNode().GetColorNodeID() == result.model.GetDisplayNode().GetColorNodeID()
+    assert points.GetDisplayNode().GetActiveScalarName() == TOS_ARRAY
+
+
+def test_strain_slices_and_landmarks_reach_the_job(mrml_scene, case, lma_cli, tmp_path):
+    """Strain on 3 of the 9 slices (named as the module's strain slices) and base/apex points placed in the
+    scene (RAS) give the child's frame what run_lma gives in LPS: the TOS slices and the base/apex heights."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    stack, good, _ = case
+    frame = lv_frame(stack)
+    chosen = [int(k) for k in frame.slices[[1, 4, 7]]]
+    strain = ActivationPhantom(3, "lbbb").strain_matrices(3, 18, 40, 17.0, heights=frame.slice_heights()[[1, 4, 7]])
+    np.save(tmp_path / "strain.npy", strain)
+    gap = float(np.median(np.abs(np.diff(stack.positions))))
+    base, apex = frame.centres[0] - 0.3 * gap * frame.axis, frame.centres[-1] + 1.5 * gap * frame.axis  # LPS
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    base_node, apex_node = (mrml.markups_from_points(mrml_scene, p[None], n) for p, n in ((base, "base"), (apex, "apex")))
+    job = ActivationJob(mrml_scene, labels, strain_file=str(tmp_path / "strain.npy"), strain_slices=chosen,
+                        base=base_node, apex=apex_node)  # fmt: skip
+    result, _, expected = _run(job, lma_cli, strain=strain, strain_slices=chosen, base=base, apex=apex)
+    assert sorted(result.lma["tos_slices"]) == sorted(chosen) == sorted(expected.lma["tos_slices"])
+    got, want = result.lma["frame"], expected.lma["frame"]
+    assert got["apex_position_mm"] == pytest.approx(float(apex @ frame.axis), abs=1e-2) == want["apex_position_mm"]
+    assert got["base_position_mm"] == pytest.approx(float(base @ frame.axis), abs=1e-2)
+    assert got["slice_heights"] == want["slice_heights"]
+    assert result.sector_points.GetPolyData().GetNumberOfPoints() == 3 * 18
+    np.testing.assert_allclose(result.lma["tos_ms"], expected.lma["tos_ms"], atol=0.02)
+
+
 def _written_bullseye(expected, folder):
     """The bullseye PNG of ``expected`` written to ``folder`` (to compare sizes with the loaded image)."""
     from CardiacDiffusionLib.activation.bullseye import write_bullseye_png
@@ -186,6 +281,53 @@ def test_activation_job_arguments(mrml_scene, case, tmp_path):
         ActivationJob(mrml_scene, labels, tos_file=str(good), label_numbering="ukbb")
 
 
+def test_activation_job_options_to_arguments_and_refusals(mrml_scene, case, tmp_path):
+    """Each module option becomes the command's option (defaults: none added), and a bad one is refused before
+    the child starts, in the module's words."""
+    from CardiacDiffusionLib.cli.main import _values_not_options, build_parser
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob, parse_numbers
+
+    stack, good, _ = case
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    strain = tmp_path / "strain.npy"
+    np.save(strain, np.zeros((3, 18, 20)))
+
+    def parsed(job, folder):
+        folder.mkdir()
+        return build_parser().parse_args(_values_not_options(["lma", *job._export(folder), "--out", str(folder / "o")]))
+
+    default = parsed(ActivationJob(mrml_scene, labels, tos_file=str(good)), tmp_path / "a")
+    assert (default.late_percentile, default.late_threshold, default.include_apical, default.scar) == (75.0, None, False, [])
+    assert (default.base, default.apex, default.strain_slices, default.device) == (None, None, None, "auto")
+    point = mrml.markups_from_points(mrml_scene, np.array([[-3.0, 4.0, -5.5]]), "apex")
+    job = ActivationJob(mrml_scene, labels, strain_file=str(strain), late_threshold_ms=110, late_percentile=60,
+                        include_apical=True, scar=[11, 5, 5], strain_slices=[6, 2, 4], apex=point, method="sadir",
+                        device="cpu")  # fmt: skip
+    args = parsed(job, tmp_path / "b")
+    assert args.late_threshold == 110.0 and args.include_apical and args.scar == [5, 11]
+    assert args.strain_slices == [6, 2, 4] and args.device == "cpu" and args.method == "sadir"  # rows' order kept
+    np.testing.assert_array_equal(args.apex, [-3.0, 4.0, -5.5])  # LPS, as placed
+    assert args.base is None
+    assert "--device" not in ActivationJob(mrml_scene, labels, tos_file=str(good), device="cuda")._export(tmp_path)
+    for options, message in (
+        ({"late_threshold_ms": 0.0}, "late threshold 0 ms: give a TOS above 0 and at most 300"),
+        ({"late_threshold_ms": 450.0}, "at most 300 ms"),
+        ({"scar": [5, 18]}, r"scar segments: \[18\] are not AHA segments"),
+        ({"strain_slices": [1, 2]}, "strain slices: .* with a TOS table"),
+        ({"apex": mrml.markups_from_points(mrml_scene, np.zeros((2, 3)), "two")}, "LV apex point list 'two': holds 2"),
+        ({"device": "tpu"}, "device 'tpu' is unknown"),
+    ):
+        with pytest.raises(InputError, match=message):
+            ActivationJob(mrml_scene, labels, tos_file=str(good), **options)
+    with pytest.raises(InputError, match="strain slices: 2 given more than once; give each"):
+        ActivationJob(mrml_scene, labels, strain_file=str(strain), strain_slices=[2, 2, 3])
+    assert parse_numbers("5, 11;14 13-15", "x") == [5, 11, 14, 13, 14, 15] and parse_numbers(" ", "x") == []
+    for text in ("five", "5-3", "1.5", "-2"):
+        with pytest.raises(InputError, match=f"scar segments: '{re.escape(text)}' is not a number"):
+            parse_numbers(text, "scar segments")
+
+
 # ---- the Slicer module file, on slicer-core with stand-ins for its Qt side ----------------------
 def _load_module(name: str, monkeypatch, scene):
     """Import CardiacDiffusion/<name>/<name>.py with stubs for qt, i18n, parameterNodeWrapper and the
@@ -231,6 +373,9 @@ def test_activation_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch
     monkeypatch.setattr(ActivationJob, "cli_module", lma_cli)
     module = _load_module("ActivationMap", monkeypatch, mrml_scene)
     assert module.parseSegments("5, 11;14") == [5, 11, 14] and module.parseSegments("") == []
+    assert module.parseSegments("10-12") == [10, 11, 12]
+    with pytest.raises(InputError, match="scar segments: 'lateral' is not a number"):
+        module.parseSegments("5, lateral")
     assert module.ActivationMapLogic().ensureDependencies(ask=False)  # nothing to install here
     result = module.ActivationMapTest("runTest").run()
     assert result.wasSuccessful(), [text for _, text in result.errors + result.failures]

@@ -480,6 +480,24 @@ def test_reconstruction_job_passes_the_shape_prior_to_dmcvr_only(mrml_scene, tmp
 
 @mrml_only
 @needs_cli
+def test_reconstruction_job_passes_the_dmcvr_model(mrml_scene, tmp_path):
+    """The module's DMCVR model field reaches the child (an unknown name is its one-line error, the scene
+    unchanged); other methods do not take it."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    sax_node = mrml.volume_node_from_image(mrml_scene, sax_images()[0], "SAX")
+    assert "--model" not in ReconstructionJob(mrml_scene, sax_node, method="shape", model="x")._export(tmp_path)
+    assert "--model" not in ReconstructionJob(mrml_scene, sax_node, method="dmcvr", model=" ")._export(tmp_path)
+    nodes_before = mrml_scene.GetNumberOfNodes()
+    job = ReconstructionJob(mrml_scene, sax_node, method="dmcvr", model="no-such-dmcvr-model").start()
+    with pytest.raises(ProcessFailed, match="model 'no-such-dmcvr-model': not registered"):
+        job.wait(timeout=120)
+    assert mrml_scene.GetNumberOfNodes() == nodes_before and not job.folder.exists()
+
+
+@mrml_only
+@needs_cli
 def test_reconstruction_job_failure_leaves_scene(mrml_scene):
     from CardiacDiffusionLib.slicer_adapter import mrml
     from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob

@@ -400,3 +400,137 @@ def test_cmake_puts_modules_lib_and_shipped_models_together(cmake_trees, tree, t
     assert atlas and atlas <= {p.name for p in (folder / "CardiacDiffusionResources" / "atlas").iterdir()}
     if tree == "install":
         assert (folder / "CardiacDiffusionScripts" / "slicer_batch.py").is_file()
+
+
+# ---- the panels against the command line they run ------------------------------------------------
+#: module -> (CLI command, {parameter field: CLI dest, or (dest, {field value: the CLI value it stands for}),
+#: or (dest, "not") for a negated flag, or None for a Slicer-only field}, {CLI dest: why the panel lacks it}).
+#: A new CLI option fails test_every_cli_option_is_offered_or_left_out_on_purpose until it is in one of them.
+PANEL_CLI = {
+    "Reconstruction": ("reconstruct", {
+        "saxVolume": "sax", "saxLabels": "sax_labels", "laxLabels1": "lax_labels", "laxLabels2": "lax_labels",
+        "laxLabels3": "lax_labels", "labelNumbering": "label_convention", "method": "method", "spacing": "spacing",
+        "steps": ("steps", {0: None}), "shapePrior": ("shape_prior", {-0.05: None}), "device": "device",
+        "model": ("model", {"": None}), "outputVolume": None, "outputSegmentation": None,
+    }, {
+        "lax": "LAX images are kept for reference only; the LAX check needs their labels",
+        "strength": "expert tuning of the diffusion schedule; the model's default was chosen on training patients",
+        "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
+        "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
+        "out": "the job's temporary folder; results become nodes",
+    }),
+    "ActivationMap": ("lma", {
+        "saxVolume": "slices", "saxLabels": "slice_labels", "rvInsertion": "rv_insertion", "basePoint": "base",
+        "apexPoint": "apex", "strainFile": ("strain", {"": None}), "tosFile": ("tos_csv", {"": None}),
+        "strainSlices": ("strain_slices", {"": None}), "frameMs": "frame_ms", "tosMethod": "tos_method",
+        "method": "method", "spacing": "spacing", "latePercentile": "late_percentile",
+        "lateThresholdMs": ("late_threshold", {0.0: None}), "scar": ("scar", {"": []}),
+        "includeApical": "include_apical", "device": "device", "labelNumbering": "label_convention",
+    }, {
+        "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
+        "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
+        "sadir_model": "expert: another SADIR model (the shipped one is used)",
+        "sadir_refine": "expert: SADIR test-time fit steps (the library's default)",
+        "out": "the job's temporary folder; results become nodes",
+    }),
+    "SyntheticData": ("sample", {
+        "count": "n", "seed": "seed", "steps": "steps", "device": "device", "model": ("model", {"": None}),
+        "cleanup": ("no_cleanup", "not"),
+    }, {
+        "progress": "the job always asks for JSON progress (the progress bar)",
+        "out": "the job's temporary folder; results become nodes",
+    }),
+}
+
+
+def _module_namespace(module: str) -> dict:
+    """The Lib names the module imports, to evaluate its Choice(...) and WithinRange(...) arguments."""
+    namespace = {}
+    for node in _tree(module).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("CardiacDiffusionLib"):
+            imported = importlib.import_module(node.module)
+            for alias in node.names:  # a name, or a submodule (`from package import module`)
+                value = getattr(imported, alias.name, None) or importlib.import_module(f"{node.module}.{alias.name}")
+                namespace[alias.asname or alias.name] = value
+    return namespace
+
+
+def _field_specs(module: str) -> dict[str, dict]:
+    """{field: {"default": value or absent, "range": (low, high) or absent, "choices": [...] or absent}}."""
+    namespace, specs = _module_namespace(module), {}
+    for node in _parameter_node_class(_tree(module)).body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        spec = {} if node.value is None else {"default": ast.literal_eval(node.value)}
+        if isinstance(node.annotation, ast.Subscript) and ast.unparse(node.annotation.value) == "Annotated":
+            for marker in node.annotation.slice.elts[1:]:
+                arguments = [eval(ast.unparse(a), dict(namespace)) for a in marker.args]  # noqa: S307 (own source)
+                spec[{"WithinRange": "range", "Choice": "choices"}[ast.unparse(marker.func)]] = (
+                    tuple(arguments) if ast.unparse(marker.func) == "WithinRange" else list(arguments[0])
+                )
+        specs[node.target.id] = spec
+    return specs
+
+
+def _number_property(widget: ET.Element, name: str):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            for tag in ("double", "number", "bool"):
+                if prop.find(tag) is not None:
+                    text = prop.findtext(tag)
+                    return text == "true" if tag == "bool" else float(text)
+    return None
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_ranges_and_values_are_the_parameter_nodes(module):
+    """A spin box shows the field's WithinRange and default (the wrapper would clamp a wider widget, and a
+    narrower one would cut the range), a check box the field's default."""
+    specs = _field_specs(module)
+    for widget in _widgets(_ui(module)).values():
+        field = _string_property(widget, "SlicerParameterName")
+        if field is None:
+            continue
+        spec = specs[field]
+        if widget.get("class") in ("QSpinBox", "QDoubleSpinBox"):
+            low, high = spec["range"]
+            assert (_number_property(widget, "minimum"), _number_property(widget, "maximum")) == (low, high), field
+            shown = _number_property(widget, "value")
+            assert (max(0.0, low) if shown is None else shown) == spec["default"], f"{field}: .ui value"
+        elif widget.get("class") == "QCheckBox":
+            assert bool(_number_property(widget, "checked")) == spec["default"], f"{field}: .ui checked"
+
+
+def _cli_actions(command: str) -> dict:
+    from CardiacDiffusionLib.cli.main import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {a.dest: a for a in subparsers.choices[command]._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_cli_option_is_offered_or_left_out_on_purpose(module):
+    command, mapping, left_out = PANEL_CLI[module]
+    assert set(mapping) == set(_field_specs(module)), "PANEL_CLI lists other fields than the parameter node"
+    offered = {m if isinstance(m, str) else m[0] for m in mapping.values() if m is not None}
+    actions = _cli_actions(command)
+    assert offered | set(left_out) >= set(actions), f"{command}: not in the panel: {sorted(set(actions) - offered - set(left_out))}"
+    assert not (offered & set(left_out)) and (offered | set(left_out)) <= set(actions)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_defaults_and_choices_are_the_clis(module):
+    """What a panel does untouched is what the command does without the option; its choices are the command's."""
+    command, mapping, _ = PANEL_CLI[module]
+    actions, specs = _cli_actions(command), _field_specs(module)
+    for field, target in mapping.items():
+        if target is None or "default" not in specs[field]:  # Slicer-only, or a node (none selected)
+            continue
+        dest, meaning = (target, {}) if isinstance(target, str) else target
+        default = specs[field]["default"]
+        if meaning == "not":
+            assert (not default) == actions[dest].default, field
+        else:
+            assert meaning.get(default, default) == actions[dest].default, f"{field} = {default!r} vs --{dest}"
+        if "choices" in specs[field] and actions[dest].choices is not None:
+            assert set(specs[field]["choices"]) <= set(actions[dest].choices), field

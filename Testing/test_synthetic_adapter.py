@@ -40,7 +40,7 @@ for i in range(a.n):
         labels[2 * value: 2 * value + 2, 3:19, (a.seed + i) % 4: 20] = value
     hu = (labels.astype(np.float32) * 50.0 - 100.0)
     pairs.append({"seed": a.seed + i, "hu": hu, "labels": labels, "noise_before": {}, "noise_after": {}})
-write_pairs(a.out, pairs, 1.5, {"model": a.model or "default", "seed": a.seed, "steps": a.steps})
+write_pairs(a.out, pairs, 1.5, {"model": a.model or "ldm-ct-phantom-32", "seed": a.seed, "steps": a.steps})  # the shipped one
 '''
 
 

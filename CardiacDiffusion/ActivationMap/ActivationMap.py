@@ -3,11 +3,10 @@
 Thin Slicer module: the widget binds the .ui to a parameter node; the logic hands the work to
 ``CardiacDiffusionLib.slicer_adapter.activation.ActivationJob``, which exports the inputs, runs
 ``PythonSlicer -m CardiacDiffusionLib.cli.main lma`` as a child process and loads the results as new
-nodes (model with TOS scalars and colour legend, AHA bullseye image, segment table).
+nodes (model with TOS scalars and colour legend, sector points with their TOS, AHA bullseye image, segment table).
 """
 
 import logging
-import re
 from typing import Annotated, Optional, Union
 
 import qt
@@ -30,7 +29,14 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
-from CardiacDiffusionLib.slicer_adapter.activation import METHODS, TOS_ARRAY, TOS_METHODS, ActivationJob
+from CardiacDiffusionLib.slicer_adapter.activation import (
+    DEVICES,
+    METHODS,
+    TOS_ARRAY,
+    TOS_METHODS,
+    ActivationJob,
+    parse_numbers,
+)
 from CardiacDiffusionLib.slicer_adapter.job import LABEL_NUMBERINGS
 
 LabelNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -50,7 +56,10 @@ class ActivationMap(ScriptedLoadableModule):
             "Late mechanical activation (LMA): from labelled short-axis slices (1 LV cavity, 2 LV myocardium, "
             "3 RV cavity) and either DENSE strain matrices (.npy, slices x 18 sectors x frames) or a table of "
             "time to onset of shortening (TOS, .csv: slice, sector, tos_ms), paints TOS on the 3D myocardium, "
-            "draws the AHA bullseye and suggests an LV lead segment. <b>Decision support, not a diagnosis.</b> "
+            "draws the AHA bullseye and suggests an LV lead segment. Results: the painted myocardium (point arrays "
+            "TOS_ms, late_activation, aha_segment), the sector points with the TOS they were given (same colours), "
+            "the bullseye image and the segment table. The late region is the map's upper quarter (percentile 75) "
+            "or TOS at or above a threshold in ms. <b>Decision support, not a diagnosis.</b> "
             "The work runs in a background process; Cancel stops it. "
             'See <a href="https://github.com/CardiacDiffusion/SlicerCardiacDiffusion">the project page</a>.'
         )
@@ -78,7 +87,13 @@ class ActivationMapParameterNode:
     method: Annotated[str, Choice(list(METHODS))] = "shape"
     spacing: Annotated[float, WithinRange(0.1, 20.0)] = 1.0
     latePercentile: Annotated[float, WithinRange(1.0, 99.0)] = 75.0
+    lateThresholdMs: Annotated[float, WithinRange(0.0, 300.0)] = 0.0  # 0: the percentile rule (the CLI's default)
     scar: str = ""
+    includeApical: bool = False
+    strainSlices: str = ""
+    basePoint: vtkMRMLMarkupsFiducialNode
+    apexPoint: vtkMRMLMarkupsFiducialNode
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
     labelNumbering: Annotated[str, Choice(list(LABEL_NUMBERINGS))] = "project"
 
 
@@ -162,6 +177,10 @@ class ActivationMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Compute the activation map") if ready else _("Select the SAX labels and one strain or TOS file")
         )
         self.ui.cancelButton.enabled = running
+        self.ui.latePercentileSpinBox.enabled = not (p and p.lateThresholdMs > 0)  # a threshold replaces it
+        self.ui.deviceComboBox.enabled = bool(p and p.method == "sadir")
+        for widget in (self.ui.strainSlicesLineEdit, self.ui.frameMsSpinBox, self.ui.tosMethodComboBox):
+            widget.enabled = bool(p and p.strainFile)  # strain settings: not used with a TOS table
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
@@ -170,11 +189,21 @@ class ActivationMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not start the activation map."), waitCursor=True):
             if not self.logic.ensureDependencies():  # first use: offer to install what is missing
                 return
+            device = p.device
+            if p.method == "sadir":
+                device, note = dependencies.check_device(p.device)
+                if note:  # no CUDA: say so clearly and run on the CPU
+                    self.ui.logTextEdit.appendPlainText(note)
+                    logging.warning(note)
             self._job = self.logic.run(
                 p.saxLabels, strain_file=p.strainFile, tos_file=p.tosFile, sax_volume=p.saxVolume,
                 rv_insertion=p.rvInsertion, method=p.method, spacing=p.spacing, frame_ms=p.frameMs,
-                tos_method=p.tosMethod, late_percentile=p.latePercentile, scar=parseSegments(p.scar),
-                label_numbering=p.labelNumbering, wait=False, progress_callback=self.onProgress,
+                tos_method=p.tosMethod, late_percentile=p.latePercentile,
+                late_threshold_ms=p.lateThresholdMs if p.lateThresholdMs > 0 else None,
+                scar=parseSegments(p.scar), include_apical=p.includeApical,
+                strain_slices=parse_numbers(p.strainSlices, "strain slices") if p.strainFile else None,
+                base=p.basePoint, apex=p.apexPoint, device=device, label_numbering=p.labelNumbering,
+                wait=False, progress_callback=self.onProgress,
             )  # fmt: skip
             self._timer.start()
         self._updateButtons()
@@ -212,8 +241,8 @@ class ActivationMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def parseSegments(text: str) -> list:
-    """AHA segment numbers from text like '5, 11' (scar segments are never suggested for the lead)."""
-    return [int(v) for v in re.findall(r"\d+", text or "")]
+    """AHA segment numbers from text like '5, 11, 13-15' (scar segments are never suggested for the lead)."""
+    return parse_numbers(text, "scar segments")
 
 
 #
@@ -331,6 +360,8 @@ class ActivationMapTest(ScriptedLoadableModuleTest):
         self.assertLess(values.max(), 250.0)
         self.assertAlmostEqual(float(np.median(values)), float(np.median(tos)), delta=25.0)
         self.assertEqual(result.table.GetTable().GetNumberOfRows(), 17)
+        sectors = vtk_to_numpy(result.sector_points.GetPolyData().GetPointData().GetArray(TOS_ARRAY))
+        np.testing.assert_allclose(sectors, expected.tos.ravel(), atol=1e-3)  # the table's values, 18 a slice
         self.assertEqual(result.lma["lead"]["segment"], expected.lead["segment"])
         self.assertNotIn(result.lma["lead"]["segment"], (2, 3, 8, 9, 14))  # never a septal segment
         self.assertTrue(ActivationMapLogic.summary(result)[-1].startswith("Decision support, not a diagnosis"))

@@ -74,6 +74,7 @@ class ReconstructionParameterNode:
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     shapePrior: Annotated[float, WithinRange(-0.05, 0.95)] = -0.05  # below 0: the library's default
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    model: str = ""  # dmcvr: a registered model name or a .safetensors file; empty: the shipped one
     labelNumbering: Annotated[str, Choice(list(LABEL_NUMBERINGS))] = "project"
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -102,6 +103,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.modelBrowseButton.connect("clicked(bool)", self.onBrowseModel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self._timer = qt.QTimer()
@@ -147,6 +149,11 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
+    def onBrowseModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Choose a DMCVR model"), "", "Model (*.safetensors)")
+        if path:
+            self._parameterNode.model = path
+
     def _updateButtons(self, caller=None, event=None) -> None:
         running = self._job is not None
         ready = bool(self._parameterNode and self._parameterNode.saxVolume)
@@ -173,7 +180,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 spacing=p.spacing, steps=p.steps or None, device=device, wait=False,
                 shape_prior=p.shapePrior if p.shapePrior >= 0 else None,
                 progress_callback=self.onProgress, output_volume=p.outputVolume,
-                output_segmentation=p.outputSegmentation, label_numbering=p.labelNumbering,
+                output_segmentation=p.outputSegmentation, label_numbering=p.labelNumbering, model=p.model or None,
             )  # fmt: skip
             self._timer.start()
         self._updateButtons()
@@ -232,7 +239,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
-        shape_prior=None, label_numbering="project",
+        shape_prior=None, label_numbering="project", model=None,
     ):  # fmt: skip
         """Reconstruct ``sax_volume``.
 
@@ -243,12 +250,13 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         ``shape_prior`` (dmcvr, 0 to < 1): weight of shape-based interpolation in the generated slices' labels
         (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
         volume nodes, "project" (1 LV cavity, 2 LV myocardium, 3 RV cavity) or "acdc" (1 RV, 2 MYO, 3 LV);
-        segmentations are read by segment name.
+        segmentations are read by segment name. ``model`` (dmcvr): a registered model name or a .safetensors
+        file (None: the shipped one).
         """
         job = ReconstructionJob(
             slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
             steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
-            shape_prior=shape_prior, label_numbering=label_numbering,
+            shape_prior=shape_prior, label_numbering=label_numbering, model=model,
         )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:

@@ -2,13 +2,16 @@
 
 ``ActivationJob`` writes the SAX labels (and optional image) to a temporary folder, runs
 ``cardiac-diffusion lma`` as a child process and loads, as NEW nodes: the myocardium surface model
-with the ``TOS_ms`` point scalars on a colour table with a colour legend, the AHA bullseye image and a
-table of the 17 segments (with the suggested lead segment: decision support, not a diagnosis).
+with the ``TOS_ms`` point scalars on a colour table with a colour legend (and the ``late_activation`` and
+``aha_segment`` arrays), the sector points (``sector_points.vtp``: 18 mid-wall points per TOS slice with the TOS
+given or measured there, in the surface's colour range), the AHA bullseye image and a table of the 17 segments
+(with the suggested lead segment: decision support, not a diagnosis).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,18 +22,71 @@ from .job import CLIJob, checked_numbering, write_label_node
 
 METHODS = ("shape", "sadir")
 TOS_METHODS = ("detector", "regressor")
+DEVICES = ("auto", "cpu", "cuda")  # the SADIR myocardium's (--device)
 TOS_ARRAY = "TOS_ms"  # the point array the CLI paints (activation.mapping.TOS_ARRAY)
+LATE_ARRAY = "late_activation"  # 0/1 per mesh point (activation.mapping.LATE_ARRAY)
 #: columns of the segment table, from lma.json's "segments" rows
 SEGMENT_COLUMNS = ("tos_median_ms", "tos_mean_ms", "points", "late_fraction", "late", "septal", "scar")
 
 
 @dataclass
 class ActivationResult:
-    model: object  # vtkMRMLModelNode with TOS_ms point scalars
+    model: object  # vtkMRMLModelNode with TOS_ms, late_activation and aha_segment point arrays
     bullseye: object  # vtkMRMLVectorVolumeNode (RGBA image, one slice)
     table: object  # vtkMRMLTableNode, one row per AHA segment
     lma: dict = field(default_factory=dict)  # lma.json: lead, QA flags, late rule ...
     log: list[str] = field(default_factory=list)
+    sector_points: object = None  # vtkMRMLModelNode: the 18 mid-wall sector points per TOS slice, TOS_ms as measured
+
+
+def parse_numbers(text: str, what: str) -> list[int]:
+    """Whole numbers and ranges from text like ``'5, 11; 13-15'`` (in that order), or an InputError naming ``what``."""
+    numbers: list[int] = []
+    for token in filter(None, re.split(r"[\s,;]+", text or "")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", token)
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise InputError(f"{what}: {token!r} is not a number or a range like 13-15; separate them by commas")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        numbers += range(first, last + 1)
+    return numbers
+
+
+def checked_segments(segments: Sequence[int], what: str = "scar segments") -> list[int]:
+    """AHA segment numbers, sorted, each once; an InputError for a number outside 1-17."""
+    from ..activation.bullseye import NAMES
+
+    bad = sorted({int(s) for s in segments if int(s) not in NAMES})
+    if bad:
+        raise InputError(f"{what}: {bad} are not AHA segments; give segment numbers 1-17")
+    return sorted({int(s) for s in segments})
+
+
+def checked_slices(slices: Sequence[int], what: str = "strain slices") -> list[int]:
+    """0-based stack slice indices in the given order (one per strain row), each once."""
+    slices = [int(k) for k in slices]
+    repeated = sorted({k for k in slices if slices.count(k) > 1})
+    wrong = [f"{k} is negative" for k in slices if k < 0] + [f"{k} given more than once" for k in repeated]
+    if wrong:
+        raise InputError(f"{what}: {', '.join(wrong)}; give each 0-based slice index (the K index of the SAX volume) "
+                         "once, one per strain row, in the rows' order")  # fmt: skip
+    return slices
+
+
+def late_threshold_range() -> tuple[float, float]:
+    """(above, at most) ms: the late threshold the ``lma`` command takes (the physiological TOS range)."""
+    from ..activation.tos import TOS_RANGE_MS
+
+    return TOS_RANGE_MS
+
+
+def _one_point(node, what: str):
+    """The LPS point of a markups node holding exactly one control point; None for no node."""
+    if node is None:
+        return None
+    count = node.GetNumberOfControlPoints()
+    if count != 1:
+        raise InputError(f"{what} point list '{node.GetName()}': holds {count} points; place exactly one")
+    return mrml.points_from_markups(node)[0]
 
 
 def polydata_lps_to_ras(polydata):
@@ -46,6 +102,21 @@ def polydata_lps_to_ras(polydata):
     out = vtk.vtkPolyData()
     out.DeepCopy(flip.GetOutput())
     return out
+
+
+def same_colours(surface, points, point_size: float = 8.0) -> tuple[float, float]:
+    """Show the sector points as large dots with the surface's colours for the same TOS (one manual range over
+    both: the painted surface interpolates the points' values); returns that range in ms."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    values = [vtk_to_numpy(n.GetPolyData().GetPointData().GetArray(TOS_ARRAY)) for n in (surface, points)]
+    low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+    for node in (surface, points):
+        display = node.GetDisplayNode()
+        display.SetScalarRangeFlag(display.UseManualScalarRange)
+        display.SetScalarRange(low, high)
+    points.GetDisplayNode().SetPointSize(point_size)
+    return low, high
 
 
 def color_legend(model_node):
@@ -80,7 +151,13 @@ def image_node_from_png(scene, path: Path, name: str):
 
 
 class ActivationJob(CLIJob):
-    """One late-mechanical-activation map of a labelled SAX stack; see the module docstring."""
+    """One late-mechanical-activation map of a labelled SAX stack; see the module docstring.
+
+    Options are the ``lma`` command's, with the CLI's defaults: ``late_threshold_ms`` (late region TOS >= this
+    many ms, instead of ``late_percentile``), ``include_apical`` (apical free-wall segments may be suggested),
+    ``scar`` (AHA segments 1-17, never suggested), ``strain_slices`` (stack slice of each strain row),
+    ``base``/``apex`` (markups with one point each, overriding the estimated LV base/apex), ``device`` (sadir).
+    """
 
     command = "lma"
     title = "activation map"
@@ -90,6 +167,8 @@ class ActivationJob(CLIJob):
         rv_insertion=None, method: str = "shape", spacing: float = 1.0, frame_ms: float = 17.0,
         tos_method: str = "detector", late_percentile: float = 75.0, scar: Sequence[int] = (),
         python: str | None = None, keep_files: bool = False, label_numbering: str = "project",
+        late_threshold_ms: float | None = None, include_apical: bool = False,
+        strain_slices: Sequence[int] | None = None, base=None, apex=None, device: str = "auto",
     ):  # fmt: skip
         super().__init__(scene, python, keep_files)
         if sax_labels is None:
@@ -103,15 +182,29 @@ class ActivationJob(CLIJob):
             raise InputError(f"method {method!r} is unknown; use one of {METHODS}")
         if tos_method not in TOS_METHODS:
             raise InputError(f"TOS method {tos_method!r} is unknown; use one of {TOS_METHODS}")
+        if device not in DEVICES:
+            raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         if not spacing > 0 or not frame_ms > 0:
             raise InputError(f"spacing ({spacing} mm) and frame interval ({frame_ms} ms) must be positive")
         if not 0 < late_percentile < 100:
             raise InputError(f"late percentile must be in (0, 100), got {late_percentile}")
+        if late_threshold_ms is not None:
+            low, high = late_threshold_range()
+            if not low < late_threshold_ms <= high:
+                raise InputError(f"late threshold {late_threshold_ms:g} ms: give a TOS above {low:g} and at most "
+                                 f"{high:g} ms (the physiological range), or none to use the percentile")  # fmt: skip
+        if strain_slices and not strain_file:
+            raise InputError("strain slices: they name the stack slice of each strain row; with a TOS table "
+                             "(whose rows name their slices) leave them empty")  # fmt: skip
         self.label_numbering = checked_numbering(label_numbering)  # of a labelmap; a segmentation goes by name
         self.sax_labels, self.sax_volume, self.rv_insertion = sax_labels, sax_volume, rv_insertion
         self.strain_file, self.tos_file = strain_file or None, tos_file or None
         self.method, self.spacing, self.frame_ms, self.tos_method = method, float(spacing), float(frame_ms), tos_method
-        self.late_percentile, self.scar = float(late_percentile), [int(s) for s in scar]
+        self.late_percentile, self.scar = float(late_percentile), checked_segments(scar)
+        self.late_threshold_ms = None if late_threshold_ms is None else float(late_threshold_ms)
+        self.include_apical, self.device = bool(include_apical), device
+        self.strain_slices = checked_slices(strain_slices or ())
+        self.base, self.apex = (_one_point(node, what) for node, what in ((base, "LV base"), (apex, "LV apex")))
 
     def _export(self, folder: Path) -> list[str]:
         labels = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
@@ -131,9 +224,21 @@ class ActivationJob(CLIJob):
             points = mrml.points_from_markups(self.rv_insertion)
             arguments += ["--rv-insertion", *(",".join(repr(float(v)) for v in p) for p in points)]
         arguments += ["--method", self.method, "--spacing", repr(self.spacing)]
-        arguments += ["--late-percentile", repr(self.late_percentile)]
+        if self.late_threshold_ms is not None:
+            arguments += ["--late-threshold", repr(self.late_threshold_ms)]
+        else:
+            arguments += ["--late-percentile", repr(self.late_percentile)]
         if self.scar:
             arguments += ["--scar", *map(str, self.scar)]
+        if self.include_apical:
+            arguments += ["--include-apical"]
+        if self.strain_slices:
+            arguments += ["--strain-slices", ",".join(map(str, self.strain_slices))]
+        for option, point in (("--base", self.base), ("--apex", self.apex)):
+            if point is not None:
+                arguments += [option, ",".join(repr(float(v)) for v in point)]
+        if self.method == "sadir":
+            arguments += ["--device", self.device]
         return arguments
 
     def _load(self, out: Path) -> ActivationResult:
@@ -154,4 +259,9 @@ class ActivationJob(CLIJob):
             for row in lma["segments"]
         }
         table = mrml.table_from_dict(self.scene, rows, f"{base} AHA segments", row_header="segment")
-        return ActivationResult(model, bullseye, table, lma, list(self.log))
+        points = mrml.model_from_polydata(
+            self.scene, polydata_lps_to_ras(read_vtp(out / "sector_points.vtp")), f"{base} sector TOS",
+            scalars=TOS_ARRAY, color_node_id=model.GetDisplayNode().GetColorNodeID(),
+        )  # fmt: skip
+        same_colours(model, points)
+        return ActivationResult(model, bullseye, table, lma, list(self.log), points)

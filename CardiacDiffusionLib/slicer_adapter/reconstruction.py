@@ -49,7 +49,7 @@ class ReconstructionJob(CLIJob):
         self, scene, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (), method: str = "shape",
         spacing: float = 1.0, steps: int | None = None, device: str = "auto", python: str | None = None,
         output_volume=None, output_segmentation=None, keep_files: bool = False, shape_prior: float | None = None,
-        label_numbering: str = "project",
+        label_numbering: str = "project", model: str | None = None,
     ):  # fmt: skip
         if sax_volume is None:
             raise InputError("SAX volume: none selected; choose the SAX stack to reconstruct")
@@ -68,6 +68,7 @@ class ReconstructionJob(CLIJob):
         self.lax_label_nodes = [n for n in lax_label_nodes if n is not None]
         self.method, self.spacing, self.steps, self.device = method, float(spacing), steps, device
         self.shape_prior = shape_prior  # dmcvr: weight of shape interpolation in generated labels; None: default
+        self.model = (model or "").strip() or None  # dmcvr: a registered name or a .safetensors file; None: shipped
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
 
@@ -82,6 +83,8 @@ class ReconstructionJob(CLIJob):
             arguments += ["--steps", str(int(self.steps))]
         if self.shape_prior is not None and self.method == "dmcvr":
             arguments += ["--shape-prior", repr(float(self.shape_prior))]
+        if self.model is not None and self.method == "dmcvr":  # the command refuses it for the other methods
+            arguments += ["--model", self.model]
         if self.sax_labels is not None:
             path = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
             write_label_node(self.sax_labels, path, mrml.image_from_volume_node(self.sax_volume), self.label_numbering)
