@@ -114,6 +114,9 @@ def test_activation_job_loads_model_bullseye_and_table(mrml_scene, case, lma_cli
     assert _state(labels) == before
     assert mrml_scene.GetNumberOfNodes() > nodes_before + 3
     assert reports[-1] == (1.0, "done")
+    stages = [(f, t) for f, t in reports if t in ("3D myocardium (shape)", "surface, TOS map and AHA segments")]
+    assert [t for _, t in stages] == ["3D myocardium (shape)", "surface, TOS map and AHA segments"]  # lma's stages
+    assert 0.05 < stages[0][0] < stages[1][0] < 0.9  # on the bar's share of the child
 
 
 def _array(node, name: str) -> np.ndarray:
@@ -264,7 +267,7 @@ def test_activation_job_arguments(mrml_scene, case, tmp_path):
     with pytest.raises(InputError) as refused:
         lv_frame(no_rv)
     assert "RV insertion field" in job._in_module_terms(str(refused.value)) and "--" not in job._in_module_terms(str(refused.value))
-    assert arguments[-3:] == ["--scar", "5", "11"]
+    assert arguments[-5:] == ["--scar", "5", "11", "--progress", "json"]
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sax_labels.nrrd")))
     np.testing.assert_array_equal(written, stack.labels)  # the segmentation, back on the SAX grid
     # a labelmap in ACDC numbering is converted on export when the module says so; a segmentation never is

@@ -339,8 +339,14 @@ def test_reconstruct_says_when_the_heart_was_found_unsure(tmp_path, capsys, volu
 
     pixels = read_acdc(ACDC / f"{volume}.h5").pixels[::2]  # the gap protocol's kept slices, images only
     sax = write(pixels, tmp_path / "sax.nii.gz", spacing=(1.5, 1.5, 20.0))
-    assert main(["reconstruct", "--method", "dmcvr", "--steps", "1", "--sax", sax, "--out", str(tmp_path / "out")]) == 0
-    said = [line for line in capsys.readouterr().out.splitlines() if "dmcvr is unsure where the heart is" in line]
+    assert main(["reconstruct", "--method", "dmcvr", "--steps", "1", "--sax", sax, "--out", str(tmp_path / "out"),
+                 "--progress", "json"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    said = [line for line in lines if "dmcvr is unsure where the heart is" in line]
+    events = [json.loads(line) for line in lines if line.startswith("{")]  # the Slicer module's progress bar
+    fractions = [e["progress"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 2
+    assert all(e["event"] == "progress" and e["message"].startswith("dmcvr: DDIM step") for e in events)
     geometry = json.loads((tmp_path / "out" / "geometry.json").read_text())
     kept = [w for w in geometry["warnings"] if "unsure" in w]
     assert (len(said), len(kept)) == ((1, 1) if unsure else (0, 0)), said

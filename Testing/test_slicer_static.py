@@ -417,6 +417,7 @@ PANEL_CLI = {
         "strength": "expert tuning of the diffusion schedule; the model's default was chosen on training patients",
         "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
         "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
+        "progress": "the job always asks for JSON progress (the progress bar)",
         "out": "the job's temporary folder; results become nodes",
     }),
     "ActivationMap": ("lma", {
@@ -431,6 +432,7 @@ PANEL_CLI = {
         "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
         "sadir_model": "expert: another SADIR model (the shipped one is used)",
         "sadir_refine": "expert: SADIR test-time fit steps (the library's default)",
+        "progress": "the job always asks for JSON progress (the progress bar)",
         "out": "the job's temporary folder; results become nodes",
     }),
     "SyntheticData": ("sample", {

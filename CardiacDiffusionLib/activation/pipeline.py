@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -159,7 +160,7 @@ def run_lma(
     tos_method: str = "detector", strain_slices=None, rv_insertion=None, base=None, apex=None, scar=None,
     late_percentile: float | None = 75.0, late_threshold_ms: float | None = None, method: str = "shape",
     spacing: float = 1.0, include_apical: bool = False, smoothing_iterations: int = 20,
-    sadir_options: dict | None = None,
+    sadir_options: dict | None = None, progress: Callable[[float, str], None] | None = None,
 ) -> LMAResult:  # fmt: skip
     """Run the LMA workflow on a labelled SAX ``stack`` (see the module docstring).
 
@@ -167,8 +168,10 @@ def run_lma(
     ``strain_slices``, in their order); ``tos_csv``/``tos``: ``{slice: 18 values}``. Slice numbers are
     0-based indices in the stack's stored order (sorted along its normal; index 0 may be the apex); lma.json
     lists the TOS slices base to apex (``tos_slices``) with their heights (``frame.slice_heights``, 0 base,
-    1 apex). ``scar``: AHA segments to exclude.
+    1 apex). ``scar``: AHA segments to exclude. ``progress(fraction, message)`` is told each stage.
     """
+    say = progress or (lambda fraction, message: None)
+    say(0.0, "LV frame and TOS")
     if stack.labels is None:
         raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")
     qa.require_slices(stack.n, stack.source)
@@ -179,7 +182,9 @@ def run_lma(
     frame = full.subset(indices)
     flags += qa.alignment_flags(stack, full) + qa.anatomy_flags(stack, full) + qa.coverage_flags(full, frame)
     flags += qa.tos_flags(values)
+    say(0.2, f"3D myocardium ({method})")
     myo, deformation = _myocardium(stack, method, spacing, sadir_options)
+    say(0.8, "surface, TOS map and AHA segments")
     myo, specks = drop_specks(myo)
     if deformation:
         flags += qa.jacobian_flags(deformation.get("displacement"), deformation.get("jacobian_min"))

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import InputError
 from ..labels import CONVENTIONS
@@ -18,6 +18,20 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto",
         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
     )  # fmt: skip
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("text", "json"), default="text",
+                        help="json: also progress events on stdout, one JSON line each (the Slicer modules read them)")
+
+
+def json_progress(args: argparse.Namespace) -> Callable[[float, str], None] | None:
+    """``progress(fraction, message)`` printing the JSON progress lines of ``--progress json``, else None."""
+    if getattr(args, "progress", "text") != "json":  # a Namespace built by a script may lack the option
+        return None
+    from ..slicer_adapter.process import emit_progress
+
+    return emit_progress
 
 
 def stack_report(stack) -> dict:

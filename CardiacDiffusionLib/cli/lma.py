@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import add_label_convention, output_folder
+from .common import add_label_convention, add_progress_argument, json_progress, output_folder
 
 
 def _point(text: str) -> np.ndarray:
@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--include-apical", action="store_true", help="let apical free-wall segments be suggested too")
     p.add_argument("--out", required=True, help="output folder")
     add_label_convention(p)
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
                                 tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+    report = json_progress(args)
     result = run_lma(
         stack,
         strain=load_strain(args.strain) if args.strain else None,
@@ -136,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
         sadir_options={"device": args.device, **({"model": args.sadir_model} if args.sadir_model else {}),
                        **({"refine_iters": args.sadir_refine} if args.sadir_refine is not None else {})}
         if args.method == "sadir" else None,
+        progress=report,
     )
     result.lma["input"] = {"slices": args.slices, "slice_labels": args.slice_labels, "phase": args.phase or 0}
+    if report:
+        report(0.9, "writing the outputs")
     paths = write_outputs(result, args.out)
     for item in result.lma["qa"]:
         print(f"{item['severity']}: {item['message']}")

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from ..errors import InputError, quality_warnings
-from .common import add_label_convention, lax_inputs, make_folder, output_folder, stack_report
+from .common import (
+    add_label_convention, add_progress_argument, json_progress, lax_inputs, make_folder, output_folder, stack_report,
+)  # fmt: skip
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
 OUTPUTS = ("reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json")
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     add_label_convention(p)
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "dmcvr":
         options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
                    "shape_prior": args.shape_prior}  # fmt: skip
+    progress = json_progress(args)
+    if progress is not None and args.method == "dmcvr":  # the other methods take a fraction of a second
+        options["progress"] = lambda k, total: progress(k / total, f"dmcvr: DDIM step {k}/{total} (encode, then decode)")
     with quality_warnings() as said:  # a result that may be wrong: said, and kept in geometry.json
         result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
     if lax and result.labels is None:

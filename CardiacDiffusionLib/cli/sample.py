@@ -7,7 +7,7 @@ import shutil
 import sys
 
 from ..errors import InputError
-from .common import add_device_argument, make_folder, output_folder
+from .common import add_device_argument, add_progress_argument, json_progress, make_folder, output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="registered LDM name or .safetensors (default the shipped one)")
     p.add_argument("--no-cleanup", action="store_true", help="write the raw argmax labels, no clean-up")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--progress", choices=("text", "json"), default="text",
-                   help="text: one line per pair on stderr; json: also progress events on stdout (the Slicer module)")
+    add_progress_argument(p)
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -27,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, iter_pairs, load_ldm, write_pairs
     from ..models.store import model_provenance
-    from ..slicer_adapter.process import emit_progress
     from ..utils.device import prepare_device
 
     if args.n < 1:
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     _check_space(out, args.n, bytes_per_pair(model))
     make_folder(out)
     meta = {"model": model_provenance(model), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}
-    progress = emit_progress if args.progress == "json" else None  # the protocol the Slicer module reads
+    progress = json_progress(args)
     count = [0]
 
     def reported(pairs):  # each pair as it is written

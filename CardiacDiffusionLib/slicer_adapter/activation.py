@@ -239,7 +239,7 @@ class ActivationJob(CLIJob):
                 arguments += [option, ",".join(repr(float(v)) for v in point)]
         if self.method == "sadir":
             arguments += ["--device", self.device]
-        return arguments
+        return arguments + ["--progress", "json"]
 
     def _load(self, out: Path) -> ActivationResult:
         from ..activation.mapping import read_vtp

@@ -78,7 +78,7 @@ class ReconstructionJob(CLIJob):
         sax_path = self._exported(folder / "sax.nrrd", self.sax_volume)
         mrml.save_volume(self.sax_volume, sax_path)
         arguments = ["--method", self.method, "--sax", str(sax_path), "--spacing", repr(self.spacing)]
-        arguments += ["--device", self.device]
+        arguments += ["--device", self.device, "--progress", "json"]
         if self.steps is not None:  # 0 or less reaches the command, which refuses it
             arguments += ["--steps", str(int(self.steps))]
         if self.shape_prior is not None and self.method == "dmcvr":
