@@ -130,7 +130,15 @@ def test_batch_missing_package_gives_exit_code_2(subject_files, tmp_path, monkey
     script = _load_script()
     monkeypatch.setattr(slicer, "mrmlScene", None, raising=False)
     monkeypatch.setattr(dependencies, "missing", lambda: [dependencies.Package("einops", "einops>=0.7")])
+    old_pydicom = dependencies.Package("pydicom", "pydicom>=2.4")
+    real_outdated = dependencies.outdated  # torch & co. checked as they are; pydicom as an older Slicer bundles it
+
+    def outdated(packages=dependencies.REQUIRED, *rest):
+        return [(old_pydicom, "2.2.2")] if packages is dependencies.REQUIRED else real_outdated(packages, *rest)
+
+    monkeypatch.setattr(dependencies, "outdated", outdated)
     assert script.main(["--sax", str(subject_files["sax_image"]), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: Python packages missing: einops>=0.7; click Apply once") and error.count("\n") == 1
+    assert error.startswith("error: Python packages missing or too old: einops>=0.7, pydicom>=2.4 (installed: 2.2.2); "
+                            "click Apply once") and error.count("\n") == 1  # fmt: skip
     assert slicer.mrmlScene is None  # stopped before loading anything

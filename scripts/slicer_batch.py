@@ -118,11 +118,12 @@ def _check_packages() -> None:
         dependencies.check_protected()
     except dependencies.DependencyError as error:
         raise InputError(str(error)) from None
-    todo = dependencies.missing()
+    todo = [p.requirement for p in dependencies.missing()]
+    todo += [f"{p.requirement} (installed: {found})" for p, found in dependencies.outdated()]
     if todo:
         raise InputError(
-            f"Python packages missing: {', '.join(p.requirement for p in todo)}; click Apply once in the "
-            "Reconstruction module: it installs them without touching torch, numpy, SimpleITK or vtk"
+            f"Python packages missing or too old: {', '.join(todo)}; click Apply once in the Reconstruction "
+            "module: it installs or upgrades them without touching torch, numpy, SimpleITK or vtk"
         )
 
 
