@@ -394,3 +394,62 @@ def test_activation_summary_names_near_ties(mrml_scene, monkeypatch):
     lines = module.ActivationMapLogic.summary(SimpleNamespace(lma={"qa": [], "lead": lead}))
     assert lines == ["Decision support, not a diagnosis: latest-activating eligible segment 6 (basal anterolateral, "
                      "median TOS 200 ms; within 5 ms: segment(s) 12)."]  # fmt: skip
+
+
+def test_lma_refusals_read_in_the_panels_terms(mrml_scene, case, tmp_path, capsys):
+    """Real refusals of ``lma`` (its ``main`` run here on the files the job exported) for what an ActivationMap
+    panel user can choose, through the job's translation: node names and the panel's field labels, no
+    command-line option, no temporary file."""
+    from CardiacDiffusionLib.cli.main import main
+    from CardiacDiffusionLib.labels import convert_labels
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+    from CardiacDiffusionLib.slicer_adapter.job import TERMINAL_COMMAND
+
+    stack, good, bad = case
+    frame = lv_frame(stack)
+    strain = ActivationPhantom(3, "lbbb").strain_matrices(3, 18, 40, 17.0, heights=frame.slice_heights()[[1, 4, 7]])
+    np.save(tmp_path / "strain.npy", strain)
+    np.save(tmp_path / "percent.npy", 100 * strain)
+    gap = float(np.median(np.abs(np.diff(stack.positions))))
+    swapped = [mrml.markups_from_points(mrml_scene, p[None], n) for p, n in (
+        (frame.centres[-1] + gap * frame.axis, "base"), (frame.centres[0] - gap * frame.axis, "apex"))]  # fmt: skip
+
+    def labelmap(values, name):
+        return mrml.volume_node_from_image(mrml_scene, stack.with_labels(values).to_image(labels=True), name, labelmap=True)
+
+    labels = labelmap(stack.labels, "SAX labels")
+    strain_file = str(tmp_path / "strain.npy")
+    cases = [  # (job options, what the panel user reads)
+        ({"sax_labels": labelmap(np.where(stack.labels == 3, 0, stack.labels), "no RV")},
+         "as a point list in the module's RV insertion field"),
+        ({"sax_labels": labelmap(convert_labels(stack.labels, "project", "acdc"), "acdc")},
+         "set the module's Label numbering to ACDC"),
+        ({"tos_file": str(bad)}, "physiological range"),  # bad.csv is the user's own file: named as it is
+        ({"strain_file": strain_file}, "name the slices in the Strain slices field"),
+        ({"sax_volume": mrml.volume_node_from_image(mrml_scene, sitk.Shrink(stack.to_image(), [2, 2, 1]), "coarse")},
+         "SAX image"),
+        ({"strain_file": strain_file, "strain_slices": [1, 4, 99]}, "TOS slices [99]: no LV myocardium"),
+        ({"tos_file": str(good), "base": swapped[0], "apex": swapped[1]}, "check LV base point/LV apex point"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(({"tos_file": str(good), "method": "sadir", "device": "cuda"}, "set Device (sadir) to cpu"))
+    for index, (options, expected) in enumerate(cases):
+        source = {} if "strain_file" in options else {"tos_file": str(good)}
+        job = ActivationJob(mrml_scene, **{"sax_labels": labels, **source, **options})
+        job.folder = tmp_path / f"CardiacDiffusion-lma-{index}"
+        job.folder.mkdir()
+        assert main([job.command, *job._export(job.folder), "--out", str(job.folder / "out")]) == 2
+        said = job._in_module_terms([e for e in capsys.readouterr().err.splitlines() if e.startswith("error: ")][-1])
+        assert "--" not in TERMINAL_COMMAND.sub("", said), said
+        assert str(job.folder) not in said and not any(path.name in said for path in job.exported), said
+        assert expected in said, said
+    for options, expected in (  # what the job checks itself is refused before a child starts, in the panel's words
+        ({"strain_file": str(tmp_path / "percent.npy")}, r"Strain \(.npy\) .*percent.npy: values up to .* look like percent"),
+        ({"strain_file": strain_file, "strain_slices": [1, 4]}, "strain slices: 2 given for the 3 strain rows"),
+        ({"strain_file": str(good)}, r"Strain \(.npy\) .*tos.csv: .* is not a NumPy .npy/.npz array"),
+    ):
+        with pytest.raises(InputError, match=expected):
+            ActivationJob(mrml_scene, labels, **options)

@@ -703,3 +703,67 @@ def test_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch):
     result = module.ReconstructionTest("runTest").run()
     assert result.wasSuccessful(), [text for _, text in result.errors + result.failures]
     assert result.testsRun == 1 and not result.skipped
+
+
+def child_error_in_panel_terms(job, arguments, capsys) -> str:
+    """The ``error:`` line the job's child prints for ``arguments`` (the CLI's ``main`` run here, on the files the
+    job exported under ``job.folder``), as the panel shows it; asserted free of command-line options (outside a
+    quoted terminal command) and of the job's temporary paths."""
+    from CardiacDiffusionLib.cli.main import main
+    from CardiacDiffusionLib.slicer_adapter.job import TERMINAL_COMMAND
+
+    assert main([job.command, *arguments, "--out", str(job.folder / "out")]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")][-1]
+    said = job._in_module_terms(error)
+    assert "--" not in TERMINAL_COMMAND.sub("", said), said
+    assert str(job.folder) not in said and not any(path.name in said for path in job.exported), said
+    return said
+
+
+@mrml_only
+@needs_cli
+def test_reconstruction_refusals_read_in_the_panels_terms(mrml_scene, tmp_path, capsys):
+    """Real refusals of ``reconstruct`` for what a Reconstruction panel user can choose, through the job's
+    translation: the panel's node names and field labels, no option, no temporary file."""
+    from CardiacDiffusionLib.labels import convert_labels
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    image, labels = sax_images()
+    short_image, _ = sax_images(slices=3)
+    array = sitk.GetArrayFromImage(labels)
+
+    def labelmap(values, name):
+        out = sitk.GetImageFromArray(values.astype(np.uint8))
+        out.CopyInformation(labels)
+        return mrml.volume_node_from_image(mrml_scene, out, name, labelmap=True)
+
+    far = lax_labels()
+    far.SetOrigin(tuple(np.array(far.GetOrigin()) + 500.0))
+    sax = mrml.volume_node_from_image(mrml_scene, image, "SAX cine")
+    cases = [  # (job options, what the panel user reads)
+        ({"sax_volume": mrml.volume_node_from_image(mrml_scene, sax_images(slices=1)[0], "one slice")},
+         "SAX volume: node 'one slice' holds 1 slice"),
+        ({"sax_labels": labelmap(0 * array, "empty")}, "SAX labels node 'empty': no slice holds a label"),
+        ({"sax_labels": labelmap(np.where(array == 3, 7, array), "seven")}, "set the module's Label numbering to ACDC"),
+        ({"sax_labels": labelmap(convert_labels(array, "project", "acdc"), "acdc")},
+         "set the module's Label numbering to ACDC"),
+        ({"lax_label_nodes": [mrml.volume_node_from_image(mrml_scene, far, "4ch far", labelmap=True)]},
+         "LAX labels node '4ch far': the LAX plane does not intersect the SAX volume"),
+        ({"sax_volume": mrml.volume_node_from_image(mrml_scene, short_image, "short"), "spacing": 20.0},
+         "Target spacing 20.0 mm: larger than the stack's extent"),
+        ({"method": "dmcvr", "model": "no-such-dmcvr-model"}, "model 'no-such-dmcvr-model': not registered"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(({"method": "dmcvr", "device": "cuda"}, "set Device to cpu"))
+    for index, (options, expected) in enumerate(cases):
+        job = ReconstructionJob(mrml_scene, **{"sax_volume": sax, "method": "shape", **options})
+        job.folder = tmp_path / f"CardiacDiffusion-reconstruct-{index}"
+        job.folder.mkdir()
+        said = child_error_in_panel_terms(job, job._export(job.folder), capsys)
+        assert expected in said, said
+    with pytest.raises(InputError, match="DDIM steps must be at least 1"):  # said before the child starts
+        ReconstructionJob(mrml_scene, sax, method="dmcvr", steps=-3)
+    assert "--steps" not in ReconstructionJob(mrml_scene, sax, method="shape", steps=10)._export(tmp_path)

@@ -536,3 +536,24 @@ def test_parameter_defaults_and_choices_are_the_clis(module):
             assert meaning.get(default, default) == actions[dest].default, f"{field} = {default!r} vs --{dest}"
         if "choices" in specs[field] and actions[dest].choices is not None:
             assert set(specs[field]["choices"]) <= set(actions[dest].choices), field
+
+
+JOBS = {"Reconstruction": ("reconstruction", "ReconstructionJob"), "ActivationMap": ("activation", "ActivationJob"),
+        "SyntheticData": ("synthetic", "SampleJob")}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_job_says_each_option_it_passes_by_the_panels_label(module):
+    """The child's messages name command-line options; the job shows each option the panel sets (PANEL_CLI) by
+    the label of its field in the .ui (``CLIJob.options``), and its hints name no option a panel cannot set."""
+    from CardiacDiffusionLib.slicer_adapter.job import MODULE_HINTS
+
+    submodule, name = JOBS[module]
+    job = getattr(importlib.import_module(f"CardiacDiffusionLib.slicer_adapter.{submodule}"), name)
+    command, mapping, _ = PANEL_CLI[module]
+    offered = {m if isinstance(m, str) else m[0] for m in mapping.values() if m is not None}
+    assert {f"--{dest.replace('_', '-')}" for dest in offered} <= set(job.options), f"{command}: option not translated"
+    labels = {re.sub(r"^or |( \d)?:$", "", w.findtext("property/string") or "")  # "LAX labels 1:" -> "LAX labels"
+              for w in _ui(module).iter("widget") if w.get("class") == "QLabel"}  # fmt: skip
+    assert set(job.options.values()) <= labels, f"not a label of {module}.ui: {set(job.options.values()) - labels}"
+    assert all("--" not in hint for hint in MODULE_HINTS.values())

@@ -182,3 +182,39 @@ def test_cancelled_sample_job_adds_nothing_and_stops_its_child(mrml_scene, stand
     with pytest.raises(InputError, match="cancelled"):
         job.finish()
     assert mrml_scene.GetNumberOfNodes() == nodes_before
+
+
+def test_sample_refusals_read_in_the_panels_terms(mrml_scene, tmp_path, capsys):
+    """Real refusals of ``sample`` (its ``main`` run here with the job's arguments) for what a SyntheticData panel
+    user can type, through the job's translation: the panel's field labels, no option, no temporary path."""
+    import torch
+
+    from CardiacDiffusionLib.cli.main import main
+    from CardiacDiffusionLib.slicer_adapter.job import TERMINAL_COMMAND
+    from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
+
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    cases = [  # (job options, what the panel user reads)
+        ({"model": "no-such-ldm"}, "model 'no-such-ldm': not registered"),
+        ({"model": "dmcvr-acdc-64"}, "Model dmcvr-acdc-64: a dmcvr model; sample needs a latent diffusion model"),
+        ({"model": str(tmp_path / "empty.safetensors")}, "empty.safetensors"),
+        ({"steps": 5000}, "DDIM steps 5000: at most"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "set Device to cpu"))
+    for index, (options, expected) in enumerate(cases):
+        job = SampleJob(mrml_scene, **options)
+        job.folder = tmp_path / f"CardiacDiffusion-sample-{index}"
+        job.folder.mkdir()
+        assert main([job.command, *job._export(job.folder), "--out", str(job.folder / "out")]) == 2
+        said = job._in_module_terms([e for e in capsys.readouterr().err.splitlines() if e.startswith("error: ")][-1])
+        assert "--" not in TERMINAL_COMMAND.sub("", said) and str(job.folder) not in said, said
+        assert expected in said, said
+    assert not (tmp_path / "CardiacDiffusion-sample-0" / "out").exists()  # refused before anything was written
+    from CardiacDiffusionLib.cli.sample import _check_space
+
+    with pytest.raises(InputError) as full:  # the disk check on the job's own temporary folder (as if 1 PB a pair)
+        _check_space(job.folder / "out", 2, 10**15)
+    said = job._in_module_terms(str(full.value))
+    assert said.startswith("Pairs 2: 2 pairs may take up to 2e+06 GB and the module's temporary folder has"), said
+    assert "--" not in said and str(job.folder) not in said and "TMPDIR" in said

@@ -72,6 +72,18 @@ def checked_slices(slices: Sequence[int], what: str = "strain slices") -> list[i
     return slices
 
 
+def checked_strain(path: str, slices: Sequence[int] = ()) -> None:
+    """An InputError, in the panel's words, for a strain file the ``lma`` command would refuse by itself (not an
+    array, wrong shape, NaN, percent) or whose rows are not one per given strain slice."""
+    from ..activation.tos import check_strain, load_strain
+
+    name = f"Strain (.npy) {path}"
+    strain = check_strain(load_strain(path, name=name), name=name)
+    if slices and len(slices) != len(strain):
+        raise InputError(f"strain slices: {len(slices)} given for the {len(strain)} strain rows of {path}; give "
+                         "one stack slice per row, in the rows' order (or leave them empty)")  # fmt: skip
+
+
 def late_threshold_range() -> tuple[float, float]:
     """(above, at most) ms: the late threshold the ``lma`` command takes (the physiological TOS range)."""
     from ..activation.tos import TOS_RANGE_MS
@@ -161,6 +173,14 @@ class ActivationJob(CLIJob):
 
     command = "lma"
     title = "activation map"
+    options = {
+        "--slices": "SAX labels", "--slice-labels": "SAX labels", "--rv-insertion": "RV insertion", "--strain": "Strain (.npy)",
+        "--strain-slices": "Strain slices", "--tos-csv": "TOS table (.csv)", "--base": "LV base point",
+        "--apex": "LV apex point", "--label-convention": "Label numbering", "--frame-ms": "Strain frame interval",
+        "--tos-method": "TOS from strain", "--method": "Myocardium", "--spacing": "Through-plane spacing",
+        "--late-percentile": "Late region percentile", "--late-threshold": "late region from", "--scar": "Scar segments",
+        "--include-apical": "Apical lead segments", "--device": "Device (sadir)",
+    }  # fmt: skip
 
     def __init__(
         self, scene, sax_labels, strain_file: str | None = None, tos_file: str | None = None, sax_volume=None,
@@ -197,6 +217,9 @@ class ActivationJob(CLIJob):
             raise InputError("strain slices: they name the stack slice of each strain row; with a TOS table "
                              "(whose rows name their slices) leave them empty")  # fmt: skip
         self.label_numbering = checked_numbering(label_numbering)  # of a labelmap; a segmentation goes by name
+        # --slices is the SAX image when one is given, else the labels (read as image and labels)
+        slices = "SAX image" if sax_volume is not None else "SAX labels"
+        self.options = {**self.options, "--slices (labels)": "SAX labels", "--slices": slices}
         self.sax_labels, self.sax_volume, self.rv_insertion = sax_labels, sax_volume, rv_insertion
         self.strain_file, self.tos_file = strain_file or None, tos_file or None
         self.method, self.spacing, self.frame_ms, self.tos_method = method, float(spacing), float(frame_ms), tos_method
@@ -204,6 +227,8 @@ class ActivationJob(CLIJob):
         self.late_threshold_ms = None if late_threshold_ms is None else float(late_threshold_ms)
         self.include_apical, self.device = bool(include_apical), device
         self.strain_slices = checked_slices(strain_slices or ())
+        if self.strain_file:  # the file's shape, values and rows against the strain slices: before the child starts
+            checked_strain(self.strain_file, self.strain_slices)
         self.base, self.apex = (_one_point(node, what) for node, what in ((base, "LV base"), (apex, "LV apex")))
 
     def _export(self, folder: Path) -> list[str]:

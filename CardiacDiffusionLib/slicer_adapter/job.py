@@ -9,6 +9,7 @@ was; the temporary folder is removed in every case (unless ``keep_files``).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,13 +28,22 @@ ProgressCallback = Callable[[Optional[float], str], None]
 CHILD_START, CHILD_END = 0.05, 0.9
 #: label numberings a module offers for labelmap volumes (segmentations are matched by segment name)
 LABEL_NUMBERINGS = ("project", "acdc")
-#: the child's advice in command-line terms -> what a module's user does instead
+#: the child's advice in command-line terms -> what a module's user does instead (phrases, before the options)
 MODULE_HINTS = {
     "pass --label-convention acdc": "set the module's Label numbering to ACDC (1 RV, 2 MYO, 3 LV)",
-    "--lax-labels node": "LAX labels node",
-    "--sax-labels node": "SAX labels node",
     "with --rv-insertion x,y,z": "as a point list in the module's RV insertion field",
+    "install a CUDA build of torch": "install a CUDA build of PyTorch",
+    "fewer --steps/smaller": "fewer DDIM steps/smaller",
+    "choose another --out": "free disk space there (or start Slicer with TMPDIR on a larger disk)",
+    "or pass model=PATH.safetensors": "or choose a .safetensors file as the DMCVR model",
+    "name the slices with strain_slices / --strain-slices": "name the slices in the Strain slices field",
+    "(frame_ms ": "(Strain frame interval ",
+    "; `models list` shows them": "; `cardiac-diffusion models list` in a terminal shows them",
+    "dmcvr steps:": "DDIM steps:",
+    "dmcvr shape_prior:": "Shape prior:",
 }
+#: a command to type in a terminal (``cardiac-diffusion models add ...``): quoted as it is, never translated
+TERMINAL_COMMAND = re.compile(r"cardiac-diffusion [^;()']*")
 
 
 def checked_numbering(numbering: str) -> str:
@@ -64,6 +74,10 @@ class CLIJob:
     #: the sub-command and a short name for messages; set by subclasses
     command = ""
     title = "job"
+    #: the command's options -> the panel field's label (as in the module's .ui); set by subclasses
+    options: dict[str, str] = {}
+    #: the job's temporary output folder, as the child's messages may name it (``--out``)
+    OUT_FOLDER = "the module's temporary output folder"
 
     def __init__(self, scene, python: str | None = None, keep_files: bool = False):
         self.scene = scene
@@ -162,14 +176,29 @@ class CLIJob:
         return Path(path)
 
     def _in_module_terms(self, text: str) -> str:
-        """The child's message with node names for the files it was given and module options for its own."""
+        """The child's message in the panel's terms: node names for the files it was given, the panel's field
+        labels for its options (``options``), no temporary paths; terminal commands it quotes are kept."""
+        parts = TERMINAL_COMMAND.split(text)
+        commands = TERMINAL_COMMAND.findall(text)
+        said = [self._panel_terms(part) for part in parts]
+        return "".join(p + c for p, c in zip(said, [*commands, ""]))
+
+    def _panel_terms(self, text: str) -> str:
         for path, name in self.exported.items():
             text = text.replace(str(path), f"node '{name}'")
         for path, name in self.exported.items():  # then bare file names (the LAX table's and its warnings' keys)
             text = text.replace(path.name, f"node '{name}'")
+        if self.folder is not None:
+            text = text.replace(f"--out {self.folder / 'out'}", self.OUT_FOLDER).replace(str(self.folder / "out"), self.OUT_FOLDER)
+            text = text.replace(str(self.folder), "the module's temporary folder")
         for option, hint in MODULE_HINTS.items():
             text = text.replace(option, hint)
-        return text
+        options = {"--out": self.OUT_FOLDER, **self.options}
+        names = "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
+        option = rf"(?<![\w-])({names})(?![\w-])"
+        text = re.sub(rf"\b(?:use|pass) {option} (?!node ')([\w.:,-]+)", lambda m: f"set {options[m[1]]} to {m[2]}", text)
+        text = re.sub(rf"\({option}\)", lambda m: f"(the panel's {options[m[1]]})", text)
+        return re.sub(option, lambda m: options[m[1]], text)
 
     def _on_message(self, message: Message) -> None:
         if message.kind == "progress" and message.progress is not None:

@@ -44,6 +44,11 @@ class ReconstructionJob(CLIJob):
     """One reconstruction of a SAX volume node; see the module docstring."""
 
     command = "reconstruct"
+    options = {
+        "--sax": "SAX volume", "--sax-labels": "SAX labels", "--lax-labels": "LAX labels", "--method": "Method",
+        "--spacing": "Target spacing", "--steps": "DDIM steps", "--shape-prior": "Shape prior", "--device": "Device",
+        "--model": "DMCVR model", "--label-convention": "Label numbering",
+    }  # fmt: skip
 
     def __init__(
         self, scene, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (), method: str = "shape",
@@ -59,6 +64,8 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         if not (math.isfinite(spacing) and spacing > 0):
             raise InputError(f"target spacing must be a positive number of mm, got {spacing}")
+        if steps is not None and method == "dmcvr" and int(steps) < 1:  # the panel's 0 arrives as None: the default
+            raise InputError(f"DDIM steps must be at least 1 (or 0 on the panel for the model's default), got {steps}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
         super().__init__(scene, python, keep_files)
@@ -79,7 +86,7 @@ class ReconstructionJob(CLIJob):
         mrml.save_volume(self.sax_volume, sax_path)
         arguments = ["--method", self.method, "--sax", str(sax_path), "--spacing", repr(self.spacing)]
         arguments += ["--device", self.device, "--progress", "json"]
-        if self.steps is not None:  # 0 or less reaches the command, which refuses it
+        if self.steps is not None and self.method == "dmcvr":  # the command refuses it for the other methods
             arguments += ["--steps", str(int(self.steps))]
         if self.shape_prior is not None and self.method == "dmcvr":
             arguments += ["--shape-prior", repr(float(self.shape_prior))]

@@ -43,6 +43,8 @@ class SampleJob(CLIJob):
 
     command = "sample"
     title = "synthetic data sampling"
+    options = {"--n": "Pairs", "--seed": "Seed", "--steps": "DDIM steps", "--device": "Device", "--model": "Model",
+               "--no-cleanup": "Clean labels"}  # fmt: skip
 
     def __init__(
         self, scene, count: int = 1, seed: int = 0, steps: int = 50, device: str = "auto", model: str = "",
