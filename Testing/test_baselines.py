@@ -151,3 +151,73 @@ def test_lax_check_on_reconstruction_and_refusal():
     far = plane_image(CENTER + 500, row, normal, (16, 16), (1.0, 1.0), pixel_type=sitk.sitkUInt8)
     with pytest.raises(InputError, match="does not intersect"):
         lax_dice(rec.labels, far)
+
+
+ACDC = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
+
+
+@pytest.mark.skipif(not (ACDC / "patient061_frame01.h5").exists(), reason="shared ACDC data missing")
+def test_gap_scores_are_the_documented_pooling_against_skimage_and_medpy():
+    """One real ACDC volume, linear method: PSNR is skimage's on the dropped slices together (MSE pooled,
+    not the mean of per-slice PSNRs), SSIM the mean of per-slice Gaussian SSIMs (data range 1), Dice
+    medpy's on all dropped slices at once (not a mean of per-slice Dice)."""
+    medpy = pytest.importorskip("medpy.metric.binary")
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from CardiacDiffusionLib.io.acdc import read_acdc
+    from CardiacDiffusionLib.labels import MR_LABELS
+    from CardiacDiffusionLib.reconstruction.baselines import get_method
+    from CardiacDiffusionLib.reconstruction.gap import score_volume, split_kept_dropped
+
+    stack = read_acdc(ACDC / "patient061_frame01.h5")
+    kept, dropped = split_kept_dropped(stack.n)
+    assert list(dropped) == [i for i in range(1, stack.n, 2) if i < kept[-1]]
+    scores = score_volume(stack, "linear")
+    images, labels = get_method("linear")(stack.subset(kept), stack.positions[dropped])
+    truth, truth_labels = stack.pixels[dropped].astype(np.float64), stack.labels[dropped]
+    assert truth.min() >= 0 and truth.max() <= 1  # data range 1 is the images' range
+    pooled = peak_signal_noise_ratio(truth, images.astype(np.float64), data_range=1.0)
+    per_slice = np.mean([peak_signal_noise_ratio(t, p, data_range=1.0) for t, p in zip(truth, images.astype(np.float64))])
+    assert scores["psnr"] == pytest.approx(pooled, abs=1e-9) and abs(pooled - per_slice) > 0.05
+    ssims = [structural_similarity(t, p, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+             for t, p in zip(truth, images.astype(np.float64))]  # fmt: skip
+    assert scores["ssim"] == pytest.approx(np.mean(ssims), abs=1e-9) and 0.2 < scores["ssim"] < 0.9
+    for value, name in MR_LABELS.items():
+        pred, ref = labels == value, truth_labels == value
+        assert scores["dice"][name] == pytest.approx(medpy.dc(pred, ref), abs=1e-12)
+    per_slice_dice = [medpy.dc(p, r) for p, r in zip(labels == 2, truth_labels == 2) if p.any() or r.any()]
+    assert abs(scores["dice"]["MYO"] - np.mean(per_slice_dice)) > 0.005
+
+
+def test_compare_methods_pairs_volumes_and_refuses_bad_tables():
+    """compare_methods pairs rows by volume name (order does not matter), gives scipy's numbers, leaves
+    null scores out, and refuses a missing method or malformed rows with an InputError."""
+    import json
+
+    from scipy import stats
+
+    from CardiacDiffusionLib.reconstruction.gap import compare_methods
+
+    def row(volume, psnr, ssim, myo):
+        return {"volume": volume, "psnr": psnr, "ssim": ssim, "dice": {"LV": 0.9, "MYO": myo, "RV": None}, "warnings": []}
+
+    a = [row(f"v{i}", 16.0 + i * 0.1, 0.40 + 0.003 * i, m) for i, m in enumerate([0.81, 0.79, 0.85, 0.72, 0.90, 0.80])]
+    b = [row(f"v{i}", 16.0 + i * 0.1 - s, 0.40, m) for i, (s, m) in enumerate(
+        zip([0.05, -0.02, 0.11, 0.01, 0.04, 0.2], [0.80, 0.80, 0.80, 0.80, 0.80, 0.80]))]  # fmt: skip
+    table = {"dmcvr": {"rows": a, "model": {"name": "x"}}, "shape": {"rows": b[::-1]}}
+    result = compare_methods(table, "dmcvr", ["shape"])["shape"]
+    d = np.array([x["psnr"] - y["psnr"] for x, y in zip(a, b)])  # 0.05, -0.02, 0.11, ... up to rounding
+    boot = stats.bootstrap((d,), np.mean, method="BCa", n_resamples=10000, random_state=np.random.default_rng(0))
+    assert result["psnr"]["n"] == 6 and result["psnr"]["mean"] == pytest.approx(d.mean(), abs=1e-4)
+    assert result["psnr"]["ci95"] == [round(boot.confidence_interval.low, 4), round(boot.confidence_interval.high, 4)]
+    assert result["psnr"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-3)
+    assert (result["dice"]["MYO"]["wins"], result["dice"]["MYO"]["ties"], result["dice"]["MYO"]["losses"]) == (3, 1, 2)
+    assert result["dice"]["LV"]["ties"] == 6 and result["dice"]["LV"]["wilcoxon_p"] is None
+    assert result["dice"]["RV"] == {"n": 0, "mean": None, "ci95": None, "wins": 0, "ties": 0, "losses": 0,
+                                    "wilcoxon_p": None}  # fmt: skip
+    json.dumps(result, allow_nan=False)
+    with pytest.raises(InputError, match="no method 'linear'; it has dmcvr, shape"):
+        compare_methods(table, "dmcvr", ["linear"])
+    for bad in (3, [{"psnr": 1.0}], [{**a[0], "psnr": "16"}], [{**a[0], "dice": {"LV": 0.9}}]):
+        with pytest.raises(InputError, match="rows are not"):
+            compare_methods({"dmcvr": {"rows": a}, "shape": {"rows": bad}}, "dmcvr", ["shape"])

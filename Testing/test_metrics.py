@@ -300,3 +300,107 @@ def test_paired_difference_tells_a_shift_from_noise():
     assert (gaps["n"], gaps["wins"], gaps["ties"], gaps["losses"]) == (4, 2, 1, 1)
     with pytest.raises(InputError, match="same cases"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("patient,es", [("003", "15"), ("005", "13"), ("006", "16")])
+def test_anisotropic_surface_metrics_match_medpy_on_more_patients(patient, es):
+    """ES vs ED labels of three more patients at 10 x 1.5 x 1.5 mm: every metric is medpy's (pooled HD95),
+    Dice/Jaccard are SimpleITK's, and the HD95 variants differ by up to 1.5 mm (patient005 RV)."""
+    medpy = pytest.importorskip("medpy.metric.binary")
+    ed, es_labels = _acdc(f"patient{patient}_frame01", "label"), _acdc(f"patient{patient}_frame{es}", "label")
+    gaps = []
+    for value in ACDC_NAMES:
+        pred, ref = es_labels == value, ed == value
+        sd = surface_distances(pred, ref, SPACING)
+        assert sd.hd() == pytest.approx(medpy.hd(pred, ref, SPACING), abs=1e-9)
+        assert sd.hd95() == pytest.approx(medpy.hd95(pred, ref, SPACING), abs=1e-9)
+        assert sd.asd() == pytest.approx(medpy.asd(pred, ref, SPACING), abs=1e-9)
+        assert sd.assd() == pytest.approx(medpy.assd(pred, ref, SPACING), abs=1e-9)
+        overlap = sitk.LabelOverlapMeasuresImageFilter()
+        overlap.Execute(_sitk(pred), _sitk(ref))
+        assert dice(pred, ref) == pytest.approx(overlap.GetDiceCoefficient(), abs=1e-12)
+        assert jaccard(pred, ref) == pytest.approx(overlap.GetJaccardCoefficient(), abs=1e-12)
+        # directed-max by hand from the two directed arrays (MONAI's definition, linear interpolation)
+        directed = max(np.percentile(sd.pred_to_ref, 95), np.percentile(sd.ref_to_pred, 95))
+        assert sd.hd95("directed-max") == pytest.approx(directed, abs=1e-12)
+        gaps.append(sd.hd95("directed-max") - sd.hd95("pooled"))
+        # the in-plane spacing is honoured: isotropic 1 mm voxels give a different HD95
+        assert abs(hd95(pred, ref, (1.0, 1.0, 1.0)) - sd.hd95()) > 0.5
+    if patient == "005":
+        assert max(gaps) == pytest.approx(12.855 - 11.369, abs=2e-3)  # RV, the figure docs/METRICS.md quotes
+
+
+def test_empty_masks_give_json_safe_tables():
+    """An absent label: nan from the metric, left out (null) by the paired comparison; no NaN in its JSON."""
+    import json
+
+    empty, full = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    full[5:15, 5:15] = True
+    scores_a = [dice(empty, empty), dice(full, full), hd95(full, empty, (1.0, 1.0)), 0.8]
+    scores_b = [dice(empty, empty), dice(full, empty), 3.0, float("inf")]
+    assert math.isnan(scores_a[0]) and scores_b[1] == 0.0 and scores_a[2] == math.inf
+    result = paired_difference(scores_a, scores_b)
+    assert result == {"n": 1, "mean": 1.0, "ci95": None, "wins": 1, "ties": 0, "losses": 0, "wilcoxon_p": None}
+    json.dumps(result, allow_nan=False)  # raises on NaN or inf
+    with pytest.raises(InputError, match="not a number"):
+        paired_difference([0.5, "0.7"], [0.4, 0.6])
+
+
+def _exact_bca(d: np.ndarray) -> list[float]:
+    """95 % BCa interval from the EXACT bootstrap distribution of the mean (every one of the n^n ordered
+    resamples), with Efron's bias correction and jackknife acceleration."""
+    from itertools import product
+
+    from scipy.special import ndtr, ndtri
+
+    means = d[np.array(list(product(range(len(d)), repeat=len(d))))].mean(axis=1)
+    z0 = ndtri(((means < d.mean()).sum() + (means <= d.mean()).sum()) / (2 * len(means)))
+    jack = np.array([np.delete(d, i).mean() for i in range(len(d))])
+    u = jack.mean() - jack
+    a = (u**3).sum() / (6 * (u**2).sum() ** 1.5)
+    return [float(np.percentile(means, 100 * ndtr(z0 + (z0 + z) / (1 - a * (z0 + z))))) for z in (ndtri(0.025), ndtri(0.975))]
+
+
+def _exact_wilcoxon(d: np.ndarray) -> float:
+    """Two-sided signed-rank p by enumerating every sign pattern of the non-zero differences (mid-ranks)."""
+    from itertools import product
+
+    from scipy.stats import rankdata
+
+    d = d[d != 0]
+    ranks = rankdata(np.abs(d))
+    observed = ranks[d > 0].sum()
+    null = np.array([ranks[np.array(signs, bool)].sum() for signs in product((0, 1), repeat=len(d))])
+    return float(min(1.0, 2 * min(np.mean(null <= observed + 1e-9), np.mean(null >= observed - 1e-9))))
+
+
+def test_paired_difference_against_scipy_and_exact_enumeration():
+    """A small skewed table: the BCa interval is scipy.stats.bootstrap(method="BCa")'s, close to the exact
+    BCa of all 6^6 resamples and clearly not the plain percentile interval; Wilcoxon p is scipy's and the
+    exact enumeration's, without and with ties/zeros; fewer than 5 cases: no interval."""
+    from scipy import stats
+
+    method = np.array([0.83, 0.80, 0.91, 0.95, 0.71, 0.88])
+    baseline = method - np.array([0.02, -0.015, 0.03, 0.25, 0.01, 0.04])
+    d = method - baseline
+    result = paired_difference(list(method), list(baseline))
+    boot = stats.bootstrap((d,), np.mean, method="BCa", n_resamples=10000, random_state=np.random.default_rng(0))
+    assert result["ci95"] == [round(boot.confidence_interval.low, 4), round(boot.confidence_interval.high, 4)]
+    exact = _exact_bca(d)  # [0.0117, 0.1733]
+    assert result["ci95"][0] == pytest.approx(exact[0], abs=0.003) and result["ci95"][1] == pytest.approx(exact[1], abs=0.006)
+    percentile = np.percentile(stats.bootstrap((d,), np.mean, method="percentile", n_resamples=10000,
+                                               random_state=np.random.default_rng(0)).bootstrap_distribution, 97.5)
+    assert result["ci95"][1] - percentile > 0.02  # the BCa correction matters on skewed differences
+    assert result["mean"] == pytest.approx(d.mean(), abs=5e-5) and (result["wins"], result["losses"]) == (5, 1)
+    assert result["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-3)
+    assert result["wilcoxon_p"] == pytest.approx(_exact_wilcoxon(d), rel=1e-3)  # 0.0938
+    # ties in |d| and zero differences: zeros dropped (scipy's "wilcox"), p from all sign patterns
+    tied = np.array([0.02, -0.02, 0.0, 0.05, 0.05, 0.0, 0.03, 0.01])
+    result = paired_difference(list(tied), [0.0] * len(tied))
+    assert (result["wins"], result["ties"], result["losses"]) == (5, 2, 1)
+    assert result["wilcoxon_p"] == pytest.approx(_exact_wilcoxon(tied), rel=1e-3)
+    assert result["wilcoxon_p"] == pytest.approx(stats.wilcoxon(tied).pvalue, rel=1e-3)
+    # 3 or 4 cases: the bootstrap interval would be the data's range (every all-positive set "significant")
+    few = paired_difference([1.0, 2.0, 3.0, 5.0], [0.0] * 4)
+    assert few["ci95"] is None and few["n"] == 4 and few["wilcoxon_p"] == pytest.approx(0.125, abs=1e-9)
+    assert paired_difference([1.0] * 6, [0.5] * 6)["ci95"] is None  # identical differences: no spread

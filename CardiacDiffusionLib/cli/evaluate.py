@@ -95,7 +95,10 @@ def run_compare(args: argparse.Namespace) -> int:
         table = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable JSON gap table ({e})") from None
-    result = compare_methods(table, args.method, args.against)
+    try:
+        result = compare_methods(table, args.method, args.against)
+    except InputError as e:  # name the file the table came from
+        raise InputError(f"{path}: {e}") from None
     for baseline, scores in result.items():
         print(f"{args.method} - {baseline}: mean difference [95% CI], wins/ties/losses, Wilcoxon p")
         for name, d in [("PSNR dB", scores["psnr"]), ("SSIM", scores["ssim"])] + [

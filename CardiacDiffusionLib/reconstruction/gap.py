@@ -109,7 +109,11 @@ def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
             raise InputError(f"gap table: no method {name!r}; it has {', '.join(sorted(table))}")
         if "rows" not in table[name]:
             raise InputError(f"gap table: {name!r} has no per-volume rows; make it with --per-volume")
-        return {r["volume"]: r for r in table[name]["rows"]}
+        given = table[name]["rows"]
+        if not isinstance(given, list) or not all(_is_row(r) for r in given):
+            raise InputError(f"gap table: {name!r} rows are not `evaluate gap --per-volume` rows ({{\"volume\", "
+                             "\"psnr\", \"ssim\", \"dice\": {LV, MYO, RV}}); make the table again")
+        return {r["volume"]: r for r in given}
 
     mine, out = rows(method), {}
     for baseline in against:
@@ -124,6 +128,15 @@ def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
         out[baseline] = {"psnr": paired(lambda r: r["psnr"]), "ssim": paired(lambda r: r["ssim"]),
                          "dice": {k: paired(lambda r, k=k: r["dice"][k]) for k in MR_LABELS.values()}}  # fmt: skip
     return out
+
+
+def _is_row(row) -> bool:
+    def score(value) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    return (isinstance(row, dict) and isinstance(row.get("volume"), str) and score(row.get("psnr", ""))
+            and score(row.get("ssim", "")) and isinstance(row.get("dice"), dict)
+            and all(score(row["dice"].get(k, "")) for k in MR_LABELS.values()))  # fmt: skip
 
 
 def acdc_stacks(folder: Path, patients: Iterable[int] | None = None, limit: int | None = None):
