@@ -312,7 +312,7 @@ def test_an_unregistered_file_is_checked_by_the_hash_it_carries(tmp_path, toy_fi
     header_flip = _flip(path, tmp_path / "head.safetensors", text_at + 3)
     assert json.loads(header_flip.read_bytes()[8 : 8 + length])  # still valid JSON, still a valid safetensors file
     for bad in (data_flip, header_flip):
-        with pytest.raises(InputError, match=f"model {bad}: {bad} is damaged: its header or weights changed since it "
+        with pytest.raises(InputError, match=f"model file {bad} is damaged: its header or weights changed since it "
                                              "was saved .* re-download/re-train it, do not use it"):  # fmt: skip
             load_model(bad)
     assert load_model(path).checked == "content sha256"
@@ -369,7 +369,7 @@ def test_every_odd_file_is_one_clear_error(tmp_path, toy_file, case, capsys):
 
     assert main(["models", "verify", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: model {bad}: ") and err.count("\n") == 1, err
+    assert err.startswith(f"error: model file {bad} ") and err.count("\n") == 1, err
     if case in ("huge_length", "length_past_end"):
         assert "its header length field says" in err
 

@@ -172,8 +172,13 @@ def save_model(
     return hashlib.sha256(blob).hexdigest()
 
 
+def _subject(label: str, path: Path | str) -> str:
+    """``model NAME: FILE`` for a registered model, ``model file FILE`` for one given by path (named once)."""
+    return f"model file {path}" if str(label) == str(path) else f"model {label}: {path}"
+
+
 def _corrupt(label: str, path: Path | str, why: str) -> InputError:
-    return InputError(f"model {label}: {path} is corrupt or truncated, not a readable safetensors file ({why}); "
+    return InputError(f"{_subject(label, path)} is corrupt or truncated, not a readable safetensors file ({why}); "
                       "re-download or re-train it")  # fmt: skip
 
 
@@ -215,7 +220,7 @@ def _check_content(path: Path, label: str) -> str:
         actual = _content_sha256(header, iter(lambda: f.read(1 << 20), b""))
     if actual != expected:
         raise InputError(
-            f"model {label}: {path} is damaged: its header or weights changed since it was saved (content sha256 "
+            f"{_subject(label, path)} is damaged: its header or weights changed since it was saved (content sha256 "
             f"{actual[:16]}..., recorded {str(expected)[:16]}...); re-download/re-train it, do not use it"
         )
     return actual
@@ -234,7 +239,7 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     safetensors = head[8:9] == b"{"
     if not safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # torch.save zip or a raw pickle
         raise InputError(
-            f"model {label}: {path} is a pickle (torch.save) file; pickles can run code and are never loaded: "
+            f"{_subject(label, path)} is a pickle (torch.save) file; pickles can run code and are never loaded: "
             "where you trust its origin, load it into its module yourself and write it with "
             "models.store.save_model, then use that .safetensors file"
         )
@@ -250,12 +255,12 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
         raise _corrupt(label, path, str(error)) from None
     if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
         raise InputError(
-            f"model {label}: {path} has no architecture/config in its metadata; save it with models.store.save_model"
+            f"{_subject(label, path)} has no architecture/config in its metadata; save it with models.store.save_model"
         )
     try:
         config, meta = json.loads(metadata.get("config", "{}")), json.loads(metadata.get("meta", "{}"))
     except ValueError:
-        raise InputError(f"model {label}: {path} has a damaged config in its metadata; re-download it") from None
+        raise InputError(f"{_subject(label, path)} has a damaged config in its metadata; re-download it") from None
     return metadata["architecture"], config, meta, shapes
 
 
@@ -314,7 +319,7 @@ def load_model(
     try:
         module.load_state_dict(load_file(str(path)), strict=True)
     except Exception as error:  # noqa: BLE001 - data part damaged although the header parsed
-        raise InputError(f"model {label}: {path} could not be read ({error}); re-download or re-train it") from None
+        raise InputError(f"{_subject(label, path)} could not be read ({error}); re-download or re-train it") from None
     if not checked:  # said once the file has passed every other check
         warnings.warn(
             f"model {label}: not registered and saved without a content hash, so nothing checks that its weights "
