@@ -37,6 +37,8 @@ DEFAULT_MODEL = "sadir-myocardium"
 MYOCARDIUM_LABEL = data.MYO
 #: test-time refinement defaults (steps, Adam lr on the v0 coefficients, pull towards the network's v0)
 REFINE_STEPS, REFINE_LR, REFINE_PRIOR = 20, 1e-3, 1.0
+#: a slice whose myocardium the output overlaps less than this (Dice) is named in the flags
+SLICE_DICE_FLAG = 0.5
 
 
 @dataclass
@@ -51,6 +53,8 @@ class SadirResult:
     method: str = "sadir"
     #: (3, n, n, n) displacement of phi^-1 on the output grid, voxel units, channel i along array axis i (z, y, x)
     displacement: np.ndarray | None = None
+    #: per given slice (caller's order): Dice of the output with its myocardium, sampled on its pixels (NaN: none)
+    slice_dices: np.ndarray | None = None
 
 
 def topology(mask: np.ndarray) -> dict:
@@ -64,6 +68,26 @@ def topology(mask: np.ndarray) -> dict:
     genus = components + cavities - euler
     return {"components": components, "cavities": cavities, "euler": euler, "genus": genus,
             "ok": components == 1 and cavities == 0 and genus == 0}  # fmt: skip
+
+
+def per_slice_dice(stack: SliceStack, labels: np.ndarray, frame: data.LVFrame) -> np.ndarray:
+    """(n,) Dice of the output myocardium (``labels`` > 0 on ``frame``'s grid, array order z, y, x) with each
+    slice's myocardium, the output sampled (nearest) at every pixel of the slice through its own geometry;
+    NaN for a slice where neither holds myocardium."""
+    rows, cols = stack.shape2d
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    sx, sy = stack.pixel_spacing
+    out = np.full(stack.n, np.nan)
+    for k in range(stack.n):
+        points = stack.origins[k] + (c * sx)[..., None] * stack.row_dir + (r * sy)[..., None] * stack.col_dir
+        x, y, z = np.moveaxis(np.round((points - frame.origin) @ frame.direction / frame.spacing).astype(int), -1, 0)
+        inside = (np.minimum(np.minimum(x, y), z) >= 0) & (np.maximum(np.maximum(x, y), z) < frame.size)
+        pred = np.zeros((rows, cols), bool)
+        pred[inside] = labels[z[inside], y[inside], x[inside]] > 0
+        truth = stack.labels[k] == data.MYO
+        total = pred.sum() + truth.sum()
+        out[k] = 2 * (pred & truth).sum() / total if total else np.nan
+    return out
 
 
 def refine(net: SadirModel, v_hat: torch.Tensor, sparse: torch.Tensor, mask: torch.Tensor, iters: int,
@@ -126,6 +150,7 @@ def reconstruct_myocardium(
     if refine_iters < 0:
         raise InputError(f"refine steps {refine_iters}: give 0 (off) or a positive number")
     data.check_stack(stack)
+    given = stack  # the caller's slice order, for the slices named in the flags
     if not normal_points_to_apex(stack):  # the frame's z must run base -> apex, as in training
         stack = stack.transposed()
     net = _load(model)
@@ -136,7 +161,7 @@ def reconstruct_myocardium(
     shown = data.myocardium_slices(stack, None)
     frame = data.lv_frame(shown, net.atlas.shape[-1])
     fine = frame.resized(net.atlas_fine.shape[-1])
-    sparse, mask = data.sparse_volume(shown, frame)
+    sparse, mask = data.sparse_volume(data.spread_slices(shown), frame)
     cond = torch.from_numpy(np.stack([sparse, mask]))[None].to(dev)
     sparse_fine, mask_fine = data.sparse_volume(stack, fine)
     with torch.no_grad():
@@ -169,7 +194,15 @@ def reconstruct_myocardium(
     if outside:
         span = float(np.ptp(shown.positions))
         flags.append(f"{outside} of {shown.n} myocardium slices lie outside the model's {data.FOV_MM:.0f} mm frame "
-                     f"(the myocardium slices span {span:.0f} mm) and were not used; check the slice spacing")  # fmt: skip
+                     f"(the myocardium slices span {span:.0f} mm) and were not used: the output misses the "
+                     "myocardium there; check the slice spacing")  # fmt: skip
+    each = per_slice_dice(given, myo, fine)
+    shows = np.any(given.labels == data.MYO, axis=(1, 2))
+    poor = [int(k) for k in np.flatnonzero(shows & (np.nan_to_num(each, nan=1.0) < SLICE_DICE_FLAG))]
+    if poor:
+        flags.append(f"the output barely overlaps the myocardium of slice(s) {poor} (0-based, as given; Dice "
+                     f"{', '.join(f'{each[k]:.2f}' for k in poor)} < {SLICE_DICE_FLAG}): it ends short of them, as for "
+                     "a heart longer than the model's atlas reaches, or they are not where the geometry puts them")  # fmt: skip
     labels = fine.to_image((myo * MYOCARDIUM_LABEL).astype(np.uint8))
     return SadirResult(labels, fine.to_image(prob), jac, topo, slice_dice, fine, flags,
-                       displacement=up[0].cpu().numpy())  # fmt: skip
+                       displacement=up[0].cpu().numpy(), slice_dices=each)  # fmt: skip
