@@ -539,6 +539,8 @@ def test_lma_on_the_shipped_sadir_myocardium(case):
     r = run_lma(case.stack, strain=case.strain, method="sadir")
     recon = r.lma["reconstruction"]
     assert recon["method"] == "sadir" and recon["topology"]["ok"] and recon["jacobian_min"] > 0
+    assert recon["spacing_mm"] is None  # --spacing is the shape method's; SADIR's grid is its own, recorded as it is
+    assert recon["grid"] == {"size": list(r.labels.GetSize()), "spacing_mm": [1.75, 1.75, 1.75]}
     assert "jacobian_not_positive" not in [f["code"] for f in r.lma["qa"]]
     truth, _, _ = case.truth_at(mesh_points(r.mesh))
     painted = vtk_to_numpy(r.mesh.GetPointData().GetArray("TOS_ms"))

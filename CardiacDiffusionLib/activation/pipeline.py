@@ -207,7 +207,9 @@ def run_lma(
         "label": "decision support",
         "disclaimer": DISCLAIMER,
         "coordinates": "LPS mm (mesh points and all 3D points)",
-        "reconstruction": {"method": method, "spacing_mm": spacing, "specks_removed_voxels": specks,
+        "reconstruction": {"method": method, "spacing_mm": spacing if method == "shape" else None,
+                           "grid": {"size": list(myo.GetSize()), "spacing_mm": [round(v, 4) for v in myo.GetSpacing()]},
+                           "specks_removed_voxels": specks,
                            **_sadir_summary(deformation)},  # fmt: skip
         "tos_source": source,
         "tos_slices": [int(k) for k in indices],
