@@ -406,14 +406,18 @@ def test_an_interrupted_sample_run_leaves_whole_listed_pairs_only(tmp_path, monk
     assert _folder(out) == (["labels.json", "sample_000_image.nii.gz", "sample_000_labels.nii.gz"], [200])
 
 
+def _ldm_and_vae_files(folder):
+    """(a tiny LDM's file, its VAE stage's file) in ``folder``."""
+    model = tiny_ldm()
+    save_model(model, folder / "ldm.safetensors", model.config, architecture="ldm")
+    save_model(model.vae, folder / "vae.safetensors", model.vae.config, architecture="ldm_vae")
+    return folder / "ldm.safetensors", folder / "vae.safetensors"
+
+
 def test_sample_cli_odd_options_and_models_are_refused_before_the_work(tmp_path):
     from CardiacDiffusionLib.cli.sample import run
 
-    path = tmp_path / "ldm.safetensors"
-    model = tiny_ldm()
-    save_model(model, path, model.config, architecture="ldm")
-    vae_path = tmp_path / "vae.safetensors"
-    save_model(model.vae, vae_path, model.vae.config, architecture="ldm_vae")
+    path, vae_path = _ldm_and_vae_files(tmp_path)
     (tmp_path / "a_file").write_text("x")
     good = dict(n=1, seed=0, steps=2, model=str(path), no_cleanup=False, out=str(tmp_path / "out"), device="cpu")
     for change, said in (({"n": -3}, "--n -3: give at least 1"), ({"seed": -1}, "--seed -1: give a seed from 0"),
@@ -473,11 +477,7 @@ def test_evaluate_ldm_odd_options_are_refused_and_absent_labels_are_null(tmp_pat
     from CardiacDiffusionLib.cli.evaluate import run_ldm
     from CardiacDiffusionLib.ldm.evaluate import format_table, per_label_dice
 
-    path = tmp_path / "ldm.safetensors"
-    model = tiny_ldm()
-    save_model(model, path, model.config, architecture="ldm")
-    vae_path = tmp_path / "vae.safetensors"
-    save_model(model.vae, vae_path, model.vae.config, architecture="ldm_vae")
+    path, vae_path = _ldm_and_vae_files(tmp_path)
     good = dict(model=str(path), real=2, generated=2, test=1, ssl_steps=1, finetune_steps=1, ddim_steps=1, seed=0,
                 repeats=1, out=None)  # fmt: skip
     for change, said in (({"real": 1}, "--real 1: give at least 2"), ({"generated": 1}, "--generated 1: give at least 2"),
