@@ -195,8 +195,10 @@ def spread_slices(stack: SliceStack, min_gap_mm: float = CONDITION_MIN_GAP_MM) -
     for k in range(1, stack.n):
         if pos[k] - pos[keep[-1]] >= min_gap_mm - 1e-6:
             keep.append(k)
-    if keep[-1] != stack.n - 1:  # the last slice bounds the apex (or the base): keep it, drop the one too close
-        keep[-1 if len(keep) > 1 else len(keep):] = [stack.n - 1]
+    if keep[-1] != stack.n - 1:  # the last slice bounds the apex (or the base): kept, instead of one too close
+        if len(keep) > 1:
+            keep.pop()
+        keep.append(stack.n - 1)
     return stack.subset(keep)
 
 
