@@ -270,7 +270,7 @@ def write_outputs(result: LMAResult, out_dir) -> dict[str, Path]:
     write_vtp(result.mesh, paths["vtp"])
     write_stl(result.mesh, paths["stl"])
     late = result.lma.get("late_activation", {})
-    late_rule = (f"segment median TOS >= {late['threshold_ms']:g} ms ({late['rule']})"
+    late_rule = (f"segment median TOS >= {late['threshold_ms']:.0f} ms ({late['rule']})"
                  if late.get("late_fraction_of_points") else None)  # fmt: skip
     write_bullseye_png(paths["bullseye"], result.segments, result.lead, late_rule=late_rule)
     write_segments_csv(paths["segments"], result.segments, result.lead)
