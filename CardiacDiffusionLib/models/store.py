@@ -349,17 +349,10 @@ def model_provenance(model: LoadedModel | nn.Module | str | Path) -> dict:
     elif isinstance(model, (str, Path)):
         entry, file = _locate(model)
         label = entry["name"] if entry else str(file)
-        if not file.is_file():
-            raise InputError(f"model {label}: file {file} not found")
-        with file.open("rb") as f:
+        architecture, _, meta, _ = read_model_header(file, label)
+        with file.open("rb") as f:  # the content hash it carries (read_model_header keeps to the model's keys)
             header, _ = _parse_header(f.read(8), f.read, file.stat().st_size, label, file)
-        metadata = header.get("__metadata__") or {}
-        try:
-            meta = json.loads(metadata.get("meta") or "{}")
-        except ValueError:
-            meta = {}
-        path, sha, content = str(file), sha256_file(file), metadata.get(CONTENT_KEY)
-        architecture = metadata.get("architecture")
+        path, sha, content = str(file), sha256_file(file), (header.get("__metadata__") or {}).get(CONTENT_KEY)
     elif model in _PROVENANCE:
         return dict(_PROVENANCE[model])
     else:
