@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,8 @@ def test_tampered_file_refused_by_hash(home, toy_file):
             load_model(name)
     with pytest.raises(InputError, match="sha256 mismatch"):
         cli("verify", "toy-a")
-    assert load_model(path).checked == "content sha256"  # the original is untouched and checked by its own hash
+    # the original is untouched, and checked as the registered file's bytes and by its own hash
+    assert load_model(path).checked == "registry sha256 of toy-a and content sha256"
 
 
 def test_pickle_file_refused_unread(tmp_path, toy_file):
@@ -321,14 +323,37 @@ def test_an_unregistered_file_is_checked_by_the_hash_it_carries(tmp_path, toy_fi
 
 
 def test_a_file_checked_by_no_hash_is_said(tmp_path, home, capsys):
-    """A copy of a shipped file (no content hash in it, not registered): loads, with a QualityWarning, and
-    `models verify` says its bytes are not checked."""
+    """A file with no content hash in it that no registry knows (here a shipped file, with the shipped registry
+    emptied): loads, with a QualityWarning, and `models verify` says its bytes are not checked."""
     copy = tmp_path / "tos_copy.safetensors"
     copy.write_bytes((REPO / "Resources" / "models" / "tos_regressor.safetensors").read_bytes())
     with pytest.warns(QualityWarning, match="not registered and saved without a content hash"):
         assert load_model(copy).checked == ""
     assert cli("verify", str(copy)) == 0
     assert "its bytes are NOT checked, tos_net rebuilt strictly" in capsys.readouterr().out
+
+
+def test_a_copy_of_a_shipped_file_is_checked_by_its_registry_entry(tmp_path, monkeypatch, capsys):
+    """A byte-for-byte copy of a shipped model given by path is that model: its sha256 is the registry's, so it
+    loads without a warning and its results name it; one changed byte makes it an unchecked file again."""
+    monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", str(tmp_path / "home"))
+    shipped = next(e for e in list_models() if e["name"] == "tos-regressor")
+    copy = tmp_path / "mine.safetensors"
+    copy.write_bytes(Path(shipped["path"]).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QualityWarning)
+        loaded = load_model(copy)
+    assert loaded.checked == "registry sha256 of tos-regressor"
+    recorded = store.model_provenance(loaded)
+    assert recorded["name"] == "tos-regressor" and recorded["file"] == str(copy)
+    assert recorded["sha256"] == shipped["sha256"] == sha256_file(copy)
+    assert store.model_provenance(copy) == recorded
+    assert cli("verify", str(copy)) == 0
+    assert "registry sha256 of tos-regressor ok" in capsys.readouterr().out
+    changed = _flip(copy, tmp_path / "changed.safetensors", len(copy.read_bytes()) - 1)  # the last weight byte
+    with pytest.warns(QualityWarning, match="not registered and saved without a content hash"):
+        assert load_model(changed).checked == ""
+    assert store.model_provenance(changed)["name"] is None
 
 
 @pytest.mark.parametrize("case", ["huge_length", "length_past_end", "empty", "short", "truncated", "shapes", "text",
@@ -575,8 +600,11 @@ def test_provenance_records_the_file_that_was_loaded(home, toy_file, tmp_path):
     assert recorded["sha256"] == sha and recorded["content_sha256"] != sha
     assert store.model_provenance(loaded.module) == recorded == store.model_provenance("mine")
     assert store.model_provenance(stored) == recorded  # the registered file given by path
-    by_path = store.model_provenance(path)  # an unregistered file: its own hashes, no name
-    assert by_path == dict(recorded, name=None, version=None, source="file", file=str(path))
+    # the file it was added from has the registered bytes: named by that entry; once changed, its own hashes, no name
+    assert store.model_provenance(path) == dict(recorded, file=str(path))
+    save_model(module, path, CONFIG, architecture="toy_mlp", meta={"training_command": "another"})
+    by_path = store.model_provenance(path)
+    assert by_path["name"] is None and by_path["source"] == "file" and by_path["sha256"] == sha256_file(path) != sha
     with pytest.warns(QualityWarning):  # no hash at all: still recorded by its sha256
         copy = tmp_path / "tos_copy.safetensors"
         copy.write_bytes((REPO / "Resources" / "models" / "tos_regressor.safetensors").read_bytes())

@@ -264,6 +264,11 @@ def read_model_header(path: str | Path, label: str | None = None) -> tuple[str, 
     return metadata["architecture"], config, meta, shapes
 
 
+def _registered_copy(sha: str) -> dict | None:
+    """The registry entry whose file has these bytes (a copy of a registered model given by path), or None."""
+    return next((e for e in list_models() if str(e.get("sha256", "")).lower() == sha.lower()), None)
+
+
 def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = None) -> str:
     """The file's sha256, checked against ``expected``."""
     actual = sha256_file(path)
@@ -301,7 +306,11 @@ def load_model(
         sha = _check_sha256(path, expected, label, entry)
         checked.append("registry sha256")
     architecture, config, meta, shapes = read_model_header(path, label)
-    sha = sha or sha256_file(path)  # a file given by path: recorded (model_provenance), not checked
+    if not sha:  # a file given by path: a byte-for-byte copy of a registered model is checked by that entry
+        sha = sha256_file(path)
+        entry = _registered_copy(sha)
+        if entry:
+            checked.append(f"registry sha256 of {entry['name']}")
     content = _check_content(path, label)
     if content:
         checked.append("content sha256")
@@ -353,6 +362,7 @@ def model_provenance(model: LoadedModel | nn.Module | str | Path) -> dict:
         with file.open("rb") as f:  # the content hash it carries (read_model_header keeps to the model's keys)
             header, _ = _parse_header(f.read(8), f.read, file.stat().st_size, label, file)
         path, sha, content = str(file), sha256_file(file), (header.get("__metadata__") or {}).get(CONTENT_KEY)
+        entry = entry or _registered_copy(sha)
     elif model in _PROVENANCE:
         return dict(_PROVENANCE[model])
     else:
@@ -558,10 +568,10 @@ def verify_model(name_or_path: str | Path, builders: Builders | None = None) -> 
     with warnings.catch_warnings():  # an unchecked file is said in the summary ("checked" empty)
         warnings.simplefilter("ignore", QualityWarning)
         loaded = load_model(name_or_path, builders=builders)
-    entry, path = _locate(name_or_path)
+    entry = loaded.entry  # a copy of a registered file given by path has that entry's sha256 checked
     return {
         "name": entry["name"] if entry else None,
-        "file": str(path),
+        "file": loaded.path,
         "sha256_checked": bool(entry),
         "checked": loaded.checked,
         "architecture": loaded.architecture,
