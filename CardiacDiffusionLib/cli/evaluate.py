@@ -15,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluation protocols")
     protocols = p.add_subparsers(dest="protocol", required=True)
     g = protocols.add_parser("gap", help="drop every other SAX slice and predict it (ACDC-layout HDF5 folder)")
-    g.add_argument("--data", required=True, help="folder of ACDC-layout .h5 volumes")
-    g.add_argument("--methods", nargs="+", default=["nearest", "linear", "shape"])
+    g.add_argument("--data", required=True, nargs="+",
+                   help="folder(s) of ACDC-layout .h5 volumes (a file name found in two folders is named by its path)")
+    g.add_argument("--methods", nargs="+", default=["nearest", "linear", "shape"],
+                   help="nearest, linear, shape, dmcvr (default: nearest linear shape)")
     g.add_argument("--patients", help="patient range, e.g. 61-80 (default: all)")
     g.add_argument("--limit", type=int, help="evaluate at most this many volumes")
     g.add_argument("--steps", type=int, help="DDIM steps of dmcvr (default: the model's)")
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "on images only (their Dice is null)")  # fmt: skip
     g.add_argument("--per-volume", action="store_true",
                    help="add each volume's scores (and any warning its method gave) under \"rows\"")
-    g.add_argument("--out", help="write the JSON table here too")
+    g.add_argument("--out", help="write the JSON table here too (with the inputs and settings under \"settings\")")
     g.set_defaults(func=run_gap)
     c = protocols.add_parser("compare", help="paired per-volume differences of one method against others in a "
                                              "gap table made with --per-volume (mean, 95%% CI, wins, Wilcoxon p)")
@@ -45,44 +47,117 @@ def parse_range(text: str | None):
     if not text:
         return None
     try:
-        first, _, last = text.partition("-")
-        first, last = int(first), int(last or first)
+        first, dash, last = text.partition("-")
+        first, last = int(first), int(last) if dash else int(first)
     except ValueError:
-        raise InputError(f"--patients {text!r}: expected a range like 61-80") from None
+        raise InputError(f"--patients {text!r}: expected a patient number or a range like 61-80") from None
+    if first < 0:
+        raise InputError(f"--patients {text!r}: patient numbers are >= 0")
     if last < first:
         raise InputError(f"--patients {text!r}: the first patient comes first, e.g. {last}-{first}")
     return range(first, last + 1)
 
 
+#: the dmcvr-only options of `evaluate gap` (argument name: keyword of the dmcvr method)
+DMCVR_OPTIONS = {"steps": "steps", "device": "device", "model": "model", "strength": "strength",
+                 "shape_prior": "shape_prior"}  # fmt: skip
+
+
+def check_methods(methods: list[str], args: argparse.Namespace) -> dict:
+    """The methods exist and are given once; dmcvr options only with dmcvr. Returns dmcvr's options."""
+    from ..reconstruction.baselines import get_method
+
+    for method in methods:
+        if methods.count(method) > 1:
+            raise InputError(f"--methods: {method} is given twice; give each method once")
+        try:
+            get_method(method)
+        except InputError:
+            raise InputError(f"--methods {method}: unknown method; choose from nearest, linear, shape, dmcvr") from None
+    dmcvr = {key: getattr(args, name) for name, key in DMCVR_OPTIONS.items() if getattr(args, name) is not None}
+    only_dmcvr = [name for name in DMCVR_OPTIONS if name != "device" and getattr(args, name) is not None]
+    if only_dmcvr and "dmcvr" not in methods:  # --device is every command's: harmless without dmcvr
+        given = ", ".join(f"--{name.replace('_', '-')}" for name in only_dmcvr)
+        raise InputError(f"{given}: only dmcvr uses these, and --methods {' '.join(methods)} has no dmcvr; "
+                         "add dmcvr or leave the option out")  # fmt: skip
+    return dmcvr
+
+
+def read_volumes(folders: list[Path], patients: str | None, limit: int | None) -> list:
+    """The labelled stacks of the chosen patients, every file checked before the long run."""
+    from ..io.acdc import list_acdc
+    from ..reconstruction.gap import acdc_stacks
+
+    chosen = parse_range(patients)
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"--data {folder}: folder not found")
+        try:
+            list_acdc(folder)
+        except InputError:
+            raise InputError(f"--data {folder}: no ACDC-layout patientNNN_frameFF.h5 volumes in it; give the folder "
+                             "that holds them") from None  # fmt: skip
+    try:
+        stacks = list(acdc_stacks(folders, chosen, limit))
+    except InputError as e:  # a file without labels or unreadable: name it and say how to go on without it
+        raise InputError(f"--data: {str(e).rstrip('.')} (the protocol scores every volume against its labels: leave "
+                         "that patient out with --patients, or move the file out of the folder)") from None  # fmt: skip
+    if not stacks:
+        held = sorted({p for f in folders for p, _, _ in list_acdc(f)})
+        raise InputError(f"--patients {patients}: no such patient in --data; it holds patients {held[0]}-{held[-1]}")
+    return stacks
+
+
 def run_gap(args: argparse.Namespace) -> int:
-    from ..reconstruction.gap import acdc_stacks, evaluate_gap
+    from ..reconstruction.gap import evaluate_gap, volume_names
 
     if args.out:
         output_file(args.out)  # checked before the long run
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1 volume (or leave it out for all)")
-    data = Path(args.data)
-    if not data.is_dir():
-        raise InputError(f"--data {data}: folder not found")
-    stacks = list(acdc_stacks(data, parse_range(args.patients), args.limit))
-    if not stacks:
-        raise InputError(f"--data {data}: no ACDC-layout .h5 volumes found (for the chosen patients)")
-    dmcvr = {k: v for k, v in (("steps", args.steps), ("device", args.device), ("model", args.model),
-                               ("strength", args.strength), ("shape_prior", args.shape_prior)) if v is not None}  # fmt: skip
+    dmcvr = check_methods(args.methods, args)
+    folders = [Path(d) for d in args.data]
+    stacks = read_volumes(folders, args.patients, args.limit)
+    names = volume_names(stacks)
     given = "without the kept slices' labels" if args.no_labels else "with the kept slices' labels"
     print(f"gap protocol: {len(stacks)} volumes, methods {', '.join(args.methods)}, {given}", file=sys.stderr)
-    table = evaluate_gap(stacks, args.methods, options={"dmcvr": dmcvr}, kept_labels=not args.no_labels,
-                         per_volume=args.per_volume)
+
+    def progress(index: int, name: str) -> None:
+        print(f"gap protocol: volume {index + 1}/{len(stacks)} done ({name})", file=sys.stderr, flush=True)
+
+    scored = evaluate_gap(stacks, args.methods, progress=progress, options={"dmcvr": dmcvr},
+                          kept_labels=not args.no_labels, per_volume=args.per_volume)  # fmt: skip
+    settings = {"command": "evaluate gap", "data": [str(f) for f in folders], "patients": args.patients,
+                "limit": args.limit, "methods": list(args.methods), "kept_labels": not args.no_labels,
+                "dmcvr": dmcvr if "dmcvr" in args.methods else None, "volumes": names}  # fmt: skip
+    table = {"settings": settings, **scored}
     if "dmcvr" in table:  # which model made the dmcvr rows: name, version, sha256
         from ..dmcvr.reconstruction import default_model_name
         from ..models.store import model_provenance
 
         table["dmcvr"]["model"] = model_provenance(args.model or default_model_name())
-    text = json.dumps(table, indent=2)
-    print(text)
+    print(json.dumps(table, indent=2, allow_nan=False))
+    print(markdown_table(scored), file=sys.stderr)
+    for method, row in scored.items():
+        for note in row["notes"]:
+            print(f"note: {method}: {note}", file=sys.stderr)
     if args.out:
         write_json_file(args.out, table)
     return 0
+
+
+def markdown_table(scored: dict) -> str:
+    """The means as a Markdown table, with the number of volumes behind each (mean (n))."""
+
+    def cell(value, n) -> str:
+        return "n/a" if value is None else f"{value:.4g} ({n})"
+
+    lines = ["| method | volumes | Dice LV | Dice MYO | Dice RV | PSNR dB | SSIM |", "|---|---|---|---|---|---|---|"]
+    for method, row in scored.items():
+        dice = [cell(row["dice"][k], row["n"]["dice"][k]) for k in ("LV", "MYO", "RV")]
+        lines.append(f"| {method} | {row['volumes']} | {' | '.join(dice)} | {cell(row['psnr'], row['n']['psnr'])} | "
+                     f"{cell(row['ssim'], row['n']['ssim'])} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -92,7 +167,7 @@ def run_compare(args: argparse.Namespace) -> int:
         output_file(args.out, [args.table])
     path = Path(args.table)
     try:
-        table = json.loads(path.read_text())
+        table = json.loads(path.read_text(), parse_constant=_no_constant)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable JSON gap table ({e})") from None
     try:
@@ -100,15 +175,26 @@ def run_compare(args: argparse.Namespace) -> int:
     except InputError as e:  # name the file the table came from
         raise InputError(f"{path}: {e}") from None
     for baseline, scores in result.items():
-        print(f"{args.method} - {baseline}: mean difference [95% CI], wins/ties/losses, Wilcoxon p")
+        print(f"{args.method} - {baseline}: {scores['volumes']} volumes paired"
+              + (f" ({len(scores['unpaired'])} in only one of them, left out)" if scores["unpaired"] else "")
+              + "; mean difference [95% CI], wins/ties/losses, Wilcoxon p, volumes behind it")  # fmt: skip
         for name, d in [("PSNR dB", scores["psnr"]), ("SSIM", scores["ssim"])] + [
                 (f"Dice {k}", v) for k, v in scores["dice"].items()]:  # fmt: skip
             if d["n"]:
                 ci = "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                print(f"  {name:9s} {d['mean']:+.4f} {ci}  {d['wins']}/{d['ties']}/{d['losses']}  p={d['wilcoxon_p']}")
+                p = "n/a" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3g}"
+                print(f"  {name:9s} {d['mean']:+.4f} {ci}  {d['wins']}/{d['ties']}/{d['losses']}  p={p}  n={d['n']}")
+            else:
+                print(f"  {name:9s} n/a: no volume has both scores")
+    settings = {"command": "evaluate compare", "table": str(path), "method": args.method,
+                "against": list(args.against), "gap_settings": table.get("settings")}  # fmt: skip
     if args.out:
-        write_json_file(args.out, result, inputs=[args.table])
+        write_json_file(args.out, {"settings": settings, **result}, inputs=[args.table])
     return 0
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON; a gap table holds numbers or null")
 
 
 # ---- evaluate ldm (synthetic CT pairs; CardiacDiffusionLib/ldm/evaluate.py) ----------------------

@@ -1,7 +1,8 @@
 """``cardiac-diffusion inspect``: what the readers see in a SAX input (and its labels), before any work.
 
 Slices, grid, gaps and shifts, the normal, the cardiac phases on offer (trigger times of a DICOM cine), the
-labels per slice and which way the apex lies, and every warning a reconstruction would print.
+labels per slice and which way the apex lies, and every warning a reconstruction would print; in plain words:
+the orientation, which end of the stack is the base, the spacing, and whether ``--sax`` looks like a label map.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 
 import numpy as np
 
+from ..errors import InputError
 from ..labels import MR_LABELS
 from .common import add_label_convention, lax_inputs, output_file, stack_report, write_json_file
 
@@ -21,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lax-labels", nargs="*", default=[],
                    help="LAX label images: their angle to the SAX slices, what of them a reconstruction reaches, and "
                         "(with --sax-labels) how the LAX and SAX labels agree where the planes cross")  # fmt: skip
-    p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of a reconstruction, mm (default 1)")
+    p.add_argument("--spacing", type=float,
+                   help="with --lax-labels: through-plane spacing of a reconstruction, mm (default 1)")
     p.add_argument("--phase", type=int, help="cine input: the phase to look at (default: the first)")
     p.add_argument("--out", help="also write the summary as a JSON file")
     add_label_convention(p)
@@ -35,6 +38,8 @@ def summary(stack, on_offer: list[dict], phase: int, lax: dict | None = None, sp
 
     out = {"source": stack.meta.get("path", stack.source), **stack_report(stack), "phases": on_offer, "phase": phase}
     out["apex_along_normal_by_anatomy"] = anatomy_says_normal_points_to_apex(stack)  # None: orientation cannot say
+    out["orientation"] = orientation_words(stack)
+    trend = None
     if stack.labels is not None:
         out["labels"] = {name: [int(k) for k in np.nonzero((stack.labels == v).any(axis=(1, 2)))[0]]
                          for v, name in MR_LABELS.items()}  # slices holding each label  # fmt: skip
@@ -42,6 +47,12 @@ def summary(stack, on_offer: list[dict], phase: int, lax: dict | None = None, sp
         trend = area_trend(stack.positions, areas)
         out["heart_area_trend_along_normal"] = None if trend is None else round(trend, 3)
         out["apex_along_normal"] = normal_points_to_apex(stack)
+    out["slice_order"] = slice_order_words(stack.n, out["apex_along_normal_by_anatomy"], trend)
+    values = label_like_values(stack.pixels)
+    out["looks_like_labels"] = values is not None
+    if values is not None:
+        out["warnings"].insert(0, f"--sax holds only the whole numbers {values}: it looks like a label map, not an "
+                                  "image; give the image as --sax and this file as --sax-labels")  # fmt: skip
     if lax:
         from ..reconstruction.lax_check import lax_overview
 
@@ -50,9 +61,71 @@ def summary(stack, on_offer: list[dict], phase: int, lax: dict | None = None, sp
     return out
 
 
+_AXES = (("left", "right"), ("posterior", "anterior"), ("superior", "inferior"))  # LPS +x, +y, +z
+
+
+def orientation_words(stack) -> str:
+    """The slices' orientation in words: stored or not, axis-aligned or double-oblique, where the normal points."""
+    if stack.meta.get("orientation_known") is False:
+        return "not stored in the file (identity assumed): left/right, front/back cannot be told"
+    normal = np.asarray(stack.normal, float)
+    toward = ", ".join(pos if v > 0 else neg for v, (pos, neg) in zip(normal, _AXES) if abs(v) >= 0.3)
+    oblique = int((np.abs(normal) > 0.1).sum())
+    kind = {1: "axis-aligned (transverse, coronal or sagittal; a short-axis stack is double-oblique: check it)",
+            2: "oblique", 3: "double-oblique, as a short-axis stack is"}[max(oblique, 1)]  # fmt: skip
+    return f"{kind}; the normal points to the patient's {toward}"
+
+
+def slice_order_words(n: int, by_anatomy: bool | None, trend: float | None) -> str:
+    """Which end of the stack (slices numbered along the normal) is the base, by the anatomy or the labels."""
+    first, last = "base", "apex"
+    if by_anatomy is not None:
+        why = "by the stored orientation"
+        towards_apex = by_anatomy
+    elif trend is not None and abs(trend) >= 0.25:  # the tolerance of geometry.stack.slice_order_warning
+        why = "by the labels: the heart's area shrinks towards the apex"
+        towards_apex = trend < 0
+    else:
+        return "unknown: the orientation cannot tell (not stored, axis-aligned or across the heart) and no labels show it"
+    if not towards_apex:
+        first, last = last, first
+    return f"slice 0 is at the {first}, slice {n - 1} at the {last} ({why})"
+
+
+def label_like_values(pixels: np.ndarray, most: int = 16) -> list[int] | None:
+    """The values of an image that holds only a few whole numbers (0 among them), as a label map does; else None."""
+    values = np.unique(pixels)
+    if len(values) > most or not np.all(values == np.round(values)) or 0 not in values or len(values) < 2:
+        return None
+    return [int(v) for v in values]
+
+
+def _slices_words(slices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for k in slices:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def _gaps_words(gaps: list[float], uniform: bool) -> str:
+    if not gaps:
+        return "one slice"
+    if uniform:
+        return f"{len(gaps)} gaps of {np.mean(gaps):.4g} mm (even)"
+    return f"uneven, {min(gaps):g} to {max(gaps):g} mm: {gaps}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, volume_phases
 
+    if args.spacing is not None and not args.lax_labels:
+        raise InputError(f"--spacing {args.spacing}: only used with --lax-labels (what of each plane a reconstruction "
+                         "reaches); give LAX labels or leave it out")  # fmt: skip
+    spacing = 1.0 if args.spacing is None else args.spacing
     out = output_file(args.out, [args.sax, args.sax_labels, *args.lax_labels]) if args.out else None
     phase = args.phase if args.phase is not None else 0  # phase 0 of a one-phase file is the file
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
@@ -60,21 +133,26 @@ def run(args: argparse.Namespace) -> int:
     times = stack.meta.get("trigger_times_ms") or [None] * volume_phases(args.sax, name="--sax")  # DICOM: read once
     on_offer = [{"phase": k, "trigger_time_ms": t} for k, t in enumerate(times)]
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)
-    info = summary(stack, on_offer, phase, lax, args.spacing)
+    info = summary(stack, on_offer, phase, lax, spacing)
     times = [p["trigger_time_ms"] for p in on_offer]
-    print(f"{info['source']}: {info['slices']} slices of {info['rows_cols'][0]} x {info['rows_cols'][1]} pixels "
-          f"({info['pixel_spacing_mm'][0]:g} x {info['pixel_spacing_mm'][1]:g} mm), normal {info['normal_lps']}")  # fmt: skip
-    print(f"gaps (mm): {info['slice_gaps_mm']}")
+    (rows, cols), (sx, sy) = info["rows_cols"], info["pixel_spacing_mm"]
+    print(f"{info['source']}: {info['slices']} slices of {rows} x {cols} pixels ({sx:g} x {sy:g} mm), "
+          f"normal {info['normal_lps']}")  # fmt: skip
+    print(f"orientation: {info['orientation']}")
+    print(f"slice order: {info['slice_order']}")
+    print(f"gaps: {_gaps_words(info['slice_gaps_mm'], info['uniform_gaps'])}"
+          + (f"; slices shifted in-plane by up to {info['max_in_plane_shift_mm']:g} mm"
+             if info["max_in_plane_shift_mm"] > 0.1 else ""))  # fmt: skip
     print(f"phases: {len(on_offer)}" + (f", trigger times (ms) {times}" if any(t is not None for t in times) else "")
           + f"; shown: phase {info['phase']}")  # fmt: skip
-    by_anatomy = info["apex_along_normal_by_anatomy"]
-    print("apex along the normal by the anatomy (true geometry): "
-          + ("unknown (no orientation stored, or the normal lies across the heart's axis)" if by_anatomy is None
-             else str(by_anatomy)))  # fmt: skip
     if "labels" in info:
-        for name, slices in info["labels"].items():
-            print(f"{name}: slices {slices}")
-        print(f"apex along the normal: {info['apex_along_normal']} (heart area trend {info['heart_area_trend_along_normal']})")
+        present = [f"{name} on slices {_slices_words(k)}" for name, k in info["labels"].items() if k]
+        absent = [name for name, k in info["labels"].items() if not k]
+        print("labels: " + ("; ".join(present) or "none") + (f"; absent: {', '.join(absent)}" if absent else ""))
+        print(f"apex along the normal: {info['apex_along_normal']} (heart area trend "
+              f"{info['heart_area_trend_along_normal']}; < 0: shrinks along the normal)")  # fmt: skip
+    else:
+        print("labels: none given (--sax-labels; an ACDC HDF5 file carries its own)")
     for name, row in info.get("lax", {}).items():
         agreement = row.get("agreement_with_sax_labels")
         said = "" if agreement is None else ", agreement with the SAX labels where the planes cross " + ", ".join(

@@ -3,8 +3,11 @@
 For each volume: keep slices 0, 2, 4, ...; every odd slice with a kept neighbour on both sides
 is predicted by each method from the kept slices only. Scores per volume: Dice per label pooled
 over the volume's dropped slices (one 3D Dice), PSNR over the dropped slices together and SSIM
-averaged over them (intensities in [0, 1], data range 1). Scores are then averaged over volumes
-(a label absent from a volume's dropped slices and its prediction is left out of the mean).
+averaged over them (intensities in [0, 1], data range 1). Scores are then averaged over volumes; each
+mean says how many volumes are behind it (``"n"``). Left out of a mean, counted and said in ``"notes"``: a
+label absent from a volume's dropped slices and its prediction (Dice undefined), and an infinite PSNR (the
+dropped slices reproduced exactly: no cap, as skimage and the DMCVR code compute it; a cap such as 100 dB
+would dominate a mean of 15-dB volumes). A volume too short to drop a slice (fewer than 3) is skipped and said.
 
 ``kept_labels=False`` removes the kept slices' labels first (a clinician's unlabelled stack): only
 methods that segment on their own (dmcvr) then give labels; the others are scored on images only.
@@ -60,24 +63,49 @@ def evaluate_gap(
     kept_labels: bool = True,
     per_volume: bool = False,
 ) -> dict[str, dict]:
-    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n, "kept_labels": bool}}``;
-    ``options[method]`` go to it; ``kept_labels=False``: the kept slices' labels are not given.
-    ``per_volume=True`` adds ``"rows"``: each volume's scores and the QualityWarnings its method raised
-    (which then are not shown as warnings)."""
+    """``{method: {"dice": {label: mean}, "psnr": mean, "ssim": mean, "volumes": n, "n": {...}, "notes": [...],
+    "kept_labels": bool}}`` (:func:`summarise`); ``options[method]`` go to it; ``kept_labels=False``: the kept
+    slices' labels are not given. ``per_volume=True`` adds ``"rows"``: each volume's scores and the
+    QualityWarnings its method raised (which then are not shown as warnings). Volumes are named by file name,
+    or by path where two share a name (the same patient from two folders), so no row hides another."""
+    stacks = list(stacks)
+    names = volume_names(stacks)
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
-    for index, stack in enumerate(stacks):
+    skipped: list[str] = []
+    for index, (stack, name) in enumerate(zip(stacks, names)):
         for method in methods:
             with quality_warnings() if per_volume else nullcontext([]) as said:
                 scores = score_volume(stack, method, kept_labels, **(options or {}).get(method, {}))
             if scores is not None:
-                per_method[method].append({"volume": stack.source, **scores, "warnings": said})
+                per_method[method].append({"volume": name, **scores, "warnings": said})
+        if len(split_kept_dropped(stack.n)[1]) == 0:
+            skipped.append(name)
         if progress:
-            progress(index, stack.source)
-    out = {m: {**summarise(rows), "kept_labels": kept_labels} for m, rows in per_method.items()}
+            progress(index, name)
+    out = {m: {**summarise(rows, skipped), "kept_labels": kept_labels} for m, rows in per_method.items()}
     if per_volume:
         for m, rows in per_method.items():
-            out[m]["rows"] = [{**r, "dice": {k: _round(v) for k, v in r["dice"].items()}, "psnr": _round(r["psnr"]),
-                               "ssim": _round(r["ssim"])} for r in rows]  # fmt: skip
+            out[m]["rows"] = [_row(r) for r in rows]
+    return out
+
+
+def volume_names(stacks: list[SliceStack]) -> list[str]:
+    """Each stack's name in the table: its file name (``source``), or its path where names repeat."""
+    sources = [s.source for s in stacks]
+    names = [s.meta.get("path", s.source) if sources.count(s.source) > 1 else s.source for s in stacks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"gap protocol: the volume {repeated[0]} is given twice; give each volume once")
+    return names
+
+
+def _row(row: dict) -> dict:
+    """A per-volume row as JSON: rounded scores, null for undefined ones; an infinite PSNR is null with
+    ``"psnr_infinite": true`` (JSON has no infinity)."""
+    out = {**row, "dice": {k: _round(v) for k, v in row["dice"].items()}, "psnr": _round(row["psnr"]),
+           "ssim": _round(row["ssim"])}  # fmt: skip
+    if row["psnr"] == np.inf:
+        out["psnr_infinite"] = True
     return out
 
 
@@ -85,38 +113,72 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
-def summarise(rows: list[dict]) -> dict:
-    def mean(values) -> float | None:
-        values = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
-        return round(float(values.mean()), 4) if len(values) else None
+def summarise(rows: list[dict], skipped: Iterable[str] = ()) -> dict:
+    """Means over the volumes (``rows``) and ``"n"``, how many volumes are behind each; ``"notes"`` say in words
+    what was left out and why: undefined Dice, infinite PSNR, ``skipped`` volumes."""
 
+    def mean(values) -> tuple[float | None, int]:
+        values = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
+        return (round(float(values.mean()), 4) if len(values) else None), len(values)
+
+    dice = {name: mean(r["dice"][name] for r in rows) for name in MR_LABELS.values()}
+    psnr_mean, psnr_n = mean(r["psnr"] for r in rows)
+    ssim_mean, ssim_n = mean(r["ssim"] for r in rows)
+    exact = [r["volume"] for r in rows if r["psnr"] == np.inf]
+    notes = []
+    if exact:
+        notes.append(f"PSNR: {len(exact)} of {len(rows)} volumes left out of the mean: their dropped slices were "
+                     f"reproduced exactly (infinite PSNR): {', '.join(exact)}")  # fmt: skip
+    for name, (_, n) in dice.items():
+        given = sum(r["dice"][name] is not None for r in rows)  # None: no labels predicted at all
+        if n < given:
+            notes.append(f"Dice {name}: {given - n} of {len(rows)} volumes left out of the mean: {name} is in neither "
+                         "their dropped slices nor the prediction (Dice undefined)")  # fmt: skip
+    skipped = list(skipped)
+    if skipped:
+        notes.append(f"{len(skipped)} volumes skipped: fewer than 3 slices, none to drop: {', '.join(skipped)}")
     return {
-        "dice": {name: mean(r["dice"][name] for r in rows) for name in MR_LABELS.values()},
-        "psnr": mean(r["psnr"] for r in rows),
-        "ssim": mean(r["ssim"] for r in rows),
+        "dice": {name: m for name, (m, _) in dice.items()},
+        "psnr": psnr_mean,
+        "ssim": ssim_mean,
         "volumes": len(rows),
+        "n": {"dice": {name: n for name, (_, n) in dice.items()}, "psnr": psnr_n, "ssim": ssim_n},
+        "psnr_infinite": len(exact),
+        "notes": notes,
     }
 
 
 def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
     """Paired differences ``method - baseline`` per volume (metrics.paired) of an :func:`evaluate_gap` table made
-    with ``per_volume=True``: ``{baseline: {"psnr": d, "ssim": d, "dice": {label: d}}}``."""
+    with ``per_volume=True``: ``{baseline: {"volumes": paired, "unpaired": [...], "psnr": d, "ssim": d,
+    "dice": {label: d}}}``. Rows are paired by volume name; a name given twice for one method is refused."""
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise InputError("gap table: not a table of `evaluate gap --per-volume --out` ({method: {...}})")
+    methods = sorted(k for k in table if k not in TABLE_KEYS)
 
     def rows(name: str) -> dict:
-        if name not in table:
-            raise InputError(f"gap table: no method {name!r}; it has {', '.join(sorted(table))}")
+        if name not in methods:
+            raise InputError(f"gap table: no method {name!r}; it has {', '.join(methods) or 'none'}")
         if "rows" not in table[name]:
             raise InputError(f"gap table: {name!r} has no per-volume rows; make it with --per-volume")
         given = table[name]["rows"]
         if not isinstance(given, list) or not all(_is_row(r) for r in given):
             raise InputError(f"gap table: {name!r} rows are not `evaluate gap --per-volume` rows ({{\"volume\", "
                              "\"psnr\", \"ssim\", \"dice\": {LV, MYO, RV}}); make the table again")
+        names = [r["volume"] for r in given]
+        twice = sorted({v for v in names if names.count(v) > 1})
+        if twice:
+            raise InputError(f"gap table: {name!r} has {names.count(twice[0])} rows named {twice[0]!r} (the same file "
+                             "from two folders?); rows are paired by name, so make the table again with `evaluate gap`, "
+                             "which names such volumes by their path")  # fmt: skip
         return {r["volume"]: r for r in given}
 
-    mine, out = rows(method), {}
+    mine, out, against = rows(method), {}, list(against)
     for baseline in against:
+        if against.count(baseline) > 1:
+            raise InputError(f"--against: {baseline} is given twice; give each baseline once")
+        if baseline == method:
+            raise InputError(f"--against {baseline}: the method compared with itself; give other methods")
         theirs = rows(baseline)
         volumes = sorted(set(mine) & set(theirs))
         if not volumes:
@@ -125,9 +187,14 @@ def compare_methods(table: dict, method: str, against: Iterable[str]) -> dict:
         def paired(get) -> dict:
             return paired_difference([get(mine[v]) for v in volumes], [get(theirs[v]) for v in volumes])
 
-        out[baseline] = {"psnr": paired(lambda r: r["psnr"]), "ssim": paired(lambda r: r["ssim"]),
+        out[baseline] = {"volumes": len(volumes), "unpaired": sorted(set(mine) ^ set(theirs)),
+                         "psnr": paired(lambda r: r["psnr"]), "ssim": paired(lambda r: r["ssim"]),
                          "dice": {k: paired(lambda r, k=k: r["dice"][k]) for k in MR_LABELS.values()}}  # fmt: skip
     return out
+
+
+#: keys of a gap table that are not methods (``evaluate gap`` writes its inputs and settings there)
+TABLE_KEYS = ("settings",)
 
 
 def _is_row(row) -> bool:
@@ -139,11 +206,13 @@ def _is_row(row) -> bool:
             and all(score(row["dice"].get(k, "")) for k in MR_LABELS.values()))  # fmt: skip
 
 
-def acdc_stacks(folder: Path, patients: Iterable[int] | None = None, limit: int | None = None):
-    """Labelled SAX stacks of an ACDC-layout folder (nominal spacing; the protocol is in slice units)."""
+def acdc_stacks(folders, patients: Iterable[int] | None = None, limit: int | None = None):
+    """Labelled SAX stacks of one ACDC-layout folder or several (nominal spacing; the protocol is in slice
+    units), in (patient, frame, path) order."""
     from ..io.acdc import list_acdc, read_acdc
 
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     wanted = None if patients is None else set(patients)
-    entries = [e for e in list_acdc(folder) if wanted is None or e[0] in wanted]
+    entries = sorted(e for f in folders for e in list_acdc(f) if wanted is None or e[0] in wanted)
     for patient, frame, path in entries[:limit]:
         yield read_acdc(path)
