@@ -175,6 +175,8 @@ def run_lma(
     if stack.labels is None:
         raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")
     qa.require_slices(stack.n, stack.source)
+    if rv_insertion is not None:
+        check_in_view(stack, rv_insertion, "--rv-insertion")
     full = lv_frame(stack, rv_insertion, base, apex)
     qa.require_slices(len(full.slices), f"{stack.source}: slices holding LV myocardium")
     flags = [qa.flag("input", str(warning)) for warning in stack.meta.get("warnings", [])]  # e.g. geometry not stored
@@ -226,6 +228,29 @@ def run_lma(
     }
     points = sector_points(stack, frame)
     return LMAResult(myo, mesh, frame, values, points, table, lead, lma)
+
+
+def check_in_view(stack: SliceStack, points, option: str) -> None:
+    """InputError for a point (LPS mm) outside the stack's image: beside its field of view, or more than one slice
+    gap beyond its first or last slice (the sectors would start from a direction the image never showed)."""
+    points = np.asarray(points, float).reshape(-1, 3)
+    if not np.all(np.isfinite(points)):
+        raise InputError(f"{option}: points must be finite LPS coordinates x,y,z (mm)")
+    rows, cols = stack.shape2d
+    gap = float(np.median(np.abs(np.diff(stack.positions)))) if stack.n > 1 else 10.0
+    for point in points:
+        along = float(point @ stack.normal)
+        k = int(np.argmin(np.abs(stack.positions - along)))
+        d = point - stack.origins[k]
+        col, row = d @ stack.row_dir / stack.pixel_spacing[0], d @ stack.col_dir / stack.pixel_spacing[1]
+        beyond = max(stack.positions[0] - along, along - stack.positions[-1], 0.0)
+        if not (-0.5 <= col <= cols - 0.5 and -0.5 <= row <= rows - 0.5) or beyond > gap:
+            text = ",".join(f"{v:g}" for v in point)
+            end = "first" if along < stack.positions[0] else "last"
+            where = (f"{beyond:.0f} mm beyond the {end} slice" if beyond > gap else
+                     f"at column {col:.0f}, row {row:.0f} of a {cols} x {rows} image")  # fmt: skip
+            raise InputError(f"{option} {text}: lies outside the SAX image ({where}); give the anterior RV insertion "
+                             "on a SAX slice in LPS mm (Slicer shows RAS: negate x and y)")  # fmt: skip
 
 
 def drop_specks(myo: sitk.Image, fraction: float = 0.01) -> tuple[sitk.Image, int]:

@@ -110,14 +110,22 @@ def _labels_alone(slices: str, convention: str, phase: int | None):
 
 def run(args: argparse.Namespace) -> int:
     from ..activation.bullseye import near_ties_text
-    from ..activation.pipeline import OUTPUTS, run_lma, write_outputs
+    from ..activation.pipeline import OUTPUTS, check_in_view, run_lma, write_outputs
+    from ..reconstruction.volume import planned_targets
     from ..activation.tos import load_strain
 
     if args.sadir_refine is not None and args.sadir_refine < 0:
         raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) or a positive number of steps")
+    if args.late_threshold is None and not 0 < args.late_percentile < 100:  # was said, unnamed, after the work
+        raise InputError(f"--late-percentile {args.late_percentile}: give a percentile above 0 and below 100 "
+                         "(default 75), or --late-threshold MS")  # fmt: skip
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
                                 tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+    if args.rv_insertion is not None:  # a point outside the image: refused before any work
+        check_in_view(stack, args.rv_insertion, "--rv-insertion")
+    if args.method == "shape" and stack.n >= 2:  # a myocardium grid that does not fit in memory: refused now
+        planned_targets(stack, args.spacing, "shape")
     report = json_progress(args)
     result = run_lma(
         stack,

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, write_image
     from ..reconstruction.lax_check import format_table, lax_dice_table, lax_overview
-    from ..reconstruction.volume import reconstruct
+    from ..reconstruction.volume import planned_targets, reconstruct
 
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                   if getattr(args, k) is not None]  # fmt: skip
     if dmcvr_only and args.method != "dmcvr":
         raise InputError(f"{', '.join(dmcvr_only)}: options of --method dmcvr; {args.method} has none (leave them out)")
+    _check_dmcvr_numbers(args)
     for path in args.lax:
         if not Path(path).exists():
             raise InputError(f"--lax {path}: file not found")
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if stack.labels is not None and not stack.labels.any():
         raise InputError(f"--sax-labels {args.sax_labels}: no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV "
                          "cavity); label the stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip
+    planned_targets(stack, args.spacing, args.method)  # an output grid that does not fit in memory: refused now
     lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
     report = stack_report(stack)
     if lax:  # a plane the volume will not reach is refused now; labels that disagree at the crossings are said
@@ -105,6 +107,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {name} of an earlier run in {out} (this run does not make it)")
     print(f"{args.method}: wrote {', '.join(written)} to {out}")
     return 0
+
+
+def _check_dmcvr_numbers(args: argparse.Namespace) -> None:
+    """dmcvr's --strength, --shape-prior and --steps refused by their option's name before any work (the library
+    said 'dmcvr steps: 100000' after reading the input); --steps' limit is the model's schedule at --strength."""
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise InputError(f"--strength {args.strength}: give the fraction of the diffusion schedule inverted, "
+                         "above 0 and at most 1 (1 = full inversion, the default)")  # fmt: skip
+    if args.shape_prior is not None and not 0 <= args.shape_prior < 1:
+        raise InputError(f"--shape-prior {args.shape_prior}: give a weight from 0 (the network alone) to below 1 "
+                         "(default 0.4)")  # fmt: skip
+    if args.steps is None:
+        return
+    if args.steps < 1:
+        raise InputError(f"--steps {args.steps}: give at least 1 DDIM step (default 25)")
+    from ..dmcvr.reconstruction import DEFAULT_STRENGTH, load_dmcvr
+    from ..utils.device import resolve_device
+
+    net = load_dmcvr(args.model, str(resolve_device(args.device)))[0]  # kept for the run (load_dmcvr's cache)
+    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    most = max(1, int(round(strength * len(net.alphas_cumprod))))
+    if args.steps > most:
+        raise InputError(f"--steps {args.steps}: at most {most} DDIM steps at strength {strength:g} (the model's "
+                         "schedule); the default 25 is what the model was tuned for")  # fmt: skip
 
 
 def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, iter_pairs, load_ldm, write_pairs
+    from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, earlier_run, iter_pairs, load_ldm, write_pairs
     from ..models.store import model_provenance
     from ..utils.device import prepare_device
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
     out = output_folder(args.out)
+    earlier_run(out)  # a user's own labels.json or sample files in --out: refused before any work
     model = load_ldm(args.model or DEFAULT_MODEL, prepare_device(args.device))
     if args.steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--steps {args.steps}: at most {model.scheduler.num_train_timesteps}")

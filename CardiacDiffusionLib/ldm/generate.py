@@ -91,7 +91,8 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
     Pairs are written as they come (``pairs`` may be :func:`iter_pairs`): each under temporary names, then
     renamed, and labels.json is rewritten after each, so an interrupted run (Ctrl-C) leaves whole pairs only,
     each listed in labels.json. An earlier run's sample files and labels.json in ``out`` are removed when the
-    first pair is ready to be put in place; a run stopped before that leaves the folder as it was.
+    first pair is ready to be put in place; a run stopped before that leaves the folder as it was. Files there
+    that no earlier run made (:func:`earlier_run`) are refused before the first pair is sampled.
     ``meta`` goes into labels.json; its ``model``, given as a name or path, is recorded as that model's
     :func:`~CardiacDiffusionLib.models.store.model_provenance` (name, version, sha256).
     """
@@ -100,6 +101,7 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
     out = Path(out)
     if isinstance(meta.get("model"), (str, Path)):
         meta = {**meta, "model": model_provenance(meta["model"])}
+    stale = earlier_run(out)  # before any pair is sampled (``pairs`` may be a lazy iterator)
     written, samples, temporary, placed = [], [], [], []
     info = {"labels": {str(k): v for k, v in CT_LABELS.items()}, "background": 0, "spacing_mm": [spacing_mm] * 3,
             "samples": samples, **meta}  # fmt: skip
@@ -112,7 +114,8 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
             for image, path in zip(images, temporary):
                 write_image(image, path)
             if i == 0:  # an earlier run's pairs would pass for this run's
-                _remove_earlier_run(out)
+                for path in stale:
+                    path.unlink(missing_ok=True)
             for path, target in zip(temporary, final):
                 path.replace(target)
                 placed.append(target)
@@ -135,6 +138,27 @@ def _write_json(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
-def _remove_earlier_run(out: Path) -> None:
-    for stale in [*out.glob("sample_*_image.nii.gz"), *out.glob("sample_*_labels.nii.gz"), out / "labels.json"]:
-        stale.unlink(missing_ok=True)
+def earlier_run(out: str | Path, option: str = "--out") -> list[Path]:
+    """The files of an earlier run in ``out`` (its labels.json and the pairs it lists), which a new run replaces;
+    an InputError when ``out`` holds a labels.json that no run wrote or sample files it does not list: they are
+    the user's (a run removed every ``sample_*`` file and any labels.json, whoever made them)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = sorted({*out.glob("sample_*_image.nii.gz"), *out.glob("sample_*_labels.nii.gz")})
+    listed: set[str] = set()
+    if (out / "labels.json").exists():
+        try:
+            info = json.loads((out / "labels.json").read_text())
+            listed = {name for s in info["samples"] for name in pair_names(int(s["index"]))}
+            ours = info["labels"] == {str(k): v for k, v in CT_LABELS.items()}
+        except (OSError, ValueError, TypeError, KeyError):
+            ours = False
+        if not ours:
+            raise InputError(f"{option} {out}: holds a labels.json that no `sample` run wrote; it is kept: choose a "
+                             "new or empty folder")  # fmt: skip
+    foreign = [path.name for path in found if path.name not in listed]
+    if foreign:
+        raise InputError(f"{option} {out}: holds {len(foreign)} sample file(s) that no labels.json there lists "
+                         f"(e.g. {foreign[0]}); they are kept: choose a new or empty folder, or move them")  # fmt: skip
+    return [*found, *([out / "labels.json"] if (out / "labels.json").exists() else [])]

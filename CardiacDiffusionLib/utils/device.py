@@ -3,28 +3,36 @@
 ``--device auto|cpu|cuda|mps`` (or ``cuda:N``) everywhere; ``auto`` picks CUDA, then MPS, then CPU.
 Inference runs batches of slices/volumes through :func:`run_batched`, which halves the batch on
 an out-of-memory error down to 1 and then stops with an :class:`InputError` saying what to do.
+:func:`available_memory` is what a command may allocate on this machine (checked before a large output).
+torch is imported where used, so the memory check costs the classical methods no torch import.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence, TypeVar
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 T = TypeVar("T")
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps and mps.is_available())
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The torch device for ``name``, or an InputError when it cannot be used here."""
+    import torch
+
     text = str(name or "auto").strip().lower()
     if text == "auto":
         if torch.cuda.is_available():
@@ -67,6 +75,8 @@ def physical_cores() -> int:
 def configure_cpu_threads() -> int:
     """Set torch's intra-op threads: OMP_NUM_THREADS when the user set it, else the physical cores."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    import torch
+
     threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
     torch.set_num_threads(threads)
     return threads
@@ -82,12 +92,16 @@ def prepare_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA's OutOfMemoryError and the MPS/CPU 'out of memory' RuntimeErrors."""
+    import torch
+
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
 
 
 def _free_cache(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
     elif device.type == "mps" and _mps_available():
@@ -105,8 +119,10 @@ def with_oom_retry(
     run: Callable[[int], T], batch_size: int, device: str | torch.device = "cpu", what: str = "images"
 ) -> T:
     """``run(batch_size)``; on out-of-memory free the cache and retry with half the batch, down to 1."""
+    import torch
+
     device = torch.device(device)
-    size = max(1, int(batch_size))
+    size = _batch_size(batch_size)
     while True:
         try:
             return run(size)
@@ -132,8 +148,10 @@ def run_batched(
     a tensor (concatenated along dim 0) or a sequence (joined). Batches done are kept; once a
     smaller batch fits it is kept for the rest. At batch size 1 an out-of-memory is an InputError.
     """
+    import torch
+
     device = torch.device(device)
-    size, start, outputs = max(1, int(batch_size)), 0, []
+    size, start, outputs = _batch_size(batch_size), 0, []
     while start < len(items):
         try:
             out = fn(items[start : start + size])
@@ -150,3 +168,41 @@ def run_batched(
     if outputs and isinstance(outputs[0], torch.Tensor):
         return torch.cat(outputs, dim=0)
     return [x for out in outputs for x in out]
+
+
+def _batch_size(value) -> int:
+    """``value`` as a batch size: a whole number >= 1, else an InputError (0 or -3 ran silently as 1)."""
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer() and int(value) >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise InputError(f"batch size {value}: give a whole number of at least 1")
+    return int(value)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's MemAvailable, less where a cgroup (container)
+    limit leaves less; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found and hasattr(os, "sysconf"):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            if cap.isdigit() and int(cap) < 2**60:  # "max" or a huge number: no limit
+                found.append(max(0, int(cap) - int(Path("/sys/fs/cgroup", usage).read_text())))
+                break
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
