@@ -165,23 +165,55 @@ class SliceStack:
 
     @classmethod
     def from_image(
-        cls, image: sitk.Image, labels: sitk.Image | None = None, source: str = "SAX volume"
+        cls, image: sitk.Image, labels: sitk.Image | None = None, source: str = "SAX volume", file: str | None = None
     ) -> "SliceStack":
-        """Split a 3D volume into its z slices (the stack axis is the image's third axis)."""
+        """Split a 3D volume into its slices: along the image's third axis, or along another axis whose spacing is
+        clearly the coarsest (:func:`slice_axis`: a stack saved slice axis first), every voxel kept in place.
+        ``file`` names the input in messages. A slice axis tilted from the slices' normal (a sheared grid) gives
+        slices shifted in-plane, kept so and said in ``meta["warnings"]``."""
         import SimpleITK as sitk
 
-        if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+        where = f"{file} " if file else ""
+        if image.GetDimension() != 3:
+            raise InputError(f"{source}: expected a 3D stack of at least 2 slices, got {where}size {image.GetSize()}; "
+                             "give the whole SAX series, not a single slice")  # fmt: skip
+        notes = []
+        axis = slice_axis(image)
+        if axis != 2:
+            notes.append(
+                f"{source}: {where}holds its slices along its {('first', 'second')[axis]} axis "
+                f"({image.GetSpacing()[axis]:g} mm apart), not its third: read as a stack along that axis (every voxel "
+                "keeps its position in the patient; outputs store the slices along their third axis)"
+            )
+            order = [a for a in range(3) if a != axis] + [axis]
+            image = sitk.PermuteAxes(image, order)
+            labels = None if labels is None else sitk.PermuteAxes(labels, order)
+        if image.GetSize()[2] < 2:
             raise InputError(
-                f"{source}: expected a 3D stack of at least 2 slices, got size {image.GetSize()}; "
+                f"{source}: expected a 3D stack of at least 2 slices, got {where}size {image.GetSize()}; "
                 "give the whole SAX series, not a single slice"
             )
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(f"{source}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        in_plane = _angle_deg(direction[:, 0], direction[:, 1])
+        if abs(np.cos(np.radians(in_plane))) > 1e-3:  # SliceStack's own limit
+            raise InputError(
+                f"{source}: {where}has in-plane axes {in_plane:.1f} deg apart, not 90 (a sheared direction matrix), so "
+                "its pixels are not a 2D image grid; resample it onto an orthogonal grid (e.g. SimpleITK Resample with "
+                "an orthonormal direction) or re-export it from the scanner's DICOM series"
+            )
+        tilt = _angle_deg(direction[:, 2], np.cross(direction[:, 0], direction[:, 1]))
+        tilt = min(tilt, 180.0 - tilt)
+        spacing = image.GetSpacing()
+        if spacing[2] * (image.GetSize()[2] - 1) * np.sin(np.radians(tilt)) > SHIFT_TOLERANCE_MM:
+            notes.append(
+                f"{source}: {where}has its slice axis tilted {tilt:.1f} deg from the slices' normal (a sheared grid, as "
+                "after a gantry tilt): the slices are kept at their true positions, shifted in-plane against each other"
+            )
         pixels = sitk.GetArrayFromImage(image).astype(np.float32)
         if not np.all(np.isfinite(pixels)):
             raise InputError(f"{source}: image holds NaN or infinite values; clean or mask them first")
-        direction = np.array(image.GetDirection()).reshape(3, 3)
-        spacing = image.GetSpacing()
         origin = np.array(image.GetOrigin())
         k = np.arange(image.GetSize()[2])
         origins = origin[None, :] + (k * spacing[2])[:, None] * direction[:, 2][None, :]
@@ -199,6 +231,7 @@ class SliceStack:
             labels=label_array,
             thickness=spacing[2],
             source=source,
+            meta={"warnings": notes} if notes else {},
         )
         return stack
 
@@ -333,6 +366,22 @@ def slice_order_warning(stack: SliceStack, labels: np.ndarray | None = None, val
     return None
 
 
+#: an axis other than the third holds the slices when its spacing is at least this many times the other two's
+SLICE_AXIS_RATIO = 2.0
+
+
+def slice_axis(image: sitk.Image) -> int:
+    """The axis (0, 1, 2) of a 3D image along which its slices lie: the third, unless another axis of at least
+    2 voxels is spaced at least ``SLICE_AXIS_RATIO`` times coarser than both others (SAX slices lie 5-10 mm apart,
+    pixels 1-2 mm), as in a stack saved slice axis first."""
+    spacing, size = np.asarray(image.GetSpacing()[:3], float), image.GetSize()[:3]
+    coarsest = int(np.argmax(spacing))
+    others = np.delete(spacing, coarsest)
+    if coarsest != 2 and size[coarsest] >= 2 and spacing[coarsest] >= SLICE_AXIS_RATIO * others.max():
+        return coarsest
+    return 2
+
+
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     return (
         a.GetSize() == b.GetSize()
@@ -340,6 +389,12 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
         and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
     )
+
+
+def _angle_deg(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
 def _unit(v) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Read and write volumes (NIfTI, NRRD, MHA, DICOM folders) as SimpleITK images in LPS mm.
 
 Every reader checks what a user can get wrong (missing file, corrupt or truncated file, NaNs, a 2D or 4D file
-where a 3D one is needed, unknown or ACDC-numbered label values) and raises :class:`InputError` naming the input.
+where a 3D one is needed, NIfTI transforms that place the voxels two ways, unknown or ACDC-numbered label values)
+and raises :class:`InputError` naming the input.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..geometry.stack import SliceStack
+from ..geometry.stack import SliceStack, slice_axis
 from ..labels import check_not_acdc_numbering, convert_labels
 
 #: file name endings SimpleITK reads for us
@@ -38,11 +39,17 @@ def read_image(path, name: str = "image", phase: int | None = None, one_phase_ok
             f"{name}: unsupported file type {path.name!r}; give NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), "
             "MHA (.mha/.mhd), a DICOM folder or, for a SAX stack, an ACDC HDF5 file (.h5)"
         )
+    nifti = _suffix(path) in (".nii", ".nii.gz")
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     try:
+        if nifti:  # ITK's NIfTI geometry warnings go to stderr; _check_nifti_geometry says what they mean, once
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
         raise InputError(f"{name}: cannot read {path} ({reason}); is the file complete and not corrupt?") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{name}: {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
@@ -59,7 +66,9 @@ def read_image(path, name: str = "image", phase: int | None = None, one_phase_ok
         raise InputError(f"{name}: {path} has {image.GetDimension()} dimensions; expected a 3D image")
     elif phase not in (None, 0) and not one_phase_ok:  # labels: a 3D file may hold the chosen phase's labels
         raise InputError(f"{name}: {path} is one 3D volume (one phase); phase {phase} does not exist in it")
-    stored = _nifti_voxels(path, name) if _suffix(path) in (".nii", ".nii.gz") else None
+    stored = _nifti_voxels(path, name) if nifti else None
+    if nifti:
+        _check_nifti_geometry(image, path, name)
     _check_finite(image, name, path, stored)
     return image
 
@@ -106,8 +115,8 @@ def read_stack(
         stack = read_dicom_stack(path, phase=phase, name=name)
     else:
         image = read_image(path, name=name, phase=phase)
-        _need_slices(image.GetSize()[2], name, path)
-        stack = SliceStack.from_image(image, source=name)
+        _need_slices(image.GetSize()[slice_axis(image)], name, path)
+        stack = SliceStack.from_image(image, source=name, file=str(path))
         stack.meta["path"] = str(path)
         note_missing_orientation(stack, path, name)
     _need_slices(stack.n, name, path)
@@ -223,6 +232,42 @@ def _nifti_has_no_orientation(path: Path) -> bool:
     return int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
 
 
+#: NIfTI qform/sform and the geometry ITK reads may differ by float noise, never by more than this (mm)
+NIFTI_GEOMETRY_TOLERANCE_MM = 0.1
+
+
+def _check_nifti_geometry(image: sitk.Image, path: Path, name: str) -> None:
+    """Refuse a NIfTI file whose stored transforms place the voxels elsewhere than ITK (and so 3D Slicer and this
+    project) reads them: an sform and a qform that disagree (nibabel and FSL use the sform, ITK here the qform), or
+    an sform whose voxel sizes differ from pixdim (ITK takes the sizes from pixdim). Compared at the 8 corners."""
+    import itertools
+
+    import nibabel
+
+    header = nibabel.load(str(path)).header
+    size = image.GetSize()[:3]
+    corners = np.array(list(itertools.product(*[(0, s - 1) for s in size])), float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    itk = (corners * image.GetSpacing()) @ direction.T + image.GetOrigin()
+    for form in ("sform", "qform"):
+        affine, code = getattr(header, f"get_{form}")(coded=True)
+        if affine is None or not code:
+            continue
+        stored = corners @ affine[:3, :3].T + affine[:3, 3]
+        stored[:, :2] *= -1  # RAS -> LPS
+        off = float(np.linalg.norm(stored - itk, axis=1).max())
+        if off > NIFTI_GEOMETRY_TOLERANCE_MM:
+            sizes = np.linalg.norm(affine[:3, :3], axis=0)
+            pixdim = np.asarray(header.get_zooms()[:3], float)
+            why = (f"; voxel sizes {np.round(sizes, 3).tolist()} mm, pixdim {np.round(pixdim, 3).tolist()} mm"
+                   if form == "sform" and not np.allclose(sizes, pixdim, atol=1e-3) else "")  # fmt: skip
+            raise InputError(
+                f"{name}: {path}'s NIfTI header places its voxels in two ways: the {form} (code {int(code)}{why}) and "
+                f"the geometry ITK and 3D Slicer read from it differ by up to {off:.1f} mm; re-save it with one "
+                "consistent geometry (e.g. nibabel: set the qform from the sform and pixdim from its voxel sizes)"
+            )
+
+
 def _check_finite(image: sitk.Image, name: str, path: Path, stored: np.ndarray | None = None) -> None:
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return
@@ -236,7 +281,8 @@ def _check_finite(image: sitk.Image, name: str, path: Path, stored: np.ndarray |
 
 def _labels_on_stack(labels: sitk.Image, stack: SliceStack, name: str, labels_path) -> np.ndarray:
     """The label array, slice by slice in the stack's order, if ``labels`` lies on the stack's slices."""
-    on_slices = SliceStack.from_image(labels, source=f"{name} labels")  # sorted along the normal like ``stack``
+    # sorted along the normal like ``stack``, and along the same axis (the coarsest, SliceStack.from_image)
+    on_slices = SliceStack.from_image(labels, source=f"{name} labels", file=str(labels_path))
     tol = 1e-2  # mm, and direction cosines
     matches = (
         on_slices.pixels.shape == stack.pixels.shape
