@@ -24,8 +24,10 @@ from CardiacDiffusionLib.activation.tos import check_tos_range, detect_tos, read
 from CardiacDiffusionLib.activation.train_tos import TEST_SEED
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.geometry.stack import SliceStack
+from CardiacDiffusionLib.metrics.overlap import dice
 from CardiacDiffusionLib.models.store import list_models, load_model, sha256_file
 from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
+from CardiacDiffusionLib.sadir.reconstruct import topology as qa_topology
 
 ACTIVATION_SEED = TEST_SEED + 1  # held out: the regressor never saw it
 ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
@@ -539,12 +541,52 @@ def test_lma_on_the_shipped_sadir_myocardium(case):
     r = run_lma(case.stack, strain=case.strain, method="sadir")
     recon = r.lma["reconstruction"]
     assert recon["method"] == "sadir" and recon["topology"]["ok"] and recon["jacobian_min"] > 0
-    assert recon["spacing_mm"] is None  # --spacing is the shape method's; SADIR's grid is its own, recorded as it is
-    assert recon["grid"] == {"size": list(r.labels.GetSize()), "spacing_mm": [1.75, 1.75, 1.75]}
+    # the myocardium on the stack's axes and pixels at --spacing (1 mm), not on the model's 1.75 mm cube
+    step = [round(float(v), 4) for v in (*case.stack.pixel_spacing, 1.0)]
+    assert recon["spacing_mm"] == 1.0 and recon["grid"] == {"size": list(r.labels.GetSize()), "spacing_mm": step}
+    assert np.allclose(r.labels.GetDirection(), case.stack.direction.flatten())
+    assert qa_topology(sitk.GetArrayFromImage(r.labels) == 2)["ok"]
     assert "jacobian_not_positive" not in [f["code"] for f in r.lma["qa"]]
     truth, _, _ = case.truth_at(mesh_points(r.mesh))
     painted = vtk_to_numpy(r.mesh.GetPointData().GetArray("TOS_ms"))
     assert np.mean(np.abs(painted - truth)) < 5.0  # 3.5 ms measured, as with the shape-based myocardium
+
+
+def test_sadir_soft_myocardium_is_put_on_the_stack_grid(case):
+    """A soft shell on a 1.75 mm cube (as SADIR's deformed atlas) put on the stack's grid at 0.5 mm: all of it
+    inside the grid, on the stack's axes, and its surface where the analytic shell's is, closer than the cube's
+    labels resampled by nearest neighbour."""
+    from CardiacDiffusionLib.activation.pipeline import on_stack_grid
+
+    stack = case.stack
+    centre = stack.origins[stack.n // 2] + stack.direction[:, :2] @ (np.array(stack.shape2d[::-1]) * stack.pixel_spacing / 2)
+
+    def wall(points):  # signed distance (mm) to a 10 mm thick spherical shell of mid radius 25 mm, < 0 inside
+        return np.abs(np.linalg.norm(points - centre, axis=-1) - 25.0) - 5.0
+
+    cube = sitk.Image([64] * 3, sitk.sitkFloat32)
+    cube.SetSpacing((1.75,) * 3)
+    cube.SetDirection(tuple(stack.direction.flatten().tolist()))
+    cube.SetOrigin(tuple(float(v) for v in centre - stack.direction @ np.full(3, 31.5 * 1.75)))
+    probability = np.clip(0.5 - wall(_voxel_centres(cube)) / 1.75, 0.0, 1.0).astype(np.float32)
+    soft = sitk.GetImageFromArray(probability)
+    soft.CopyInformation(cube)
+    myo = on_stack_grid(soft, stack, 0.5)
+    assert myo.GetSpacing() == pytest.approx((*stack.pixel_spacing, 0.5))
+    assert np.allclose(myo.GetDirection(), stack.direction.flatten())
+    truth = wall(_voxel_centres(myo)) <= 0
+    got = sitk.GetArrayFromImage(myo) == 2
+    nearest = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(soft >= 0.5, sitk.sitkUInt8), myo, sitk.Transform(),
+                                                   sitk.sitkNearestNeighbor, 0)) > 0  # fmt: skip
+    assert not (truth[[0, -1]].any() or truth[:, [0, -1]].any() or truth[:, :, [0, -1]].any())  # all of it inside
+    assert dice(got, truth) > 0.97 and dice(got, truth) > dice(nearest, truth) + 0.01
+
+
+def _voxel_centres(image: sitk.Image) -> np.ndarray:
+    """(z, y, x, 3) LPS centres of an image's voxels."""
+    z, y, x = np.meshgrid(*[np.arange(n) for n in image.GetSize()[::-1]], indexing="ij")
+    index = np.stack([x, y, z], -1) * image.GetSpacing()
+    return np.asarray(image.GetOrigin()) + index @ np.array(image.GetDirection()).reshape(3, 3).T
 
 
 def test_offscreen_render_shows_the_late_lateral_wall(case, results, tmp_path, capfd):

@@ -465,3 +465,20 @@ def test_options_that_would_be_ignored_or_mean_nothing_are_refused(mr, tmp_path,
         assert main(argv) == 2, said
         assert said in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`sample --progress json | head -1`: the command stops at the closed pipe, with no `error:` line (it said
+    'error: a file: Broken pipe') and no traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "CardiacDiffusionLib.cli.main", "sample", "--steps", "3", "--progress", "json",
+               "--out", str(tmp_path / "pairs"), "--device", "cpu"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        first = json.loads(child.stdout.readline())
+        child.stdout.close()  # the reader goes away after one line
+        err = child.stderr.read()
+        code = child.wait(timeout=120)
+    assert first["event"] == "progress" and first["progress"] > 0
+    assert code == 1 and "error" not in err and "Traceback" not in err

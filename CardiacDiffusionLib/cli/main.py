@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import warnings
@@ -70,6 +71,9 @@ def _run(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         print(f"error: file not found: {error.filename or error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout stopped (`... | head`): nothing to say, and nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as error:  # permissions, a folder where a file is expected, a full disk
         print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
         return 2

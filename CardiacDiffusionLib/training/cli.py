@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the runner imports torch: loaded on first training only
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", nargs="?", help="a shipped recipe (see workflows.available(), e.g. dmcvr) or its YAML")
     p.add_argument("--data", help="training data folder (sets data.root of every stage)")
-    p.add_argument("--stage", help="train only this stage of the workflow (earlier stages must be done)")
+    p.add_argument("--stage", help="train only this stage of the workflow (a stage it starts from, {stage:NAME}, must be done)")
     p.add_argument("--config", help="YAML/JSON config (sections task, model, data, optim, schedule, train, device)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, loss.png, model.safetensors")
     p.add_argument("--progress", choices=MODES, default="bar",
