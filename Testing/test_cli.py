@@ -258,6 +258,13 @@ def test_outputs_say_what_made_them_and_nothing_stale_is_left(mr, tmp_path, caps
     assert main(["reconstruct", "--method", "linear", "--sax", str(mr / "sax_image.nii.gz"), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["geometry.json", "reconstruction_image.nii.gz"]
     assert "removed reconstruction_labels.nii.gz of an earlier run" in capsys.readouterr().out
+    # a folder no reconstruct run wrote (no geometry.json): a user's own lax_dice.json there is kept, and said
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "lax_dice.json").write_text('{"my": "own table"}')
+    assert main(["reconstruct", "--method", "linear", "--sax", str(mr / "sax_image.nii.gz"), "--out", str(mine)]) == 0
+    assert (mine / "lax_dice.json").read_text() == '{"my": "own table"}'
+    assert f"warning: {mine / 'lax_dice.json'} is not from this run (kept" in capsys.readouterr().out
     code, err = error_of(["reconstruct", "--method", "shape", "--steps", "5", "--sax", str(mr / "sax_image.nii.gz"),
                           "--out", str(tmp_path / "o")], capsys)  # fmt: skip
     assert code == 2 and "--steps: options of --method dmcvr" in err[-1]

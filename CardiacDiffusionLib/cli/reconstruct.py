@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     report["warnings"] += said
     report.update(_provenance(stack, result, args, options))
     make_folder(out)
+    earlier_run = (out / "geometry.json").is_file()  # the other outputs there are that run's, not the user's own
     write_image(result.image, out / "reconstruction_image.nii.gz")
     written = ["reconstruction_image.nii.gz"]
     if result.labels is not None:
@@ -103,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(table))
     for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own
         if name not in written and (out / name).is_file():
-            (out / name).unlink()
-            print(f"removed {name} of an earlier run in {out} (this run does not make it)")
+            if earlier_run:
+                (out / name).unlink()
+                print(f"removed {name} of an earlier run in {out} (this run does not make it)")
+            else:  # no geometry.json: not a reconstruct run's folder, so the file is the user's
+                print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
     print(f"{args.method}: wrote {', '.join(written)} to {out}")
     return 0
 
