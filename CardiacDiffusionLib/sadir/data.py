@@ -41,6 +41,8 @@ MODEL_SIZE = 32
 OUTPUT_SIZE = 64
 MYO = 2
 MIN_SLICES = 3
+#: slices with myocardium closer than this along the normal are one position for MIN_SLICES
+DISTINCT_MM = 0.5
 #: the network's condition keeps slices at least this far apart (trained on 8-12 mm gaps; docs/models/sadir.md)
 CONDITION_MIN_GAP_MM = 5.0
 
@@ -84,13 +86,29 @@ class LVFrame:
 
 
 def check_stack(stack: SliceStack) -> None:
+    """Labels with myocardium on at least MIN_SLICES slices at distinct positions, and a usable geometry."""
     if stack.labels is None:
         raise InputError(f"{stack.source}: SADIR needs myocardium labels on the slices; segment the SAX slices first")
-    with_myo = int(np.sum(np.any(stack.labels == MYO, axis=(1, 2))))
+    sx, sy = (float(v) for v in stack.pixel_spacing)
+    if not (np.isfinite([sx, sy]).all() and min(sx, sy) > 0):
+        raise InputError(f"{stack.source}: pixel spacing {sx} x {sy} mm is not positive and finite; give the slices' "
+                         "true pixel spacing")  # fmt: skip
+    if not (np.isfinite(stack.origins).all() and np.isfinite(stack.direction).all()):
+        raise InputError(f"{stack.source}: slice positions hold NaN or infinite values; give the slices' true "
+                         "positions and orientation (DICOM ImagePositionPatient / ImageOrientationPatient)")  # fmt: skip
+    shows = np.any(stack.labels == MYO, axis=(1, 2))
+    with_myo = int(np.sum(shows))
     if with_myo < MIN_SLICES:
         raise InputError(
             f"{stack.source}: {with_myo} slice(s) show LV myocardium (label {MYO}); SADIR needs at least "
             f"{MIN_SLICES}: give more SAX slices"
+        )
+    distinct = 1 + int(np.sum(np.diff(np.sort(stack.positions[shows])) > DISTINCT_MM))
+    if distinct < MIN_SLICES:
+        raise InputError(
+            f"{stack.source}: the {with_myo} slices with myocardium lie at {distinct} distinct position(s) along "
+            f"the normal (closer than {DISTINCT_MM} mm count as one); SADIR needs {MIN_SLICES}: check the slice "
+            "positions (a stack saved without them, or one position repeated)"
         )
 
 
