@@ -72,8 +72,15 @@ def bracket(positions: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _linear_images(pixels: np.ndarray, lower, upper, weight) -> np.ndarray:
+    """``(1 - w) * pixels[lower] + w * pixels[upper]`` in float32, computed in place (the same products and sum,
+    bit for bit, with two output-sized temporaries fewer)."""
     w = weight[:, None, None].astype(np.float32)
-    return (1 - w) * pixels[lower] + w * pixels[upper]
+    out = pixels[lower].astype(np.result_type(pixels.dtype, np.float32), copy=False)  # a fresh copy either way
+    out *= 1 - w
+    above = pixels[upper].astype(out.dtype, copy=False)
+    above *= w
+    out += above
+    return out
 
 
 def nearest(stack: SliceStack, targets: np.ndarray):
@@ -127,20 +134,60 @@ def shape(stack: SliceStack, targets: np.ndarray, layers=MR_SHAPE_LAYERS):
 
 def shape_labels(labels: np.ndarray, positions: np.ndarray, targets: np.ndarray, pixel_spacing,
                  layers=MR_SHAPE_LAYERS) -> np.ndarray:  # fmt: skip
-    """Shape-based interpolation of label slices already on one pixel grid (see :func:`aligned_arrays`)."""
+    """Shape-based interpolation of label slices already on one pixel grid (see :func:`aligned_arrays`).
+
+    Works in the box around every labelled pixel widened by one pixel (:func:`label_box`): every distance the
+    interpolation reads is the same there as in the full slice (the nearest pixel of the other kind lies inside
+    the box) and outside it no structure can appear (see :func:`_candidates`)."""
     lower, upper, weight = bracket(positions, targets)
     out = np.zeros((len(targets), *labels.shape[1:]), dtype=np.uint8)
     needed = np.unique(np.concatenate([lower, upper]))
+    box = label_box(labels[needed], sorted({v for _, members in layers for v in members}))
+    if box is not None:
+        out[(slice(None), *box)] = _shape_in_box(labels[(slice(None), *box)], lower, upper, weight, needed,
+                                                 pixel_spacing, layers)  # fmt: skip
+    return out
+
+
+def label_box(labels: np.ndarray, values) -> tuple[slice, slice] | None:
+    """(rows, cols) slices of the box holding every pixel of ``labels`` (n, rows, cols) in ``values`` on any slice,
+    widened by one pixel where the image goes on; None when there is none. Inside it, the distance from a pixel to
+    the nearest pixel inside a structure, or to the nearest pixel outside it, is the one in the full slice: the
+    structure lies in the box, and a background pixel beyond the box is farther than the one in the widening ring
+    on the way to it (each coordinate difference shrinks)."""
+    footprint = np.isin(labels, values).any(axis=0)
+    if not footprint.any():
+        return None
+    rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
+    return (slice(max(rows[0] - 1, 0), min(rows[-1] + 2, footprint.shape[0])),
+            slice(max(cols[0] - 1, 0), min(cols[-1] + 2, footprint.shape[1])))  # fmt: skip
+
+
+def _shape_in_box(labels, lower, upper, weight, needed, pixel_spacing, layers) -> np.ndarray:
+    out = np.zeros((len(lower), *labels.shape[1:]), dtype=np.uint8)
+    flat = out.reshape(len(lower), -1)
     for value, members in layers:
         masks = {k: np.isin(labels[k], members) for k in needed}
         sdf = {k: signed_distance(masks[k], pixel_spacing, np.inf) for k in needed}
+        pairs = {}
         for i, (lo, up, w) in enumerate(zip(lower, upper, weight)):
-            if not (masks[lo].any() or masks[up].any()):
-                continue
-            below = sdf[lo] if masks[lo].any() else _end_sdf(sdf[up])
-            above = sdf[up] if masks[up].any() else _end_sdf(sdf[lo])
-            out[i][((1 - w) * below + w * above) < 0] = value
+            if (lo, up) not in pairs:
+                pairs[lo, up] = _candidates(masks, sdf, lo, up)
+            where, below, above = pairs[lo, up]
+            flat[i, where[((1 - w) * below + w * above) < 0]] = value
     return out
+
+
+def _candidates(masks: dict, sdf: dict, lo: int, up: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat pixel indices, SDF below, SDF above there) of the pixels inside the structure on slice ``lo`` or ``up``
+    (SDF < 0 on either): elsewhere both SDFs are >= 0, so with 0 <= w <= 1 the blend is too (products and sums of
+    non-negative floats), and only these pixels need the blend, which then is the same float64 arithmetic."""
+    if not (masks[lo].any() or masks[up].any()):
+        return np.zeros(0, np.intp), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    below = sdf[lo] if masks[lo].any() else _end_sdf(sdf[up])
+    above = sdf[up] if masks[up].any() else _end_sdf(sdf[lo])
+    where = np.flatnonzero((below < 0) | (above < 0))
+    return where, below.ravel()[where], above.ravel()[where]
 
 
 METHODS: dict[str, Method] = {"nearest": nearest, "linear": linear, "shape": shape}
