@@ -14,7 +14,6 @@ from numbers import Real
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 from ..errors import InputError
 
@@ -31,6 +30,8 @@ def paired_difference(a: Sequence[float | None], b: Sequence[float | None], seed
     for value in (*a, *b):
         if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
             raise InputError(f"paired scores: {value!r} is not a number; give numbers (None for a missing score)")
+    from scipy import stats  # imported here: 1 s that every command importing metrics/ would pay
+
     pairs = [(x, y) for x, y in zip(a, b) if _finite(x) and _finite(y)]
     diff = np.array([x - y for x, y in pairs], float)
     out = {"n": len(diff), "mean": _round(diff.mean()) if len(diff) else None, "ci95": None,
