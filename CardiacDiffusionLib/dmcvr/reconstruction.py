@@ -11,7 +11,10 @@ the input's intensity scale, labels by argmax of the bilinearly upsampled class 
 the crop the image is the linear baseline and the labels the nearest acquired slice's (background without labels). A
 structure absent from both acquired neighbours of a target is not labelled there, and one that only one
 neighbour holds is labelled only up to half-way to the other.
-Acquired positions keep their pixels, and their labels when the user gave labels.
+Acquired positions keep their pixels, and their labels when the user gave labels; a slice left
+unlabelled between labelled ones is labelled by the morphology net (with the classes the given labels use).
+A slice holding one value (no image: padded or missing) is warned about and left out of the heart
+localisation; the net's labels of it are background (it used to invent a heart there, which moved the crop).
 
 The generated slices' class probabilities are blended with a shape prior: ``(1 - w) p_net + w q``,
 q = the shape-based interpolation of the acquired slices' labels (the given ones, else the net's own
@@ -223,6 +226,8 @@ def dmcvr(
                          f"and its surroundings, as in training); this stack shows {view_mm[0]:.0f} x {view_mm[1]:.0f} mm "
                          "(check the pixel spacing, or use shape-based interpolation)")  # fmt: skip
     targets = np.asarray(targets, float)
+    for message in input_warnings(stack):
+        warnings.warn(QualityWarning(message), stacklevel=2)
     options = dict(steps=steps, strength=strength, batch_size=batch_size, progress=progress, cancel=cancel,
                    shape_prior=shape_prior)  # fmt: skip
     by_anatomy = anatomy_says_normal_points_to_apex(stack)  # true geometry decides before any localisation
@@ -234,6 +239,54 @@ def dmcvr(
     _warn_if_doubtful(flipped)
     images, labels = _generate(net, flipped, -targets, **options)
     return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
+
+
+def blank_slices(pixels: np.ndarray) -> np.ndarray:
+    """(n,) bool: slices holding a single value (no image: a padded or missing slice)."""
+    flat = np.asarray(pixels).reshape(len(pixels), -1)
+    return flat.max(1) == flat.min(1)
+
+
+def unlabelled_between(labels: np.ndarray | None) -> np.ndarray:
+    """(n,) bool: slices without any label lying between labelled slices (labels left out, not an empty
+    slice: the heart is continuous). Slices beyond the first and last labelled ones are taken as empty."""
+    if labels is None:
+        return np.zeros(0, bool)
+    has = np.asarray(labels).reshape(len(labels), -1).any(1)
+    out = np.zeros(len(has), bool)
+    idx = np.nonzero(has)[0]
+    if len(idx):
+        out[idx[0] : idx[-1] + 1] = ~has[idx[0] : idx[-1] + 1]
+    return out
+
+
+def _slices_named(stack: SliceStack, mask: np.ndarray) -> str:
+    idx = np.nonzero(mask)[0]
+    return f"slice(s) {', '.join(map(str, idx))} (0-based, at {', '.join(f'{p:.1f}' for p in stack.positions[idx])} mm)"
+
+
+def input_warnings(stack: SliceStack) -> list[str]:
+    """What dmcvr does differently on this stack: blank slices, slices left unlabelled between labelled ones."""
+    blank = blank_slices(stack.pixels)
+    if blank.all():
+        raise InputError(f"{stack.source}: every slice holds a single value; there is no image to reconstruct from")
+    out = []
+    if blank.any():
+        out.append(f"{stack.source}: {_slices_named(stack, blank)} hold a single value (no image: a padded or missing "
+                   "slice): dmcvr does not look for the heart there and labels nothing there, and the slices it generates "
+                   "next to them blend towards a blank image; remove such slices from the stack")  # fmt: skip
+    unlabelled = unlabelled_between(stack.labels)
+    if unlabelled.any():
+        out.append(f"{stack.source}: {_slices_named(stack, unlabelled)} carry no labels between labelled slices: dmcvr "
+                   "labels them itself (morphology net, only the label values the given labels use); label them to "
+                   "keep your own")  # fmt: skip
+    if stack.labels is not None:
+        n_labelled = int(stack.labels.reshape(stack.n, -1).any(1).sum())
+        if 0 < n_labelled < stack.n / 2:  # ACDC: at least 70 % of a stack's slices carry labels
+            out.append(f"{stack.source}: labels on only {n_labelled} of {stack.n} slices: dmcvr takes the slices beyond "
+                       "them as holding no heart (a structure stops half-way towards them); label every slice the "
+                       "heart is in, or give no labels and dmcvr segments them all")  # fmt: skip
+    return out
 
 
 def _warn_if_doubtful(view: "_View") -> None:
@@ -268,20 +321,47 @@ class _View:
     center: tuple[float, float]
     size: int
     spacing: float
+    blank: np.ndarray | None = None  # (n,) slices holding a single value (blank_slices)
     own: torch.Tensor | None = None  # without given labels: the net's probabilities of the crops at angle 0
     confidence: float | None = None  # without given labels: the localisation's (heart_center)
 
     @classmethod
     def of(cls, net: DMCVRModel, stack: SliceStack, size: int, spacing: float, batch_size: int) -> "_View":
         pixels, labels = aligned_arrays(stack)
-        lo, hi = normalisation(pixels)
+        blank = blank_slices(stack.pixels)
+        lo, hi = normalisation(pixels[~blank] if (~blank).any() else pixels)  # a blank slice does not set the scale
         norm = (np.minimum(pixels, hi) - lo) / (hi - lo)
         if labels is not None and labels.any():
-            return cls(stack, pixels, labels, lo, hi, norm, label_center(labels), size, spacing)
-        center, confidence = heart_center(net, norm, stack.pixel_spacing, size, spacing)
-        view = cls(stack, pixels, None, lo, hi, norm, center, size, spacing, confidence=confidence)
-        view.own = class_probs(net, view.crops(0.0)[1], batch_size)
+            return cls(stack, pixels, labels, lo, hi, norm, label_center(labels), size, spacing, blank)
+        center, confidence = heart_center(net, norm[~blank], stack.pixel_spacing, size, spacing)
+        view = cls(stack, pixels, None, lo, hi, norm, center, size, spacing, blank, confidence=confidence)
+        view.own = view.net_probs(net, view.crops(0.0)[1], batch_size)
         return view
+
+    def net_probs(self, net: DMCVRModel, crops: torch.Tensor, batch_size: int, index=None) -> torch.Tensor:
+        """The morphology net's class probabilities of the acquired slices' crops (those at ``index``, default
+        all); background on blank slices (the net invents a heart on a blank image)."""
+        index = np.arange(len(crops)) if index is None else np.asarray(index)
+        probs = class_probs(net, crops[torch.as_tensor(index)], batch_size)
+        blank = self.blank[index] if self.blank is not None else np.zeros(len(index), bool)
+        if not blank.any():
+            return probs
+        background = torch.zeros_like(probs[:1])
+        background[:, 0] = 1.0
+        return torch.where(torch.from_numpy(blank)[:, None, None, None], background, probs)
+
+    def filled_labels(self, net: DMCVRModel, frame: CropFrame, crops: torch.Tensor, batch_size: int) -> np.ndarray:
+        """The given labels, slices left unlabelled between labelled ones (unlabelled_between) labelled by the
+        net, restricted to the label values the given labels use."""
+        labels = self.labels.copy()
+        idx = np.nonzero(unlabelled_between(labels))[0]
+        if len(idx) == 0:
+            return labels
+        probs = self.net_probs(net, crops, batch_size, idx).numpy()
+        probs = probs * np.isin(np.arange(probs.shape[1]), [0, *np.unique(labels)])[None, :, None, None]
+        for k, p in zip(idx, probs):
+            labels[k] = _on_grid(frame, p, self.stack.shape2d).argmax(0)
+        return labels
 
     def crops(self, angle: float) -> tuple[CropFrame, torch.Tensor]:
         frame = CropFrame(self.center, self.stack.pixel_spacing, self.size, self.spacing, angle=angle)
@@ -306,12 +386,14 @@ def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size
     # the RV where the training slices have it (in-plane turn; from the given labels, else the net's own)
     angle = crop_angle(*view.slice_labels())
     frame, crops = view.crops(angle)
+    if given:
+        labels = view.filled_labels(net, frame, crops, batch_size)
     out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
 
     probs = class_probs(net, out, batch_size)
     acquired_probs = None  # without given labels: the net's, of the crops used (unturned: already at hand)
     if not given:
-        acquired_probs = (view.own if angle == 0.0 else class_probs(net, crops, batch_size)).numpy()
+        acquired_probs = (view.own if angle == 0.0 else view.net_probs(net, crops, batch_size)).numpy()
     acquired_labels = labels if given else acquired_probs.argmax(1)
     # a structure absent from both acquired neighbours is not generated between them, and one present in only
     # one neighbour only up to half-way to the other (where shape-based interpolation tapers it to a point):
