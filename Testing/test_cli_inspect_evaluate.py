@@ -187,6 +187,22 @@ def test_inspect_says_orientation_order_gaps_and_labels_of_acdc(tmp_path, capsys
     assert info["looks_like_labels"] is False and any("store no spacing" in w for w in info["warnings"])
 
 
+@needs_acdc
+def test_inspect_says_what_dmcvr_would_of_blank_and_unlabelled_slices(tmp_path, capsys):
+    """A zeroed first slice and a middle slice's labels left out (ACDC 061 ED): inspect gives dmcvr's warnings
+    naming them, before any network runs."""
+    image, label = read_h5("patient061_frame01.h5")
+    image, label = image.copy(), label.copy()
+    image[0] = 0
+    label[4] = 0
+    path = write_h5(tmp_path / "patient061_frame01.h5", image, label)
+    assert main(["inspect", "--sax", str(path), "--out", str(tmp_path / "i.json")]) == 0
+    said = [w for w in strict_json((tmp_path / "i.json").read_text())["warnings"] if w.startswith("dmcvr:")]
+    assert len(said) == 2
+    assert "slice(s) 0 (0-based, at 0.0 mm) hold a single value" in said[0]
+    assert "slice(s) 4 (0-based, at 40.0 mm) carry no labels between labelled slices" in said[1]
+
+
 @pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason="shared Sunnybrook data missing")
 def test_inspect_says_sunnybrook_is_stored_apex_first(capsys):
     """Sunnybrook SC-HF-I-1's normal (LPS -0.67, 0.67, 0.32) points right, posterior, superior: apex -> base."""

@@ -48,6 +48,7 @@ def summary(stack, on_offer: list[dict], phase: int, lax: dict | None = None, sp
         out["heart_area_trend_along_normal"] = None if trend is None else round(trend, 3)
         out["apex_along_normal"] = normal_points_to_apex(stack)
     out["slice_order"] = slice_order_words(stack.n, out["apex_along_normal_by_anatomy"], trend)
+    out["warnings"] += dmcvr_input_warnings(stack)
     values = label_like_values(stack.pixels)
     out["looks_like_labels"] = values is not None
     if values is not None:
@@ -59,6 +60,16 @@ def summary(stack, on_offer: list[dict], phase: int, lax: dict | None = None, sp
         out["lax"] = lax_overview(stack, lax, spacing)
         out["warnings"] += [w for row in out["lax"].values() for w in row["warnings"]]
     return out
+
+
+def dmcvr_input_warnings(stack) -> list[str]:
+    """What dmcvr would say of the stack before any network runs (blank slices, slices left unlabelled)."""
+    from ..reconstruction.slice_checks import input_warnings
+
+    try:
+        return [f"dmcvr: {w}" for w in input_warnings(stack)]
+    except InputError as error:  # every slice blank: a reconstruction would refuse it
+        return [f"dmcvr: {error}"]
 
 
 _AXES = (("left", "right"), ("posterior", "anterior"), ("superior", "inferior"))  # LPS +x, +y, +z

@@ -47,6 +47,7 @@ from ..errors import InputError, QualityWarning
 from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, normal_points_to_apex, slice_order_warning
 from ..models.store import list_models, load_model, model_path
 from ..reconstruction.baselines import aligned_arrays, linear, register_method, shape_labels
+from ..reconstruction.slice_checks import blank_slices, input_warnings, unlabelled_between
 from ..utils.device import resolve_device, run_batched
 from .data import CLIP_PERCENTILE, TRAIN_SIZE, TRAIN_SPACING_MM, CropFrame, crop_angle, label_center
 from .interpolate import interpolation_plan
@@ -239,54 +240,6 @@ def dmcvr(
     _warn_if_doubtful(flipped)
     images, labels = _generate(net, flipped, -targets, **options)
     return np.transpose(images, (0, 2, 1)), np.transpose(labels, (0, 2, 1))
-
-
-def blank_slices(pixels: np.ndarray) -> np.ndarray:
-    """(n,) bool: slices holding a single value (no image: a padded or missing slice)."""
-    flat = np.asarray(pixels).reshape(len(pixels), -1)
-    return flat.max(1) == flat.min(1)
-
-
-def unlabelled_between(labels: np.ndarray | None) -> np.ndarray:
-    """(n,) bool: slices without any label lying between labelled slices (labels left out, not an empty
-    slice: the heart is continuous). Slices beyond the first and last labelled ones are taken as empty."""
-    if labels is None:
-        return np.zeros(0, bool)
-    has = np.asarray(labels).reshape(len(labels), -1).any(1)
-    out = np.zeros(len(has), bool)
-    idx = np.nonzero(has)[0]
-    if len(idx):
-        out[idx[0] : idx[-1] + 1] = ~has[idx[0] : idx[-1] + 1]
-    return out
-
-
-def _slices_named(stack: SliceStack, mask: np.ndarray) -> str:
-    idx = np.nonzero(mask)[0]
-    return f"slice(s) {', '.join(map(str, idx))} (0-based, at {', '.join(f'{p:.1f}' for p in stack.positions[idx])} mm)"
-
-
-def input_warnings(stack: SliceStack) -> list[str]:
-    """What dmcvr does differently on this stack: blank slices, slices left unlabelled between labelled ones."""
-    blank = blank_slices(stack.pixels)
-    if blank.all():
-        raise InputError(f"{stack.source}: every slice holds a single value; there is no image to reconstruct from")
-    out = []
-    if blank.any():
-        out.append(f"{stack.source}: {_slices_named(stack, blank)} hold a single value (no image: a padded or missing "
-                   "slice): dmcvr does not look for the heart there and labels nothing there, and the slices it generates "
-                   "next to them blend towards a blank image; remove such slices from the stack")  # fmt: skip
-    unlabelled = unlabelled_between(stack.labels)
-    if unlabelled.any():
-        out.append(f"{stack.source}: {_slices_named(stack, unlabelled)} carry no labels between labelled slices: dmcvr "
-                   "labels them itself (morphology net, only the label values the given labels use); label them to "
-                   "keep your own")  # fmt: skip
-    if stack.labels is not None:
-        n_labelled = int(stack.labels.reshape(stack.n, -1).any(1).sum())
-        if 0 < n_labelled < stack.n / 2:  # ACDC: at least 70 % of a stack's slices carry labels
-            out.append(f"{stack.source}: labels on only {n_labelled} of {stack.n} slices: dmcvr takes the slices beyond "
-                       "them as holding no heart (a structure stops half-way towards them); label every slice the "
-                       "heart is in, or give no labels and dmcvr segments them all")  # fmt: skip
-    return out
 
 
 def _warn_if_doubtful(view: "_View") -> None:
