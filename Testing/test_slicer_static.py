@@ -557,3 +557,58 @@ def test_job_says_each_option_it_passes_by_the_panels_label(module):
               for w in _ui(module).iter("widget") if w.get("class") == "QLabel"}  # fmt: skip
     assert set(job.options.values()) <= labels, f"not a label of {module}.ui: {set(job.options.values()) - labels}"
     assert all("--" not in hint for hint in MODULE_HINTS.values())
+
+
+
+def _cli_limits() -> dict:
+    """{(module, field): (lowest, highest) a command takes} for each numeric panel field: its checks' constants and
+    the shipped models' schedules (open bounds as the nearest float inside)."""
+    import math
+
+    from CardiacDiffusionLib.activation.pipeline import SADIR_MAX_SPACING_MM
+    from CardiacDiffusionLib.activation.tos import TOS_RANGE_MS
+    from CardiacDiffusionLib.dmcvr.reconstruction import DEFAULT_STRENGTH, load_dmcvr
+    from CardiacDiffusionLib.ldm.generate import DEFAULT_MODEL, load_ldm
+    from CardiacDiffusionLib.reconstruction.volume import MIN_SPACING_MM
+
+    above, below = (lambda v: math.nextafter(v, math.inf)), (lambda v: math.nextafter(v, -math.inf))
+    dmcvr_steps = max(1, round(DEFAULT_STRENGTH * len(load_dmcvr(None, "cpu")[0].alphas_cumprod)))  # no strength field
+    return {
+        ("Reconstruction", "spacing"): (MIN_SPACING_MM, math.inf),
+        ("Reconstruction", "steps"): (1, dmcvr_steps),
+        ("Reconstruction", "shapePrior"): (0.0, below(1.0)),
+        ("ActivationMap", "spacing"): (MIN_SPACING_MM, SADIR_MAX_SPACING_MM),  # sadir's; shape has no upper limit
+        ("ActivationMap", "frameMs"): (above(0.0), math.inf),
+        ("ActivationMap", "latePercentile"): (above(0.0), below(100.0)),
+        ("ActivationMap", "lateThresholdMs"): (above(TOS_RANGE_MS[0]), TOS_RANGE_MS[1]),
+        ("SyntheticData", "count"): (1, math.inf),
+        ("SyntheticData", "steps"): (1, load_ldm(DEFAULT_MODEL, "cpu").scheduler.num_train_timesteps),
+        ("SyntheticData", "seed"): (0, 2**63 - 1 - 100),  # pair i's seed + i, up to 100 pairs
+    }
+
+
+#: the lowest real value of a field whose minimum is a special value meaning "the command's default" (PANEL_CLI)
+FIRST_REAL_VALUE = {("Reconstruction", "steps"): 1, ("Reconstruction", "shapePrior"): 0.0,
+                    ("ActivationMap", "lateThresholdMs"): 1.0}  # fmt: skip
+#: fields wider than one method takes: the job refuses the rest before a child starts (Testing/test_panel_refusals.py)
+REFUSED_BY_THE_JOB = {("ActivationMap", "spacing"): "sadir"}
+
+
+def test_panel_ranges_are_what_the_commands_take():
+    """Every value a panel's spin box offers (less the special value meaning 'the command's default') is one the
+    command takes, or one the job refuses itself in the panel's words: no panel value ends in a command's refusal."""
+    from CardiacDiffusionLib.slicer_adapter.activation import sadir_max_spacing
+
+    limits = _cli_limits()
+    numeric = {(m, f): s["range"] for m in MODULES for f, s in _field_specs(m).items() if "range" in s}
+    assert set(numeric) == set(limits), f"numeric panel fields without a limit here: {set(numeric) ^ set(limits)}"
+    for key, (low, high) in numeric.items():
+        taken_low, taken_high = limits[key]
+        target = PANEL_CLI[key[0]][1][key[1]]
+        if isinstance(target, tuple) and target[1].get(low, low) is None:  # the minimum means "default"
+            low = FIRST_REAL_VALUE[key]
+        assert taken_low <= low, f"{key}: the panel offers {low}, the command takes from {taken_low}"
+        if key in REFUSED_BY_THE_JOB:
+            assert sadir_max_spacing() == taken_high < high, key
+        else:
+            assert high <= taken_high, f"{key}: the panel offers up to {high}, the command takes up to {taken_high}"

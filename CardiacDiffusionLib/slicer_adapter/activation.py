@@ -91,6 +91,20 @@ def late_threshold_range() -> tuple[float, float]:
     return TOS_RANGE_MS
 
 
+def sadir_max_spacing() -> float:
+    """The coarsest through-plane spacing (mm) ``lma --method sadir`` takes (the panel offers up to 20 for shape)."""
+    from ..activation.pipeline import SADIR_MAX_SPACING_MM
+
+    return SADIR_MAX_SPACING_MM
+
+
+def ras_words(node, index: int) -> str:
+    """Control point ``index`` of a markups node as the panel's user placed it: ``'F' point 1 at RAS (x, y, z) mm``."""
+    ras = [0.0, 0.0, 0.0]
+    node.GetNthControlPointPositionWorld(index, ras)
+    return f"'{node.GetName()}' point {index + 1} at RAS ({', '.join(f'{v:.1f}' for v in ras)}) mm"
+
+
 def _one_point(node, what: str):
     """The LPS point of a markups node holding exactly one control point; None for no node."""
     if node is None:
@@ -206,6 +220,9 @@ class ActivationJob(CLIJob):
             raise InputError(f"device {device!r} is unknown; use one of {DEVICES}")
         if not spacing > 0 or not frame_ms > 0:
             raise InputError(f"spacing ({spacing} mm) and frame interval ({frame_ms} ms) must be positive")
+        if method == "sadir" and not spacing <= sadir_max_spacing():  # the command's limit, said before the child
+            raise InputError(f"Through-plane spacing {spacing:g} mm: the sadir Myocardium takes 0.1 to "
+                             f"{sadir_max_spacing():g} mm (its model's grid is 1.75 mm); lower it, or choose shape")  # fmt: skip
         if not 0 < late_percentile < 100:
             raise InputError(f"late percentile must be in (0, 100), got {late_percentile}")
         if late_threshold_ms is not None:
@@ -230,6 +247,7 @@ class ActivationJob(CLIJob):
         if self.strain_file:  # the file's shape, values and rows against the strain slices: before the child starts
             checked_strain(self.strain_file, self.strain_slices)
         self.base, self.apex = (_one_point(node, what) for node, what in ((base, "LV base"), (apex, "LV apex")))
+        self.points_said: dict[str, str] = {}  # LPS text of a point as the command says it -> the markup in RAS
 
     def _export(self, folder: Path) -> list[str]:
         labels = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
@@ -248,6 +266,8 @@ class ActivationJob(CLIJob):
         if self.rv_insertion is not None and self.rv_insertion.GetNumberOfControlPoints():
             points = mrml.points_from_markups(self.rv_insertion)
             arguments += ["--rv-insertion", *(",".join(repr(float(v)) for v in p) for p in points)]
+            for index, point in enumerate(points):  # the command names a point in LPS as it parsed it (f"{v:g}")
+                self.points_said[",".join(f"{float(v):g}" for v in point)] = ras_words(self.rv_insertion, index)
         arguments += ["--method", self.method, "--spacing", repr(self.spacing)]
         if self.late_threshold_ms is not None:
             arguments += ["--late-threshold", repr(self.late_threshold_ms)]
@@ -265,6 +285,12 @@ class ActivationJob(CLIJob):
         if self.method == "sadir":
             arguments += ["--device", self.device]
         return arguments + ["--progress", "json"]
+
+    def _panel_terms(self, text: str) -> str:
+        """The base class's, with a point the command names in LPS said as the markup the user placed in RAS."""
+        for lps, said in self.points_said.items():
+            text = text.replace(f"--rv-insertion {lps}:", f"--rv-insertion {said}:")
+        return super()._panel_terms(text)
 
     def _load(self, out: Path) -> ActivationResult:
         from ..activation.mapping import read_vtp

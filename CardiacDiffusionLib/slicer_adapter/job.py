@@ -41,6 +41,8 @@ MODULE_HINTS = {
     "; `models list` shows them": "; `cardiac-diffusion models list` in a terminal shows them",
     "dmcvr steps:": "DDIM steps:",
     "dmcvr shape_prior:": "Shape prior:",
+    "; give the anterior RV insertion on a SAX slice in LPS mm (Slicer shows RAS: negate x and y)":
+        "; place the anterior RV insertion on a slice of the SAX image",
 }
 #: a command to type in a terminal (``cardiac-diffusion models add ...``): quoted as it is, never translated
 TERMINAL_COMMAND = re.compile(r"cardiac-diffusion [^;()']*")
@@ -106,7 +108,7 @@ class CLIJob:
         self._callback = progress_callback
         self.folder = Path(tempfile.mkdtemp(prefix=f"CardiacDiffusion-{self.command}-"))
         try:
-            self._report(0.0, f"exporting inputs to {self.folder}")
+            self._report(0.0, "exporting inputs")  # to a temporary folder the panel's user never deals with
             arguments = self._export(self.folder)
             command = [self.python, "-m", self.cli_module, self.command, *arguments, "--out", str(self.folder / "out")]
             self._report(CHILD_START, f"running {self.title}")
@@ -196,17 +198,20 @@ class CLIJob:
         options = {"--out": self.OUT_FOLDER, **self.options}
         names = "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
         option = rf"(?<![\w-])({names})(?![\w-])"
-        text = re.sub(rf"\b(?:use|pass) {option} (?!node ')([\w.:,-]+)", lambda m: f"set {options[m[1]]} to {m[2]}", text)
+        text = re.sub(rf"\b(?:use|pass|give) {option} (?!node ')([\w.:,-]+)", lambda m: f"set {options[m[1]]} to {m[2]}", text)
         text = re.sub(rf"\({option}\)", lambda m: f"(the panel's {options[m[1]]})", text)
         return re.sub(option, lambda m: options[m[1]], text)
 
     def _on_message(self, message: Message) -> None:
+        """The child's progress and log lines, in the panel's terms (its warnings and 'wrote ... to' lines name
+        options and temporary paths), to the log and the progress callback."""
+        text = self._in_module_terms(message.text) if message.text else message.text
         if message.kind == "progress" and message.progress is not None:
             fraction = CHILD_START + (CHILD_END - CHILD_START) * min(max(message.progress, 0.0), 1.0)
-            self._report(fraction, message.text)
-        elif message.text:
-            self.log.append(message.text)
-            self._report(None, message.text)
+            self._report(fraction, text)
+        elif text:
+            self.log.append(text)
+            self._report(None, text)
 
     def _report(self, fraction: float | None, text: str) -> None:
         if self._callback is not None:
