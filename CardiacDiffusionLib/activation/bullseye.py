@@ -42,6 +42,13 @@ DISCLAIMER = (
 #: bullseye polar angle (deg, counter-clockwise) of angle 0 (the anterior RV insertion): AHA layout,
 #: anterior at the top, septum on the left
 PLOT_OFFSET_DEG = 120.0
+#: TOS colour map of the bullseye and the 3D picture: lightness rises monotonically from early (dark purple) to
+#: late (light yellow), readable with red-green colour blindness and in grey (turbo's ends were both dark)
+TOS_CMAP = "viridis"
+#: fill of a segment without myocardium points: white, unlike any colour of the map
+NO_DATA_COLOUR = (1.0, 1.0, 1.0, 1.0)
+#: radius (bullseye units, outer ring 1.0) of the anterior / septal / inferior / lateral labels, clear of the rings
+SIDE_LABEL_RADIUS = 1.1
 
 
 def segment_of(angle, height) -> np.ndarray:
@@ -124,6 +131,14 @@ def write_segments_csv(path, table: list[dict], lead: dict | None = None) -> Pat
     return path
 
 
+TITLE = "Time to onset of shortening, AHA 17 segments"
+
+
+def contrast_colour(rgba) -> str:
+    """Black or white, whichever reads better on ``rgba`` (luma below 0.45: white)."""
+    return "white" if 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.45 else "black"
+
+
 def _ring_geometry():
     """(segment, inner radius, outer radius, start deg on the plot, span deg) of the 17 wedges."""
     out = []
@@ -136,8 +151,8 @@ def _ring_geometry():
     return out
 
 
-def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title: str = "Time to onset of shortening",
-                       cmap: str = "turbo", late_rule: str | None = None) -> Path:  # fmt: skip
+def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title: str = TITLE,
+                       cmap: str = TOS_CMAP, late_rule: str | None = None) -> Path:  # fmt: skip
     """Save :func:`bullseye_figure` as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,10 +160,10 @@ def write_bullseye_png(path, table: list[dict], lead: dict | None = None, title:
     return path
 
 
-def bullseye_figure(table: list[dict], lead: dict | None = None, title: str = "Time to onset of shortening",
-                    cmap: str = "turbo", late_rule: str | None = None):  # fmt: skip
-    """AHA bullseye coloured by segment median TOS (grey: no data), late segments starred, scar hatched, the
-    suggested segment outlined; ``late_rule`` (e.g. "TOS >= 83 ms, the 75th percentile") explains the star."""
+def bullseye_figure(table: list[dict], lead: dict | None = None, title: str = TITLE,
+                    cmap: str = TOS_CMAP, late_rule: str | None = None):  # fmt: skip
+    """AHA bullseye coloured by segment median TOS (white: no data), late segments starred, scar hatched, the
+    suggested segment outlined, its near ties dashed; ``late_rule`` (e.g. "TOS >= 83 ms, the 75th percentile") explains the star."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -166,26 +181,35 @@ def bullseye_figure(table: list[dict], lead: dict | None = None, title: str = "T
     ax = fig.add_axes((0.02, 0.15, 0.76, 0.76))
     ax.set_aspect("equal")
     ax.axis("off")
+    ties = set((lead or {}).get("near_ties") or [])
     for s, r0, r1, start, span in _ring_geometry():
         v = values[s]
-        colour = mappable.to_rgba(v) if np.isfinite(v) else (0.8, 0.8, 0.8, 1.0)
-        ax.add_patch(Wedge((0, 0), r1, start, start + span, width=r1 - r0, facecolor=colour, edgecolor="white",
-                           linewidth=1.5, hatch="xx" if s in scar else None))  # fmt: skip
+        colour = mappable.to_rgba(v) if np.isfinite(v) else NO_DATA_COLOUR
+        ink = contrast_colour(colour)
+        ax.add_patch(Wedge((0, 0), r1, start, start + span, width=r1 - r0, facecolor=colour,
+                           edgecolor="white" if np.isfinite(v) else "0.5", linewidth=1.5, gid=f"wedge-{s}"))  # fmt: skip
+        if s in scar:  # the hatch in the text's colour: white hatching vanished on light (late) segments
+            ax.add_patch(Wedge((0, 0), r1, start, start + span, width=r1 - r0, fill=False, edgecolor=ink,
+                               linewidth=0.0, hatch="xx", gid=f"scar-{s}"))  # fmt: skip
         if lead and lead.get("segment") == s:
             ax.add_patch(Wedge((0, 0), r1, start, start + span, width=r1 - r0, fill=False, edgecolor="black",
-                               linewidth=3.0, zorder=3))  # fmt: skip
+                               linewidth=3.0, zorder=3, gid=f"lead-{s}"))  # fmt: skip
+        elif s in ties:
+            ax.add_patch(Wedge((0, 0), r1, start, start + span, width=r1 - r0, fill=False, edgecolor="black",
+                               linewidth=1.5, linestyle="--", zorder=3, gid=f"tie-{s}"))  # fmt: skip
         mid = np.deg2rad(start + span / 2)
         rad = 0.0 if s == 17 else (r0 + r1) / 2
         text = f"{s}\n{v:.0f}{'*' if s in late else ''}" if np.isfinite(v) else f"{s}\n–"
-        dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] < 0.45
         box = {"facecolor": colour, "edgecolor": "none", "pad": 1.0} if s in scar else None  # readable over hatch
         ax.text(rad * np.cos(mid), rad * np.sin(mid), text, ha="center", va="center", fontsize=8,
-                color="white" if dark else "black", zorder=4, bbox=box)  # fmt: skip
-    ax.set_xlim(-1.05, 1.05)
-    ax.set_ylim(-1.05, 1.05)
-    for text, xy in (("anterior", (0, 1.02)), ("septal", (-1.03, 0)), ("inferior", (0, -1.04)), ("lateral", (1.03, 0))):
-        ax.text(*xy, text, ha="center", va="center", fontsize=8, color="0.3",
-                rotation=90 if text in ("septal", "lateral") else 0)  # fmt: skip
+                color=ink, zorder=4, bbox=box, gid=f"segment-{s}")  # fmt: skip
+    edge = SIDE_LABEL_RADIUS + 0.1
+    ax.set_xlim(-edge, edge)
+    ax.set_ylim(-edge, edge)
+    for text, deg in (("anterior", 90), ("septal", 180), ("inferior", 270), ("lateral", 0)):
+        xy = SIDE_LABEL_RADIUS * np.cos(np.deg2rad(deg)), SIDE_LABEL_RADIUS * np.sin(np.deg2rad(deg))
+        ax.text(*xy, text, ha="center", va="center", fontsize=8, color="0.3", rotation=90 if deg in (0, 180) else 0,
+                gid=f"side-{text}")  # fmt: skip
     cax = fig.add_axes((0.82, 0.2, 0.035, 0.56))
     fig.colorbar(mappable, cax=cax, label="segment median TOS (ms)")
     fig.suptitle(title, fontsize=11)
@@ -194,10 +218,13 @@ def bullseye_figure(table: list[dict], lead: dict | None = None, title: str = "T
         note += f" - suggested LV lead segment: {lead['segment']} ({lead['name']}, {lead['tos_median_ms']:.0f} ms)"
     lines = [(note, {"fontsize": 8, "weight": "bold"})]
     if near_ties_text(lead):
-        lines.append((f"as late {near_ties_text(lead)}", {"fontsize": 8}))
+        lines.append((f"about as late (dashed outline), {near_ties_text(lead)}", {"fontsize": 8}))
     if late_rule:
         lines.append((f"* late: {late_rule}", {"fontsize": 7, "color": "0.3"}))
-    lines.append(("scar hatched (never suggested), septum never suggested", {"fontsize": 7, "color": "0.3"}))
+    legend = "scar hatched (never suggested), septum never suggested"
+    if len(finite) < len(values):
+        legend += "; white, '–': no myocardium in the segment"
+    lines.append((legend, {"fontsize": 7, "color": "0.3"}))
     for i, (text, style) in enumerate(lines):
         fig.text(0.5, 0.015 + 0.032 * (len(lines) - 1 - i), text, ha="center", **style)
     return fig

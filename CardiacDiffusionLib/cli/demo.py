@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
         lma_demo(Path(args.out) / "lma", args.seed)
     if "synthetic" not in args.skip:
         synthetic_demo(Path(args.out) / "synthetic", args.seed, args.device)
+    out = Path(args.out)
+    pictures = [out / "report.png"] + ([out / "lma" / "bullseye.png", out / "lma" / "myocardium_tos.png"]
+                                       if "lma" not in args.skip else [])  # fmt: skip
+    print(f"[demo] done; pictures to look at: {', '.join(map(str, pictures))} (research software, decision support, "
+          "not a diagnosis)")  # fmt: skip
     return 0
 
 
@@ -84,6 +89,7 @@ def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -
         for view, lax_labels in subject.lax_labels.items():
             table.setdefault(view, {})[method] = lax_dice(result.labels, lax_labels)
     rows = {f"{method} {view}": table[view][method] for method in methods for view in table}
+    print("[demo] Dice against the LAX labels per method and plane (0-1, 1 = identical; n/a: label in neither):")
     print(format_table(rows))
     (out / "lax_dice.json").write_text(json.dumps({"table": table, "seconds": timings}, indent=2))
     view = "4ch"
@@ -91,7 +97,7 @@ def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -
         out / "report.png", subject.sax, subject.lax[view], subject.lax_labels[view], volumes,
         {m: table[view][m] for m in methods}, title=f"CardiacDiffusion demo: phantom {seed}, LAX {view}",
     )  # fmt: skip
-    print(f"[demo] wrote {out / 'lax_dice.json'} and {report}")
+    print(f"[demo] wrote {out / 'lax_dice.json'} (all planes) and {report} (SAX slices, the {view} plane, its Dice)")
 
 
 def lma_demo(out: Path, seed: int) -> None:
@@ -112,12 +118,15 @@ def lma_demo(out: Path, seed: int) -> None:
     truth, _, _ = case.truth_at(mesh_points(result.mesh))
     painted = vtk_to_numpy(result.mesh.GetPointData().GetArray(TOS_ARRAY))
     lead = result.lead
+    ties = f"; within {lead['near_tie_ms']:g} ms: {', '.join(map(str, lead['near_ties']))}" if lead["near_ties"] else ""
     print(f"[demo] lma: TOS on {len(painted)} mesh points, mean abs error {np.mean(np.abs(painted - truth)):.1f} ms "
-          f"vs the phantom truth; suggested LV lead segment {lead['segment']} ({lead['name']}), decision support")  # fmt: skip
+          f"vs the phantom truth; suggested LV lead segment {lead['segment']} ({lead['name']}{ties}); "
+          "decision support, not a diagnosis")  # fmt: skip
     lateral = np.deg2rad(240.0)  # AHA sector order from the anterior RV insertion: the lateral wall
     view = np.cos(lateral) * result.frame.e0 + np.sin(lateral) * result.frame.e1
     picture = render_tos_png(result.mesh, out / "myocardium_tos.png", result.frame.axis, view)
-    print(f"[demo] wrote {paths['vtp']}, {picture}, {paths['bullseye']} and {paths['json']}")
+    print(f"[demo] wrote {paths['bullseye']} (AHA bullseye), {picture} (lateral wall, base up), {paths['segments']}, "
+          f"{paths['vtp']} (open in Slicer/ParaView) and {paths['json']}")  # fmt: skip
 
 
 def synthetic_demo(out: Path, seed: int, device: str, steps: int = 20) -> None:
@@ -131,4 +140,4 @@ def synthetic_demo(out: Path, seed: int, device: str, steps: int = 20) -> None:
     written = write_pairs(out, pairs, float(model.config["spacing_mm"]), {"model": DEFAULT_MODEL, "seed": seed, "steps": steps})
     noisy = pairs[0]["noise_before"]["noisy_fraction"], pairs[0]["noise_after"]["noisy_fraction"]
     print(f"[demo] synthetic: noisy label voxels {100 * noisy[0]:.2f} % -> {100 * noisy[1]:.2f} % after clean-up; "
-          f"wrote {len(written)} files")  # fmt: skip
+          f"wrote {', '.join(str(p) for p in written)}")  # fmt: skip
