@@ -20,6 +20,7 @@ from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
 from CardiacDiffusionLib.phantoms.mr import MRPhantom
 from CardiacDiffusionLib.phantoms.scanner import acquire_sax
 from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
+from helpers import load_panel
 
 pytestmark = pytest.mark.mrml
 
@@ -332,49 +333,13 @@ def test_activation_job_options_to_arguments_and_refusals(mrml_scene, case, tmp_
 
 
 # ---- the Slicer module file, on slicer-core with stand-ins for its Qt side ----------------------
-def _load_module(name: str, monkeypatch, scene):
-    """Import CardiacDiffusion/<name>/<name>.py with stubs for qt, i18n, parameterNodeWrapper and the
-    ScriptedLoadableModule bases; MRML, the Lib and the module's Logic and Test code are real."""
-    import importlib.util
-    import sys
-    import types
-    import unittest
-    from pathlib import Path
-
-    import slicer
-
-    def module(module_name, **names):
-        stub = types.ModuleType(module_name)
-        stub.__dict__.update(names)
-        monkeypatch.setitem(sys.modules, module_name, stub)
-
-    class Base:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class SelfTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=None):
-            pass
-
-    module("qt", QTimer=object)
-    module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
-    module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, Choice=lambda *a: None,
-           WithinRange=lambda *a: None)  # fmt: skip
-    module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleWidget=Base,
-           ScriptedLoadableModuleLogic=Base, ScriptedLoadableModuleTest=SelfTest)  # fmt: skip
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    path = Path(__file__).resolve().parents[1] / "CardiacDiffusion" / name / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
 
 
 def test_activation_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch, lma_cli):
     from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
 
     monkeypatch.setattr(ActivationJob, "cli_module", lma_cli)
-    module = _load_module("ActivationMap", monkeypatch, mrml_scene)
+    module = load_panel("ActivationMap", monkeypatch, mrml_scene)
     assert module.parseSegments("5, 11;14") == [5, 11, 14] and module.parseSegments("") == []
     assert module.parseSegments("10-12") == [10, 11, 12]
     with pytest.raises(InputError, match="scar segments: 'lateral' is not a number"):
@@ -389,7 +354,7 @@ def test_activation_summary_names_near_ties(mrml_scene, monkeypatch):
     """The module's summary: one decision-support line, with the segments within 5 ms of the suggested one."""
     from types import SimpleNamespace
 
-    module = _load_module("ActivationMap", monkeypatch, mrml_scene)
+    module = load_panel("ActivationMap", monkeypatch, mrml_scene)
     lead = {"segment": 6, "name": "basal anterolateral", "tos_median_ms": 200.0, "near_ties": [12], "near_tie_ms": 5.0}
     lines = module.ActivationMapLogic.summary(SimpleNamespace(lma={"qa": [], "lead": lead}))
     assert lines == ["Decision support, not a diagnosis: latest-activating eligible segment 6 (basal anterolateral, "

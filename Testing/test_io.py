@@ -29,6 +29,7 @@ from CardiacDiffusionLib.io import (
     sunnybrook_labels,
     write_image,
 )
+from helpers import oblique_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SUNNYBROOK = SHARED / "data" / "sunnybrook-SC-HF-I-1"
@@ -451,24 +452,13 @@ def test_acdc_listing_and_validation_split():
 
 
 # ---- volumes: round trips and bad inputs ---------------------------------------------------------
-def _oblique_image(array: np.ndarray) -> sitk.Image:
-    row = np.array([-0.104592, 0.346381, -0.932245])
-    col = np.array([-0.733192, -0.660188, -0.163037])
-    row /= np.linalg.norm(row)
-    col -= row * (row @ col)
-    col /= np.linalg.norm(col)
-    image = sitk.GetImageFromArray(array)
-    image.SetDirection(np.stack([row, col, np.cross(row, col)], axis=1).flatten().tolist())
-    image.SetOrigin((162.673, 35.6185, 144.459))
-    image.SetSpacing((1.367188, 1.25, 9.99997))
-    return image
 
 
 @pytest.mark.parametrize("suffix, tol", [(".nrrd", 1e-12), (".mha", 1e-12), (".nii.gz", 1e-5)])
 def test_round_trip_keeps_geometry(tmp_path, suffix, tol):
     # NRRD and MHA store geometry as float64 text; NIfTI's header is float32 (hence 1e-5 mm)
     rng = np.random.default_rng(0)
-    image = _oblique_image(rng.random((4, 5, 6)).astype(np.float32))
+    image = oblique_image(rng.random((4, 5, 6)).astype(np.float32))
     path = write_image(image, tmp_path / "deep" / f"image{suffix}")
     back = read_image(path)
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=tol)
@@ -476,7 +466,7 @@ def test_round_trip_keeps_geometry(tmp_path, suffix, tol):
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=tol)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
 
-    labels = _oblique_image(rng.integers(0, 4, (4, 5, 6)).astype(np.uint8))
+    labels = oblique_image(rng.integers(0, 4, (4, 5, 6)).astype(np.uint8))
     acdc_path = write_image(labels, tmp_path / f"labels{suffix}")
     converted = sitk.GetArrayFromImage(read_labels(acdc_path, convention="acdc"))
     np.testing.assert_array_equal(converted, np.array([0, 3, 2, 1])[sitk.GetArrayFromImage(labels)])
@@ -506,19 +496,19 @@ def test_bad_inputs_name_the_input(tmp_path):
     sitk.WriteImage(sitk.Image([8, 6], sitk.sitkFloat32), str(tmp_path / "flat.nii.gz"))
     with pytest.raises(InputError, match=r"^--lax: .*flat\.nii\.gz is a 2D image"):
         read_image(tmp_path / "flat.nii.gz", name="--lax")
-    single = write_image(_oblique_image(np.zeros((1, 6, 8), np.float32)), tmp_path / "single.nrrd")
+    single = write_image(oblique_image(np.zeros((1, 6, 8), np.float32)), tmp_path / "single.nrrd")
     assert read_image(single).GetSize() == (8, 6, 1)  # one plane with 3D geometry is a fine image...
     with pytest.raises(InputError, match=r"^--sax: .*single\.nrrd holds 1 slice; a SAX stack needs at least 2"):
         read_stack(single, name="--sax")  # ...but not a stack
 
-    bad_labels = write_image(_oblique_image(np.array([0, 1, 7], np.uint8).reshape(1, 1, 3)), tmp_path / "l.nrrd")
+    bad_labels = write_image(oblique_image(np.array([0, 1, 7], np.uint8).reshape(1, 1, 3)), tmp_path / "l.nrrd")
     with pytest.raises(InputError, match=r"^--labels .*unknown label values \[7\]"):
         read_labels(bad_labels, name="--labels")
 
     nan = np.ones((3, 4, 5), np.float32)
     nan[1, 2, 3] = np.nan
     with pytest.raises(InputError, match=r"^--sax: .*holds 1 NaN or infinite voxels"):
-        read_image(write_image(_oblique_image(nan), tmp_path / "nan.mha"), name="--sax")
+        read_image(write_image(oblique_image(nan), tmp_path / "nan.mha"), name="--sax")
 
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really a gzip")
     with pytest.raises(InputError, match=r"^--sax: cannot read .*broken\.nii\.gz"):
@@ -527,9 +517,9 @@ def test_bad_inputs_name_the_input(tmp_path):
         (tmp_path / "scan.png").write_bytes(b"png")
         read_image(tmp_path / "scan.png", name="--sax")
 
-    other_grid = _oblique_image(np.zeros((3, 4, 5), np.uint8))
+    other_grid = oblique_image(np.zeros((3, 4, 5), np.uint8))
     other_grid.SetOrigin((0.0, 0.0, 0.0))
-    image_path = write_image(_oblique_image(np.zeros((3, 4, 5), np.float32)), tmp_path / "img.nrrd")
+    image_path = write_image(oblique_image(np.zeros((3, 4, 5), np.float32)), tmp_path / "img.nrrd")
     with pytest.raises(InputError, match=r"^--sax labels: .*not on the image's grid"):
         read_stack(image_path, labels_path=write_image(other_grid, tmp_path / "og.nrrd"), name="--sax")
 
@@ -551,7 +541,7 @@ def test_4d_file_needs_a_phase(tmp_path):
 def test_truncated_nifti_is_refused_whatever_the_voxel_type(tmp_path, suffix, dtype):
     # ITK reads a cut-off integer file without a word: the lost voxels (here every label from slice 4 on) become 0
     array = np.random.default_rng(0).integers(0, 4, (8, 32, 32)).astype(dtype)  # barely compressible
-    path = write_image(_oblique_image(array), tmp_path / f"cut{suffix}")
+    path = write_image(oblique_image(array), tmp_path / f"cut{suffix}")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=rf"^--sax labels: .*cut{suffix}\b.* is truncated or corrupt .*re-export it$"):
@@ -564,7 +554,7 @@ def test_a_damaged_nifti_gz_is_refused(tmp_path):
     import gzip
 
     array = np.random.default_rng(1).normal(100, 20, (16, 96, 96)).astype(np.float32)  # larger than ITK's buffer
-    plain = write_image(_oblique_image(array), tmp_path / "plain.nii").read_bytes()
+    plain = write_image(oblique_image(array), tmp_path / "plain.nii").read_bytes()
     data = bytearray(gzip.compress(plain, compresslevel=0))  # stored blocks: the voxels' bytes as they are
     data[len(data) // 2] ^= 0x10
     path = tmp_path / "damaged.nii.gz"
@@ -663,7 +653,7 @@ def test_nifti_without_orientation_is_read_with_a_warning(tmp_path):
     nibabel.save(bare_labels, tmp_path / "bare_labels.nii.gz")
     alone = read_labelled_stack(str(tmp_path / "bare_labels.nii.gz"), None, "project")
     assert alone.meta["orientation_known"] is False and "stores no orientation" in alone.meta["warnings"][0]
-    placed = read_stack(write_image(_oblique_image(np.zeros((3, 5, 6), np.float32)), tmp_path / "placed.nii.gz"))
+    placed = read_stack(write_image(oblique_image(np.zeros((3, 5, 6), np.float32)), tmp_path / "placed.nii.gz"))
     assert not placed.meta.get("warnings")
 
 

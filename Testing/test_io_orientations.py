@@ -26,6 +26,7 @@ from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.geometry.stack import SliceStack, slice_axis
 from CardiacDiffusionLib.io import read_dicom_stack, read_image, read_labels, read_stack, sunnybrook_labels
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
+from helpers import oblique_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SUNNYBROOK = SHARED / "data" / "sunnybrook-SC-HF-I-1"
@@ -219,21 +220,14 @@ def test_slice_axis_needs_a_clearly_coarsest_axis():
 
 
 # ---- geometry that cannot be trusted -----------------------------------------------------------------
-def _oblique(array: np.ndarray, spacing=(1.4, 1.4, 8.0)) -> sitk.Image:
-    row = np.array([-0.104592, 0.346381, -0.932245])
-    col = np.array([-0.733192, -0.660188, -0.163037])
-    row /= np.linalg.norm(row)
-    col -= row * (row @ col)
-    col /= np.linalg.norm(col)
-    image = sitk.GetImageFromArray(array)
-    image.SetDirection(np.stack([row, col, np.cross(row, col)], axis=1).flatten().tolist())
-    image.SetOrigin((162.673, 35.6185, 144.459))
-    image.SetSpacing(spacing)
-    return image
+
+
+def _oblique_8mm(array: np.ndarray) -> sitk.Image:
+    return oblique_image(array, spacing=(1.4, 1.4, 8.0))
 
 
 def test_nifti_whose_transforms_disagree_with_what_itk_reads_is_refused(tmp_path, capfd):
-    image = _oblique(np.random.default_rng(0).random((6, 20, 24)).astype(np.float32))
+    image = _oblique_8mm(np.random.default_rng(0).random((6, 20, 24)).astype(np.float32))
     good = read_image(_nifti(image, tmp_path / "sform_only.nii", qform=False, sform=True))
     np.testing.assert_allclose(good.GetSpacing(), image.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(good.GetOrigin(), image.GetOrigin(), atol=1e-4)
@@ -255,7 +249,7 @@ def test_nifti_whose_transforms_disagree_with_what_itk_reads_is_refused(tmp_path
 
 
 def test_sheared_axes_are_refused_or_said(tmp_path):
-    image = _oblique(np.random.default_rng(1).random((5, 16, 18)).astype(np.float32))
+    image = _oblique_8mm(np.random.default_rng(1).random((5, 16, 18)).astype(np.float32))
     axes = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
     skew = axes.copy()
     skew[:, 1] += 0.3 * axes[:, 0]  # columns leaning on the rows: not an image grid
@@ -316,13 +310,13 @@ def test_nan_and_inf_voxels_are_refused_in_every_format(tmp_path, suffix):
     array = np.random.default_rng(2).random((4, 8, 9)).astype(np.float32)
     array[1, 2, 3], array[2, 3, 4] = np.nan, np.inf
     path = tmp_path / f"bad{suffix}"
-    sitk.WriteImage(_oblique(array), str(path))
+    sitk.WriteImage(_oblique_8mm(array), str(path))
     with pytest.raises(InputError, match=rf"^--sax: .*bad{suffix} holds 2 NaN or infinite voxels"):
         read_stack(path, name="--sax")
 
 
 def test_a_4d_file_gives_the_chosen_phase_in_place(tmp_path):
-    phases = [_oblique(np.full((4, 6, 7), float(t), np.float32)) for t in range(3)]
+    phases = [_oblique_8mm(np.full((4, 6, 7), float(t), np.float32)) for t in range(3)]
     path = tmp_path / "cine.nrrd"
     sitk.WriteImage(sitk.JoinSeries(phases), str(path))
     stack = read_stack(path, phase=2, name="--sax")

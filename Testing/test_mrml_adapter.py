@@ -22,6 +22,7 @@ from CardiacDiffusionLib.reconstruction.lax_check import lax_dice_table
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
 from CardiacDiffusionLib.slicer_adapter.process import ChildProcess, ProcessFailed, parse_line
+from helpers import load_panel
 
 mrml_only = pytest.mark.mrml
 
@@ -656,49 +657,12 @@ def test_sax_images_are_what_the_tests_assume():
 
 
 # ---- the Slicer module file itself, on slicer-core with Qt-side stubs -----------------------------
-def _load_module_with_stubs(monkeypatch, scene):
-    """Import CardiacDiffusion/Reconstruction/Reconstruction.py with stand-ins for what needs Qt.
-
-    Only the Qt-side names are stubbed (qt, i18n, parameterNodeWrapper, ScriptedLoadableModule);
-    MRML, the Lib and the module's own Logic and Test code are the real ones.
-    """
-    import importlib.util
-    import types
-    import unittest
-
-    import slicer
-
-    def module(name, **names):
-        stub = types.ModuleType(name)
-        stub.__dict__.update(names)
-        monkeypatch.setitem(sys.modules, name, stub)
-
-    class Base:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class SelfTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=None):
-            pass
-
-    module("qt", QTimer=object)
-    module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
-    module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, Choice=lambda *a: None,
-           WithinRange=lambda *a: None)  # fmt: skip
-    module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=Base, ScriptedLoadableModuleWidget=Base,
-           ScriptedLoadableModuleLogic=Base, ScriptedLoadableModuleTest=SelfTest)  # fmt: skip
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    path = Path(__file__).resolve().parents[1] / "CardiacDiffusion" / "Reconstruction" / "Reconstruction.py"
-    spec = importlib.util.spec_from_file_location("Reconstruction", path)
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
 
 
 @mrml_only
 @needs_cli
 def test_module_self_test_runs_on_slicer_core(mrml_scene, monkeypatch):
-    module = _load_module_with_stubs(monkeypatch, mrml_scene)
+    module = load_panel("Reconstruction", monkeypatch, mrml_scene)
     assert module.ReconstructionLogic().ensureDependencies(ask=False)  # nothing to install here
     result = module.ReconstructionTest("runTest").run()
     assert result.wasSuccessful(), [text for _, text in result.errors + result.failures]

@@ -100,7 +100,7 @@ def test_sample_job_arguments_and_failure(mrml_scene, stand_in):
 
 
 def test_synthetic_module_logic_on_slicer_core(mrml_scene, monkeypatch, stand_in):
-    from test_activation_adapter import _load_module
+    from helpers import load_panel
 
     from CardiacDiffusionLib.errors import InputError as LibInputError
     from CardiacDiffusionLib.ldm.generate import DEFAULT_MODEL
@@ -108,7 +108,7 @@ def test_synthetic_module_logic_on_slicer_core(mrml_scene, monkeypatch, stand_in
     from CardiacDiffusionLib.slicer_adapter.synthetic import SampleJob
 
     monkeypatch.setattr(SampleJob, "cli_module", stand_in)
-    module = _load_module("SyntheticData", monkeypatch, mrml_scene)
+    module = load_panel("SyntheticData", monkeypatch, mrml_scene)
     assert module.SyntheticDataLogic().ensureDependencies(ask=False)
     result = module.SyntheticDataLogic().run(count=1, seed=2, steps=2, device="cpu", wait=True)
     assert [v.GetName() for v in result.volumes] == ["Synthetic CT seed 2"]
