@@ -18,11 +18,14 @@ MR_LABEL_DESCRIPTIONS: dict[str, str] = {
     "MYO": "LV myocardium",
     "RV": "RV cavity",
 }
-#: Display colours (RGB 0..1) as Slicer's generic anatomy colours would show them.
+#: Display colours (RGB 0..1) of Slicer segments, the report and the icons: Slicer's hues (red, brown, blue) with
+#: a light cavity and a dark myocardium, so they stay apart for protan, deutan and tritan readers too (CIEDE2000
+#: >= 44 opaque, >= 19 at half opacity over grey; Slicer's red 0.85, 0.2, 0.2 and brown 0.55, 0.35, 0.2 were 0.9
+#: apart for protan readers). Testing/test_label_colours.py measures them.
 MR_LABEL_COLORS: dict[str, tuple[float, float, float]] = {
-    "LV": (0.85, 0.20, 0.20),
-    "MYO": (0.55, 0.35, 0.20),
-    "RV": (0.20, 0.40, 0.85),
+    "LV": (1.0, 0.65, 0.55),
+    "MYO": (0.40, 0.18, 0.05),
+    "RV": (0.25, 0.50, 1.0),
 }
 CT_LABELS: dict[int, str] = {1: "LA", 2: "LV", 3: "RA", 4: "RV", 5: "MYO", 6: "AO", 7: "PA", 8: "LAA"}
 

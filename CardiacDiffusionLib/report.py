@@ -20,16 +20,10 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .geometry.planes import coverage_mask, resample_to  # noqa: E402
 from .geometry.stack import SliceStack  # noqa: E402
-from .labels import MR_LABEL_DESCRIPTIONS, MR_LABELS  # noqa: E402
+from .labels import MR_LABEL_COLORS, MR_LABEL_DESCRIPTIONS, MR_LABELS  # noqa: E402
 
-#: overlay colours (RGB 0..1): Slicer's hues (red, brown, blue), but light cavity / dark myocardium, so the
-#: three stay apart (CIEDE2000 >= 18 over grey) for protan, deutan and tritan readers too; Slicer's own red and
-#: brown were 2 apart for deutan readers
-REPORT_LABEL_COLORS: dict[str, tuple[float, float, float]] = {
-    "LV": (1.0, 0.65, 0.55),
-    "MYO": (0.40, 0.18, 0.05),
-    "RV": (0.25, 0.50, 1.0),
-}
+#: overlay colours: the project's label colours (``labels.MR_LABEL_COLORS``), as Slicer's segments show them
+REPORT_LABEL_COLORS = MR_LABEL_COLORS
 LABEL_ALPHA = 0.5
 LABEL_CMAP = ListedColormap([(0, 0, 0, 0)] + [(*REPORT_LABEL_COLORS[n], LABEL_ALPHA) for n in MR_LABELS.values()])
 FOOTER = "Research software: decision support, not a medical device and not a diagnosis"

@@ -10,6 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from skimage.color import rgb2lab
+
+#: Machado, Oliveira & Fernandes (2009) colour-vision-deficiency matrices (severity 1.0), on linear RGB
+CVD = {
+    "normal": np.eye(3),
+    "protan": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]),
+    "deutan": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
+    "tritan": np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]),
+}  # fmt: skip
+
+
+def as_seen(rgb, vision: str) -> np.ndarray:
+    """CIELAB of sRGB colours (n, 3) as a reader with ``vision`` (a key of :data:`CVD`) sees them."""
+    c = np.asarray(rgb, float)
+    linear = np.clip(np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ CVD[vision].T, 0.0, 1.0)
+    return rgb2lab(np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)[None])[0]
 
 
 def oblique_image(array: np.ndarray, spacing=(1.367188, 1.25, 9.99997)) -> sitk.Image:

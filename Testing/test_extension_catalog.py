@@ -80,8 +80,12 @@ def test_icon_and_screenshot_sizes():
     icon = ROOT / cmake["EXTENSION_ICONURL"].split("/main/", 1)[1]
     assert _png_size(icon) == (128, 128, 6)  # RGBA
     for url in cmake["EXTENSION_SCREENSHOTURLS"].split():
-        width, height, _ = _png_size(ROOT / url.split("/main/", 1)[1])
+        shot = ROOT / url.split("/main/", 1)[1]
+        width, height, _ = _png_size(shot)
         assert width >= 800 and height >= 600 and 1.0 <= width / height <= 2.0, (width, height)
+        assert shot.stat().st_size < 200_000  # catalog image: a 256-colour palette (the RGBA render was 467 kB)
+    for png in (icon, *(ROOT / "CardiacDiffusion").glob("*/Resources/Icons/*.png")):
+        assert png.stat().st_size < 20_000, png
 
 
 def test_icon_is_what_the_script_draws(tmp_path):
@@ -95,8 +99,16 @@ def test_icon_is_what_the_script_draws(tmp_path):
     committed = matplotlib.image.imread(script.ICON)
     assert drawn.shape == committed.shape == (128, 128, 4)
     assert np.abs(drawn - committed).mean() < 0.01
-    # not blank: transparent corners, the red LV cavity in the middle
-    assert committed[0, 0, 3] == 0 and committed[64, 74, 0] > 0.7 > committed[64, 74, 2]
+    # not blank: transparent corners, the LV cavity in the middle in the label colour Slicer's segments get
+    from CardiacDiffusionLib.labels import MR_LABEL_COLORS
+
+    assert committed[0, 0, 3] == 0
+    np.testing.assert_allclose(committed[64, 74, :3], MR_LABEL_COLORS["LV"], atol=0.02)
+    for draw, path in ((script.draw_activation_icon, script.ACTIVATION_ICON),
+                       (script.draw_synthetic_icon, script.SYNTHETIC_ICON),
+                       (script.draw_reconstruction_icon, script.RECONSTRUCTION_ICON)):  # fmt: skip
+        drawn, committed = matplotlib.image.imread(draw(tmp_path / path.name)), matplotlib.image.imread(path)
+        assert drawn.shape == committed.shape and np.abs(drawn - committed).mean() < 0.01, path.name
 
 
 @pytest.mark.parametrize("module_icon", sorted((ROOT / "CardiacDiffusion").glob("*/Resources/Icons/*.png")))

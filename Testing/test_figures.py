@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from matplotlib.text import Text
-from skimage.color import deltaE_ciede2000, rgb2lab
+from skimage.color import deltaE_ciede2000
 
 from CardiacDiffusionLib.activation.bullseye import (
     PLOT_OFFSET_DEG,
@@ -32,22 +32,7 @@ from CardiacDiffusionLib.report import (
     report_figure,
     sax_picks,
 )
-
-# Machado et al. 2009 colour-vision-deficiency matrices (severity 1), on linear RGB
-CVD = {
-    "normal": np.eye(3),
-    "protan": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]),
-    "deutan": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
-    "tritan": np.array([[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]),
-}  # fmt: skip
-
-
-def _as_seen(rgb, kind: str) -> np.ndarray:
-    """CIELAB of sRGB colours as a reader with ``kind`` of colour vision sees them."""
-    c = np.asarray(rgb, float)
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ CVD[kind].T
-    linear = np.clip(linear, 0, 1)
-    return rgb2lab(np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)[None])[0]
+from helpers import CVD, as_seen
 
 
 def _texts(fig):
@@ -120,7 +105,7 @@ def test_bullseye_colour_map_lightness_rises_and_reads_in_colour_blindness():
 
     colours = colormaps[TOS_CMAP](np.linspace(0, 1, 64))[:, :3]
     for kind in CVD:
-        lightness = _as_seen(colours, kind)[:, 0]
+        lightness = as_seen(colours, kind)[:, 0]
         assert np.all(np.diff(lightness) > 0), kind
         assert lightness[-1] - lightness[0] > 60, kind
     fig = bullseye_figure(*_lbbb_table())
@@ -178,7 +163,7 @@ def test_report_label_colours_stay_apart_for_colour_blind_readers():
     for grey in (0.2, 0.5, 0.8):
         drawn = np.array([LABEL_ALPHA * np.array(REPORT_LABEL_COLORS[n]) + (1 - LABEL_ALPHA) * grey for n in names])
         for kind in CVD:
-            lab = _as_seen(drawn, kind)
+            lab = as_seen(drawn, kind)
             gaps = [deltaE_ciede2000(lab[i], lab[j]) for i in range(3) for j in range(i + 1, 3)]
             assert min(gaps) >= 18, (grey, kind, gaps)
 
@@ -267,7 +252,7 @@ def test_3d_picture_uses_the_bullseye_colours_and_its_right_edge_words_are_true(
 
     lut = tos_lookup_table(20.0, 140.0)
     rgb = np.array([lut.GetTableValue(i)[:3] for i in range(0, lut.GetNumberOfTableValues(), 8)])  # 8-bit steps
-    assert np.all(np.diff(_as_seen(rgb, "deutan")[:, 0]) > 0) and np.all(np.diff(_as_seen(rgb, "protan")[:, 0]) > 0)
+    assert np.all(np.diff(as_seen(rgb, "deutan")[:, 0]) > 0) and np.all(np.diff(as_seen(rgb, "protan")[:, 0]) > 0)
     assert lut.GetTableRange() == (20.0, 140.0)
     right, up, side = screen_axes((0, 0, -1), (1, 0, 0))
     assert np.allclose(right, (0, 1, 0)) and np.allclose(up, (0, 0, 1)) and np.allclose(side, (1, 0, 0))

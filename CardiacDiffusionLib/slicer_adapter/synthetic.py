@@ -14,7 +14,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..labels import CT_LABELS
+from ..labels import CT_LABELS, MR_LABEL_COLORS
 from . import mrml
 from .job import CLIJob
 
@@ -23,10 +23,12 @@ CT_DESCRIPTIONS = {
     "LA": "Left atrium", "LV": "Left ventricle", "RA": "Right atrium", "RV": "Right ventricle",
     "MYO": "LV myocardium", "AO": "Aorta", "PA": "Pulmonary artery", "LAA": "Left atrial appendage",
 }  # fmt: skip
-#: RGB 0..1: cavities left red / right blue as in the MR segments, vessels and appendage distinct
+#: RGB 0..1: LV, RV and MYO as the MR segments (``labels.MR_LABEL_COLORS``); left atrium crimson, right atrium
+#: light blue, aorta yellow, pulmonary artery teal, appendage violet: all 8 >= 13 CIEDE2000 apart (and from black
+#: and grey) for normal, protan, deutan and tritan vision (the earlier set: LV and MYO 0.9 apart for protan readers)
 CT_COLORS = {
-    "LA": (0.95, 0.45, 0.45), "LV": (0.85, 0.20, 0.20), "RA": (0.45, 0.60, 0.95), "RV": (0.20, 0.40, 0.85),
-    "MYO": (0.55, 0.35, 0.20), "AO": (0.90, 0.60, 0.15), "PA": (0.35, 0.75, 0.85), "LAA": (0.80, 0.45, 0.75),
+    "LA": (0.75, 0.15, 0.30), "LV": MR_LABEL_COLORS["LV"], "RA": (0.80, 0.80, 1.0), "RV": MR_LABEL_COLORS["RV"],
+    "MYO": MR_LABEL_COLORS["MYO"], "AO": (1.0, 0.90, 0.0), "PA": (0.05, 0.75, 0.70), "LAA": (0.25, 0.20, 0.80),
 }  # fmt: skip
 
 
