@@ -288,8 +288,9 @@ class ActivationMapLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def summary(result) -> list:
-        """The lead suggestion (decision support) and the QA flags, one line each."""
-        lines = [f"{flag['severity']}: {flag['message']}" for flag in result.lma.get("qa", [])]
+        """The cine frame read (a proxy input), the QA flags and the lead suggestion (decision support), one line each."""
+        lines = [f"frame used: {frame}" for frame in getattr(result, "frames", [])]  # a cine's proxy node as input
+        lines += [f"{flag['severity']}: {flag['message']}" for flag in result.lma.get("qa", [])]
         lead = result.lma.get("lead", {})
         if lead.get("segment") is not None:
             from CardiacDiffusionLib.activation.bullseye import near_ties_text

@@ -25,6 +25,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
+from CardiacDiffusionLib.slicer_adapter.cine import FramesJob
 from CardiacDiffusionLib.slicer_adapter.job import LABEL_NUMBERINGS
 from CardiacDiffusionLib.slicer_adapter.reconstruction import DEVICES, METHODS, ReconstructionJob
 
@@ -196,6 +197,8 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if done:
             self._stop()
             self.logic.showResult(job.result)
+            for frame in job.result.frames:  # a cine's proxy node: the frame its browser showed
+                self.ui.logTextEdit.appendPlainText(_("frame used: {frame}").format(frame=frame))
             for warning in job.result.warnings:  # a result that may be wrong says so where it is seen
                 self.ui.logTextEdit.appendPlainText(_("warning: {warning}").format(warning=warning))
             if job.result.warnings:
@@ -239,9 +242,9 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
-        shape_prior=None, label_numbering="project", model=None,
+        shape_prior=None, label_numbering="project", model=None, frames=None,
     ):  # fmt: skip
-        """Reconstruct ``sax_volume``.
+        """Reconstruct ``sax_volume`` (a cine's proxy node: the frame its browser shows, said in ``.frames``).
 
         ``wait=True`` blocks and returns a ``ReconstructionResult`` (``.volume``, ``.segmentation``,
         ``.table``, ``.lax_dice``, ``.warnings``: what to check in the input or the result); ``wait=False``
@@ -251,13 +254,24 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
         volume nodes, "project" (1 LV cavity, 2 LV myocardium, 3 RV cavity) or "acdc" (1 RV, 2 MYO, 3 LV);
         segmentations are read by segment name. ``model`` (dmcvr): a registered model name or a .safetensors
-        file (None: the shipped one).
+        file (None: the shipped one). ``frames`` ("all" or 0-based item numbers of a cine whose proxy node is
+        ``sax_volume``; ``sax_labels`` then the proxy of a label sequence in its browser, or None): each frame is
+        reconstructed into new volume sequences that join the cine's browser; returns a ``FramesResult``
+        (``.volumes``, ``.labels``, ``.frames``, ``.warnings``) or the running ``FramesJob``.
         """
-        job = ReconstructionJob(
-            slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
-            steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
-            shape_prior=shape_prior, label_numbering=label_numbering, model=model,
-        )  # fmt: skip
+        if frames is not None:
+            job = FramesJob(
+                slicer.mrmlScene, sax_volume, frames, sax_labels, method=method, spacing=spacing, steps=steps,
+                device=device, shape_prior=shape_prior, label_numbering=label_numbering, model=model,
+                lax_label_nodes=[n for n in lax_label_nodes if n is not None], output_volume=output_volume,
+                output_segmentation=output_segmentation,
+            )  # fmt: skip
+        else:
+            job = ReconstructionJob(
+                slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
+                steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
+                shape_prior=shape_prior, label_numbering=label_numbering, model=model,
+            )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:
             return job

@@ -5,7 +5,8 @@
 with the ``TOS_ms`` point scalars on a colour table with a colour legend (and the ``late_activation`` and
 ``aha_segment`` arrays), the sector points (``sector_points.vtp``: 18 mid-wall points per TOS slice with the TOS
 given or measured there, in the surface's colour range), the AHA bullseye image and a table of the 17 segments
-(with the suggested lead segment: decision support, not a diagnosis).
+(with the suggested lead segment: decision support, not a diagnosis). SAX inputs that are a cine's proxy
+nodes are read at the frame their browser shows; ``frames`` says which and the outputs' attributes keep it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from . import mrml
+from . import mrml, sequences
 from .job import CLIJob, checked_numbering, write_label_node
 
 METHODS = ("shape", "sadir")
@@ -37,6 +38,7 @@ class ActivationResult:
     lma: dict = field(default_factory=dict)  # lma.json: lead, QA flags, late rule ...
     log: list[str] = field(default_factory=list)
     sector_points: object = None  # vtkMRMLModelNode: the 18 mid-wall sector points per TOS slice, TOS_ms as measured
+    frames: list[str] = field(default_factory=list)  # each proxy input's cine frame, e.g. "node 'cine': frame 4 of 25 ..."
 
 
 def parse_numbers(text: str, what: str) -> list[int]:
@@ -315,4 +317,9 @@ class ActivationJob(CLIJob):
             scalars=TOS_ARRAY, color_node_id=model.GetDisplayNode().GetColorNodeID(),
         )  # fmt: skip
         same_colours(model, points)
-        return ActivationResult(model, bullseye, table, lma, list(self.log), points)
+        source = self.sax_volume if self.sax_volume is not None else self.sax_labels
+        frame = self.frames.get(source.GetID()) or self.frames.get(self.sax_labels.GetID())
+        for node in (model, bullseye, table, points):
+            sequences.record_source(node, frame)
+        frames = [f"node '{f.node}': {f.describe()}" for f in self.frames.values()]
+        return ActivationResult(model, bullseye, table, lma, list(self.log), points, frames)

@@ -1,7 +1,9 @@
 """A module job without Qt: export input nodes to files, run one CLI sub-command as a child, load outputs.
 
 Subclasses give the sub-command (``command``), write their inputs in :meth:`CLIJob._export` (returning
-the CLI arguments) and turn the output folder into NEW nodes in :meth:`CLIJob._load`. Nothing is
+the CLI arguments) and turn the output folder into NEW nodes in :meth:`CLIJob._load`. An input that is the
+proxy node of a sequence browser (a cine) is read at the frame the browser shows; the job logs which
+(``frames``) and the subclass records it on its outputs (``sequences.record_source``). Nothing is
 added to the scene before the child succeeded, so a cancelled or failed job leaves the scene as it
 was; the temporary folder is removed in every case (unless ``keep_files``).
 """
@@ -20,7 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..labels import convert_labels
-from . import mrml
+from . import mrml, sequences
 from .process import ChildProcess, Message, ProcessFailed
 
 ProgressCallback = Callable[[Optional[float], str], None]
@@ -90,6 +92,7 @@ class CLIJob:
         self.result = None
         self.log: list[str] = []
         self.exported: dict[Path, str] = {}  # input file written for the child -> the node it came from
+        self.frames: dict[str, sequences.Frame] = {}  # exported proxy node's ID -> the cine frame it showed
         self._callback: ProgressCallback | None = None
         self._cancelled = False
 
@@ -173,8 +176,20 @@ class CLIJob:
 
     # ---- helpers --------------------------------------------------------------------------------
     def _exported(self, path: Path, node) -> Path:
-        """Record that ``path`` holds ``node`` (for messages); returns ``path``."""
+        """Record that ``path`` holds ``node`` (for messages) and, for a proxy node, its frame; returns ``path``."""
         self.exported[Path(path)] = node.GetName()
+        frame = sequences.proxy_frame(node)
+        if frame is not None and not frame.exact:  # e.g. labels of ED and ES only, the browser on another frame
+            raise InputError(
+                f"node '{node.GetName()}': its sequence '{frame.sequence}' has no item at {frame.index_text}, the "
+                f"frame sequence browser '{frame.browser}' shows (it shows item {frame.item + 1} of {frame.count} "
+                "instead); select a frame that has one, or leave this input empty"
+            )
+        if frame is not None:
+            self.frames[node.GetID()] = frame
+            said = f"node '{node.GetName()}': read at {frame.describe()}, the frame sequence browser '{frame.browser}' shows"
+            self.log.append(said)
+            self._report(None, said)
         return Path(path)
 
     def _in_module_terms(self, text: str) -> str:

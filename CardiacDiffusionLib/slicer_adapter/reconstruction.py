@@ -4,7 +4,9 @@
 ``python -m CardiacDiffusionLib.cli.main reconstruct ...`` (``PythonSlicer`` in Slicer) and, once
 the child succeeded, adds NEW nodes: the reconstructed volume, a segmentation with named, coloured
 segments and 3D surfaces, and a table of LAX Dice. Nothing is added to the scene before that, so a
-cancelled or failed job leaves the scene as it was.
+cancelled or failed job leaves the scene as it was. A SAX volume that is a cine's proxy node is read at the
+frame its browser shows: ``frames`` says which, and the outputs' attributes keep it (``sequences``); an output
+node that is a proxy is refused. ``cine.FramesJob`` reconstructs several frames into volume sequences.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Sequence
 import SimpleITK as sitk
 
 from ..errors import InputError
-from . import mrml
+from . import mrml, sequences
 from .job import CLIJob, checked_numbering, write_label_node
 
 METHODS = ("dmcvr", "shape", "linear", "nearest")
@@ -34,6 +36,7 @@ class ReconstructionResult:
     lax_dice: dict = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # geometry.json's: the input's and the result's
+    frames: list[str] = field(default_factory=list)  # each proxy input's cine frame, e.g. "node 'cine': frame 4 of 25 ..."
 
 
 def _file_stem(name: str) -> str:
@@ -68,6 +71,8 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"DDIM steps must be at least 1 (or 0 on the panel for the model's default), got {steps}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
+        sequences.check_not_proxy(output_volume, "output volume")  # never written into a cine's frame
+        sequences.check_not_proxy(output_segmentation, "output segmentation")
         super().__init__(scene, python, keep_files)
         self.sax_volume = sax_volume
         self.label_numbering = checked_numbering(label_numbering)  # of labelmaps; segmentations go by name
@@ -78,6 +83,7 @@ class ReconstructionJob(CLIJob):
         self.model = (model or "").strip() or None  # dmcvr: a registered name or a .safetensors file; None: shipped
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
+        self.frame_warnings: list[str] = []  # SAX labels that may be of another cine frame than the SAX volume
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _export(self, folder: Path) -> list[str]:
@@ -96,6 +102,7 @@ class ReconstructionJob(CLIJob):
             path = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
             write_label_node(self.sax_labels, path, mrml.image_from_volume_node(self.sax_volume), self.label_numbering)
             arguments += ["--sax-labels", str(path)]
+            self._check_label_frame()
         if self.lax_label_nodes:
             paths = []
             for index, node in enumerate(self.lax_label_nodes):
@@ -104,6 +111,16 @@ class ReconstructionJob(CLIJob):
                 paths.append(str(path))
             arguments += ["--lax-labels", *paths]
         return arguments
+
+    def _check_label_frame(self) -> None:
+        """SAX labels beside a cine frame: a warning unless they are a proxy of the same browser."""
+        frame = self.frames.get(self.sax_volume.GetID())
+        labels = self.frames.get(self.sax_labels.GetID())
+        if frame is not None and (labels is None or labels.browser != frame.browser):
+            self.frame_warnings.append(
+                f"SAX labels '{self.sax_labels.GetName()}' do not follow sequence browser '{frame.browser}' of the "
+                f"SAX volume: check that they were drawn on the frame used, {frame.describe()}"
+            )
 
     # ---- outputs --------------------------------------------------------------------------------
     def _load(self, out: Path) -> ReconstructionResult:
@@ -125,4 +142,8 @@ class ReconstructionJob(CLIJob):
             lax_dice = {names.get(k, k): v for k, v in raw.items()}
             table = mrml.table_from_dict(self.scene, lax_dice, f"{base} LAX Dice", row_header="LAX")
         said = [self._in_module_terms(w) for w in json.loads((out / "geometry.json").read_text()).get("warnings", [])]
-        return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log), said)
+        frame = self.frames.get(self.sax_volume.GetID())
+        for node in (volume, segmentation, table):
+            sequences.record_source(node, frame)
+        frames = [f"node '{f.node}': {f.describe()}" for f in self.frames.values()]
+        return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log), self.frame_warnings + said, frames)

@@ -1,0 +1,200 @@
+"""Several frames of a SAX cine reconstructed into volume sequences that follow the cine's browser.
+
+``FramesJob(scene, sax_proxy, frames, sax_labels=None, **options)``: ``sax_proxy`` is the proxy volume node of a
+sequence browser (a loaded cine), ``frames`` ``"all"`` or 0-based item numbers of its sequence, ``options`` those
+of ``ReconstructionJob`` (method, spacing, ...). Each frame's sequence item (not the proxy: the browser's selected
+frame is never moved) is reconstructed in its own child process; its labels come from ``sax_labels``, the proxy of
+a label sequence in the same browser, for the frames that have an item there (e.g. ED and ES). The results become
+NEW sequences (volumes, and labelmaps where labels were made) at the input's index values, added to the input's
+browser as synchronised sequences, empty on the frames not reconstructed. Nothing is added to the scene before the
+last frame is done; no input node, sequence item or the browser's selected frame is changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import SimpleITK as sitk
+
+from ..errors import InputError
+from . import mrml, sequences
+from .job import ProgressCallback
+from .process import ProcessFailed
+from .reconstruction import ReconstructionJob
+
+
+@dataclass
+class FramesResult:
+    volumes: object  # vtkMRMLSequenceNode of scalar volumes, one per reconstructed frame
+    labels: object | None  # vtkMRMLSequenceNode of labelmaps (frames that got labels), or None
+    browser: object  # the input's vtkMRMLSequenceBrowserNode, now also browsing these
+    volume_proxy: object  # the proxy node showing ``volumes`` at the browser's frame
+    labels_proxy: object | None
+    frames: list[str] = field(default_factory=list)  # what each frame was made from
+    warnings: list[str] = field(default_factory=list)  # geometry.json's, each with its frame
+    log: list[str] = field(default_factory=list)
+
+
+class _FrameJob(ReconstructionJob):
+    """One frame: the child's outputs as images (they go into sequences, not into the scene)."""
+
+    def _load(self, out: Path):
+        labels = out / "reconstruction_labels.nii.gz"
+        said = [self._in_module_terms(w) for w in json.loads((out / "geometry.json").read_text()).get("warnings", [])]
+        image = sitk.ReadImage(str(out / "reconstruction_image.nii.gz"))
+        return image, sitk.ReadImage(str(labels)) if labels.exists() else None, said
+
+
+class FramesJob:
+    """Frames of a cine, one child process each; see the module docstring. ``start`` -> ``poll``/``wait``."""
+
+    def __init__(self, scene, sax_volume, frames: str | Sequence[int] = "all", sax_labels=None, **options):
+        for key in ("output_volume", "output_segmentation", "lax_label_nodes"):
+            if options.get(key):
+                raise InputError(f"{key.replace('_', ' ')}: not taken when reconstructing several frames (the "
+                                 "results are new sequences); leave it empty")  # fmt: skip
+        if sax_volume is None or sequences.browser_of(sax_volume) is None:
+            name = "none selected" if sax_volume is None else f"'{sax_volume.GetName()}' is a plain volume"
+            raise InputError(f"SAX volume: {name}; several frames are read from a cine: choose the volume a loaded "
+                             "cine shows (the proxy node of its sequence browser), or reconstruct one volume")  # fmt: skip
+        self.scene, self.sax_volume, self.sax_labels, self.options = scene, sax_volume, sax_labels, options
+        self.browser = sequences.browser_of(sax_volume)
+        self.sequence = self.browser.GetSequenceNode(sax_volume)
+        count = self.sequence.GetNumberOfDataNodes()
+        items = list(range(count)) if frames == "all" else [int(k) for k in frames]
+        bad = sorted({k for k in items if not 0 <= k < count} | {k for k in items if items.count(k) > 1})
+        if bad or not items:
+            raise InputError(f"frames {bad or items}: sequence '{self.sequence.GetName()}' has items 0-{count - 1} "
+                             "(0-based, as the browser's item number); give each once, or 'all'")  # fmt: skip
+        label_sequence = None
+        if sax_labels is not None:
+            if sequences.browser_of(sax_labels) is not self.browser:
+                raise InputError(f"SAX labels '{sax_labels.GetName()}': for several frames give the proxy node of a "
+                                 f"label sequence in sequence browser '{self.browser.GetName()}' (labels of some "
+                                 "frames, e.g. ED and ES), or none")  # fmt: skip
+            label_sequence = self.browser.GetSequenceNode(sax_labels)
+        self.plan = []  # (item, index value, label item or None)
+        for k in items:
+            value = self.sequence.GetNthIndexValue(k)
+            j = label_sequence.GetItemNumberFromIndexValue(value, True) if label_sequence is not None else -1
+            self.plan.append((k, value, j if j >= 0 else None))
+        ReconstructionJob(scene, sax_volume, **options)  # the options are checked now, before any child starts
+        self.method = options.get("method", "shape")
+        self.job: _FrameJob | None = None
+        self.result: FramesResult | None = None
+        self.log: list[str] = []
+        self._done: list = []  # (item, value, label item, image, labels, warnings)
+        self._callback: ProgressCallback | None = None
+
+    def _frame(self, item: int) -> sequences.Frame:
+        primary = self.browser.GetMasterSequenceNode()
+        return sequences.Frame(self.sax_volume.GetName(), self.browser.GetName(), self.sequence.GetName(), item,
+                               self.sequence.GetNumberOfDataNodes(), primary.GetIndexName(),
+                               self.sequence.GetNthIndexValue(item), primary.GetIndexUnit())  # fmt: skip
+
+    # ---- steps ----------------------------------------------------------------------------------
+    def start(self, progress_callback: ProgressCallback | None = None) -> "FramesJob":
+        self._callback = progress_callback
+        self._start_next()
+        return self
+
+    def _start_next(self) -> None:
+        n = len(self._done)
+        item, _, label_item = self.plan[n]
+        image = sequences.frame_node(self.sax_volume, item)
+        labels = None if label_item is None else sequences.frame_node(self.sax_labels, label_item)
+        said = f"{self._frame(item).describe()}: {'with' if labels is not None else 'without'} SAX labels"
+        self.log.append(said)
+        self._report(n / len(self.plan), said)
+
+        def progress(fraction, text):
+            self._report(None if fraction is None else (n + fraction) / len(self.plan), f"frame {item + 1}: {text}")
+
+        self.job = _FrameJob(self.scene, image, labels, **self.options)
+        self.job.start(progress)
+
+    def poll(self) -> bool:
+        """Forward the current frame's progress; start the next frame, or build the sequences. True when done."""
+        if self.result is not None:
+            return True
+        item = self.plan[len(self._done)][0]
+        if not self._said(self.job.poll):
+            return False
+        image, labels, said = self.job.result
+        self.log += [f"frame {item + 1}: {line}" for line in self.job.log]
+        self._done.append((*self.plan[len(self._done)], image, labels, said))
+        if len(self._done) < len(self.plan):
+            self._start_next()
+            return False
+        self.result = self._sequences()
+        self._report(1.0, "done")
+        return True
+
+    def wait(self, timeout: float | None = None):
+        """Block until every frame is done (``timeout`` per frame; ``None`` when it ran out)."""
+        while not self.poll():
+            if self.job.result is None and self._said(lambda: self.job.wait(timeout)) is None:
+                return None
+        return self.result
+
+    def _said(self, call):
+        """``call()``; its error names the frame it came from."""
+        try:
+            return call()
+        except (InputError, ProcessFailed) as error:
+            item = self.plan[len(self._done)][0]
+            raise type(error)(f"frame {item + 1} of {self.sequence.GetNumberOfDataNodes()}: {error}") from None
+
+    def cancel(self) -> None:
+        """Stop the current frame's child; nothing is added to the scene."""
+        if self.job is not None:
+            self.job.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self.result is None and self.job is not None and not self.job._cancelled
+
+    def _report(self, fraction: float | None, text: str) -> None:
+        if self._callback is not None:
+            self._callback(fraction, text)
+
+    # ---- results --------------------------------------------------------------------------------
+    def _new_sequence(self, name: str):
+        node = mrml._slicer().vtkMRMLSequenceNode()
+        node.SetName(self.scene.GenerateUniqueName(name))
+        node.SetIndexName(self.sequence.GetIndexName())
+        node.SetIndexUnit(self.sequence.GetIndexUnit())
+        node.SetIndexType(self.sequence.GetIndexType())
+        return node
+
+    def _sequences(self) -> FramesResult:
+        slicer = mrml._slicer()
+        base = f"{self.sax_volume.GetName()} {self.method}"
+        volumes, labels = self._new_sequence(base), None
+        frames, warnings = [], []
+        for item, value, label_item, image, label_image, said in self._done:
+            frame = self._frame(item)
+            node = mrml.volume_node_from_image(None, image, base, node=slicer.vtkMRMLScalarVolumeNode())
+            sequences.record_source(node, frame)
+            volumes.SetDataNodeAtValue(node, value)
+            if label_image is not None:
+                labels = labels or self._new_sequence(f"{base} labels")
+                label_node = mrml.volume_node_from_image(None, label_image, base, node=slicer.vtkMRMLLabelMapVolumeNode())
+                sequences.record_source(label_node, frame)
+                labels.SetDataNodeAtValue(label_node, value)
+            given = "with SAX labels" if label_item is not None else "without SAX labels"
+            frames.append(f"{frame.describe()}, {given}{', labels made' if label_image is not None else ''}")
+            warnings += [f"frame {item + 1} ({frame.index_text}): {w}" for w in said]
+        proxies = []
+        for sequence in filter(None, (volumes, labels)):
+            self.scene.AddNode(sequence)
+            self.browser.AddSynchronizedSequenceNodeID(sequence.GetID())
+            self.browser.SetSaveChanges(sequence, False)
+            # an empty proxy on frames not reconstructed (DisplayHidden would keep showing the previous frame's)
+            self.browser.SetMissingItemMode(sequence, self.browser.MissingItemSetToDefault)
+            proxies.append(self.browser.GetProxyNode(sequence))
+        proxies.append(None)
+        return FramesResult(volumes, labels, self.browser, proxies[0], proxies[1] if labels else None, frames, warnings, list(self.log))
