@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +24,7 @@ import vtk
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
+from ..utils.jsonfile import number_or_none, write_json
 from . import qa
 from .bullseye import DISCLAIMER, segment_of, segment_table, suggest_lead, write_bullseye_png, write_segments_csv
 from .mapping import (
@@ -341,14 +341,12 @@ def write_outputs(result: LMAResult, out_dir) -> dict[str, Path]:
     write_segments_csv(paths["segments"], result.segments, result.lead)
     write_tos_csv(paths["sector_tos"], dict(zip(result.frame.slices.tolist(), result.tos)))
     write_vtp(sector_polydata(result.sector_points, result.tos), paths["sector_points"])
-    lma = dict(result.lma, outputs={k: v for k, v in OUTPUTS.items()})
-    paths["json"].write_text(json.dumps(lma, indent=2, default=_json_default))
+    lma = dict(result.lma, segments=json_segments(result.lma["segments"]), outputs={k: v for k, v in OUTPUTS.items()})
+    write_json(paths["json"], lma)
     return paths
 
 
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
+def json_segments(table: list[dict]) -> list[dict]:
+    """The segment rows as lma.json keeps them: a segment no mesh point falls in has ``points`` 0 and its TOS
+    and late fraction ``null`` (undefined; the in-memory table and segments.csv hold NaN)."""
+    return [{k: number_or_none(v) if isinstance(v, float) else v for k, v in row.items()} for row in table]

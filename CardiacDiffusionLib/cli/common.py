@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import InputError
 from ..labels import CONVENTIONS
+from ..utils.jsonfile import write_json
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,15 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto",
         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
     )  # fmt: skip
+
+
+def say_runs_on_cpu(device: str | None, what: str, used_by: str) -> None:
+    """``--device`` checked; one line when it asks for an accelerator that ``what`` does not use (no error: the
+    Slicer panels pass their device to every method)."""
+    from ..utils.device import device_name
+
+    if device_name(device) not in ("auto", "cpu"):
+        print(f"note: --device {device}: {what} runs on the CPU (only {used_by} uses the device)")
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
@@ -87,11 +96,11 @@ def output_file(path: str, inputs: Iterable[str | None] = (), option: str = "--o
 
 
 def write_json_file(path: str, data, inputs: Iterable[str | None] = (), option: str = "--out") -> None:
-    """Write ``data`` as JSON to the file ``path`` (:func:`output_file`'s checks)."""
+    """Write ``data`` as strict JSON to the file ``path`` (:func:`output_file`'s checks)."""
     target = output_file(path, inputs, option)
     make_folder(target.parent, option)
     try:
-        target.write_text(json.dumps(data, indent=2))
+        write_json(target, data)
     except OSError as e:
         raise InputError(f"{option} {target}: cannot write it ({e.strerror or e}); choose another place") from None
 

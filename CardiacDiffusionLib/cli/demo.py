@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..utils.jsonfile import write_json
 from .common import output_folder
 from .reconstruct import METHODS
 
@@ -91,7 +91,7 @@ def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -
     rows = {f"{method} {view}": table[view][method] for method in methods for view in table}
     print("[demo] Dice against the LAX labels per method and plane (0-1, 1 = identical; n/a: label in neither):")
     print(format_table(rows))
-    (out / "lax_dice.json").write_text(json.dumps({"table": table, "seconds": timings}, indent=2))
+    write_json(out / "lax_dice.json", {"table": table, "seconds": timings})
     view = "4ch"
     report = write_report(
         out / "report.png", subject.sax, subject.lax[view], subject.lax_labels[view], volumes,

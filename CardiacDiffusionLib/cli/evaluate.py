@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..utils.jsonfile import dumps, loads_strict
 from .common import output_file, write_json_file
 
 
@@ -136,7 +136,7 @@ def run_gap(args: argparse.Namespace) -> int:
         from ..models.store import model_provenance
 
         table["dmcvr"]["model"] = model_provenance(args.model or default_model_name())
-    print(json.dumps(table, indent=2, allow_nan=False))
+    print(dumps(table, "evaluate gap", indent=2))
     print(markdown_table(scored), file=sys.stderr)
     for method, row in scored.items():
         for note in row["notes"]:
@@ -167,7 +167,7 @@ def run_compare(args: argparse.Namespace) -> int:
         output_file(args.out, [args.table])
     path = Path(args.table)
     try:
-        table = json.loads(path.read_text(), parse_constant=_no_constant)
+        table = loads_strict(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable JSON gap table ({e})") from None
     try:
@@ -191,10 +191,6 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.out:
         write_json_file(args.out, {"settings": settings, **result}, inputs=[args.table])
     return 0
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON; a gap table holds numbers or null")
 
 
 # ---- evaluate ldm (synthetic CT pairs; CardiacDiffusionLib/ldm/evaluate.py) ----------------------

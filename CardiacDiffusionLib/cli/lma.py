@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import add_label_convention, add_progress_argument, json_progress, output_folder
+from .common import add_label_convention, add_progress_argument, json_progress, output_folder, say_runs_on_cpu
 
 
 def _point(text: str) -> np.ndarray:
@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         check_in_view(stack, args.rv_insertion, "--rv-insertion")
     if args.method == "shape" and stack.n >= 2:  # a myocardium grid that does not fit in memory: refused now
         planned_targets(stack, args.spacing, "shape")
+    if args.method != "sadir":
+        say_runs_on_cpu(args.device, f"--method {args.method}", "sadir")
     report = json_progress(args)
     result = run_lma(
         stack,

@@ -16,6 +16,7 @@ import warnings
 
 from ..errors import InputError, QualityWarning
 from ..training.cli import parse
+from ..utils.device import omp_threads
 
 #: modules of this package that register sub-commands, in help order
 COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train",
@@ -44,6 +45,7 @@ def _values_not_options(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), _values_not_options(sys.argv[1:] if argv is None else list(argv)))
+    omp_threads()  # a bad OMP_NUM_THREADS said in one line, before torch loads (and OpenMP says it its way)
     with warnings.catch_warnings():  # restores the process's warning display on return
         warnings.showwarning = _quality_warnings_as_lines(warnings.showwarning)
         return _run(args)

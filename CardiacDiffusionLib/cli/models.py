@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..utils.jsonfile import dumps
 from ..models.store import WORKFLOWS, add_model, list_models, user_home, user_registry_path, verify_model
 
 
@@ -38,7 +38,7 @@ def run_list(args: argparse.Namespace) -> int:
     for m in models:
         m["missing"] = not Path(m["path"]).is_file()
     if args.json:
-        print(json.dumps(models, indent=2))
+        print(dumps(models, "models list --json", indent=2))
         return 0
     print(f"user store: {user_registry_path()} ($CARDIAC_DIFFUSION_HOME, default ~/.cardiac-diffusion)")
     if not models:

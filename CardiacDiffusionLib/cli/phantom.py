@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..errors import InputError
+from ..utils.jsonfile import write_json
 from .common import make_folder, output_folder
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         written = {"ct_image": out / "ct_image.nii.gz", "ct_labels": out / "ct_labels.nii.gz", "truth": out / "truth.json"}
         sitk.WriteImage(image, str(written["ct_image"]), useCompression=True)
         sitk.WriteImage(labels, str(written["ct_labels"]), useCompression=True)
-        written["truth"].write_text(json.dumps(truth, indent=2))
+        write_json(written["truth"], truth)
     for name, path in written.items():
         print(f"{name:>16}: {path}")
     return 0

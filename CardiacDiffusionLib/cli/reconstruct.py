@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import InputError, quality_warnings
 from .common import (
-    add_label_convention, add_progress_argument, json_progress, lax_inputs, make_folder, output_folder, stack_report,
+    add_label_convention, add_progress_argument, json_progress, lax_inputs, make_folder, output_folder, say_runs_on_cpu,
+    stack_report,
 )  # fmt: skip
 
 METHODS = ("nearest", "linear", "shape", "dmcvr")
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, write_image
     from ..reconstruction.lax_check import format_table, lax_dice_table, lax_overview
     from ..reconstruction.volume import planned_targets, reconstruct
+    from ..utils.jsonfile import write_json
 
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             report["warnings"] += row["warnings"]
     for warning in report["warnings"]:
         print(f"warning: {warning}")
+    if args.method != "dmcvr":
+        say_runs_on_cpu(args.device, f"--method {args.method}", "dmcvr")
     options = {}
     if args.method == "dmcvr":
         options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
@@ -95,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
     if result.labels is not None:
         write_image(result.labels, out / "reconstruction_labels.nii.gz")
         written.append("reconstruction_labels.nii.gz")
-    (out / "geometry.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "geometry.json", report)
     written.append("geometry.json")
     if lax and result.labels is not None:
         table = lax_dice_table(result.labels, lax)
-        (out / "lax_dice.json").write_text(json.dumps(table, indent=2))
+        write_json(out / "lax_dice.json", table)
         written.append("lax_dice.json")
         print(format_table(table))
     for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own

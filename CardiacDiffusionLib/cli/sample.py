@@ -59,8 +59,17 @@ def run(args: argparse.Namespace) -> int:
         kept = f"the {count[0]} finished pairs are in {out}, listed in labels.json" if count[0] else "nothing written"
         print(f"cancelled after {count[0]} of {args.n} pairs: {kept}", file=sys.stderr)
         raise
-    print(f"wrote {len(written)} files to {out}", file=sys.stderr)
+    print(f"sample: wrote {written_names(written)} to {out}", file=sys.stderr)  # stdout: JSON lines only (--progress)
     return 0
+
+
+def written_names(paths: list, most: int = 7) -> str:
+    """The file names, as reconstruct and lma say them; a long run's pairs as its first and last pair and a count."""
+    names = [p.name for p in paths]
+    if len(names) <= most:
+        return ", ".join(names)
+    pairs = (len(names) - 1) // 2  # two files a pair, then labels.json
+    return ", ".join([*names[:2], "...", *names[-3:-1]]) + f" ({pairs} pairs), {names[-1]}"
 
 
 def _check_space(out, n: int, per_pair: int) -> None:

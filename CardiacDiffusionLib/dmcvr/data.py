@@ -25,6 +25,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from ..utils.jsonfile import dumps
 
 #: default training grid: 64 x 64 pixels of 2.25 mm (144 mm around the heart: fits ~97% of ACDC slices)
 TRAIN_SIZE = 64
@@ -199,7 +200,7 @@ def pack_volumes(volumes: Sequence[Volume], path, size: int, spacing_mm: float, 
         arrays[f"labels_{i}"] = np.pad(vol.labels, pad)[window].astype(np.uint8)
         arrays[f"meta_{i}"] = np.array([vol.center[0] - c0 + r, vol.center[1] - c1 + r, *vol.pixel_spacing])
     limits = {"size": size, "spacing_mm": spacing_mm, "rotate_deg": rotate_deg, "scale": scale, "shift_mm": shift_mm}
-    arrays["info"] = np.array(json.dumps({"limits": limits, "sources": [v.source for v in volumes]}))
+    arrays["info"] = np.array(dumps({"limits": limits, "sources": [v.source for v in volumes]}, f"{path} info"))
     path = Path(path)
     np.savez_compressed(path, **arrays)
     return path

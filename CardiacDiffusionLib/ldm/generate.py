@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..labels import CT_LABELS
 from ..models.store import load_model, model_provenance
+from ..utils.jsonfile import write_json
 from .cleanup import clean_labels, noise_report
 from .data import unit_to_hu
 from .diffusion import LatentDiffusion
@@ -123,19 +124,13 @@ def write_pairs(out: str | Path, pairs: Iterable[dict], spacing_mm: float, meta:
             temporary, placed = [], []
             samples.append({"index": i, "seed": pair["seed"], "noise_before_cleanup": pair["noise_before"],
                             "noise_after_cleanup": pair["noise_after"]})  # fmt: skip
-            _write_json(out / "labels.json", info)
+            write_json(out / "labels.json", info)
     finally:  # also on Ctrl-C: the pair being written goes, whole
         for path in [*temporary, *placed]:
             path.unlink(missing_ok=True)
     if not samples:
-        _write_json(out / "labels.json", info)
+        write_json(out / "labels.json", info)
     return written + [out / "labels.json"]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(f".partial_{path.name}")
-    partial.write_text(json.dumps(data, indent=2))
-    partial.replace(path)
 
 
 def earlier_run(out: str | Path, option: str = "--out") -> list[Path]:

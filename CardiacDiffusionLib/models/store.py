@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import yaml
 
 from ..errors import InputError, QualityWarning
+from ..utils.jsonfile import dumps, non_finite
 
 if TYPE_CHECKING:  # torch and safetensors are imported where used: the CLI lists and registers models without them
     import torch
@@ -152,8 +153,8 @@ def save_model(
             value = value.clone()
         seen.add(value.data_ptr())
         tensors[key] = value
-    metadata = {"format": MODEL_FORMAT, "architecture": architecture, "config": json.dumps(config),
-                "meta": json.dumps(meta or {})}  # fmt: skip
+    metadata = {"format": MODEL_FORMAT, "architecture": architecture, "config": dumps(config, f"{path} config"),
+                "meta": dumps(meta or {}, f"{path} meta")}  # fmt: skip
     from safetensors.torch import save
 
     blob = save(tensors, metadata=metadata)
@@ -161,7 +162,7 @@ def save_model(
     weights = memoryview(blob)[start:]  # offsets in the header are relative to here: the header may change
     header["__metadata__"][CONTENT_KEY] = _content_sha256(header, [weights])
     # written sorted (safetensors writes its metadata in hash-map order): the same weights give the same file
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = dumps(header, str(path), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     text = text.ljust(-(-len(text) // 8) * 8)  # the weights 8-byte aligned, as safetensors writes them
     blob = struct.pack("<Q", len(text)) + text + bytes(weights)
     path = Path(path)
@@ -499,6 +500,13 @@ def _read_card(card: str | Path) -> dict:
     unknown = sorted(set(data) - set(CARD_KEYS))
     if unknown:
         raise InputError(f"--card {path}: unknown keys {unknown}; allowed keys are {CARD_KEYS}")
+    where = non_finite(data)  # the card goes into the JSON registry, which has no NaN, infinity or dates
+    if where:
+        raise InputError(f"--card {path}: {where}: JSON has no NaN or infinity; write null (or leave the key out)")
+    try:
+        dumps(data)
+    except TypeError as error:
+        raise InputError(f"--card {path}: {error}; write it as text (e.g. a date in quotes)") from None
     return data
 
 
@@ -551,7 +559,7 @@ def add_model(
         shutil.copyfile(path, tmp_model)
         if sha256_file(tmp_model) != sha:
             raise InputError(f"--file {file}: changed while it was copied into {target}; add it again")
-        tmp_registry.write_text(json.dumps({"models": entries}, indent=2) + "\n")
+        tmp_registry.write_text(dumps({"models": entries}, str(registry), indent=2) + "\n")
         os.replace(tmp_model, target)
         os.replace(tmp_registry, registry)
     except OSError as error:

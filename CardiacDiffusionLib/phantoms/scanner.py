@@ -19,7 +19,6 @@ stay fixed in the scanner, the heart moves under them).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..geometry.planes import grid_points, plane_image
 from ..geometry.stack import SliceStack
+from ..utils.jsonfile import write_json
 from .fields import rician
 from .mr import PHASES, MRPhantom
 
@@ -308,5 +308,5 @@ def write_subject(subject: Subject, out_dir: str | Path, dicom: bool = True) -> 
             patient_id=f"CardiacDiffusionPhantom-{phantom.seed}",
         )  # fmt: skip
     written["truth"] = out_dir / "truth.json"
-    written["truth"].write_text(json.dumps(subject.truth, indent=2))
+    write_json(written["truth"], subject.truth)
     return written

@@ -14,7 +14,6 @@ voxel-wise mean of the subjects starts it. All subjects are registered at once (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..utils.jsonfile import write_json
 from .epdiff import EPDiffShooting
 from .warp import warp
 
@@ -101,7 +101,7 @@ def save_atlas(path: str | Path, atlas: np.ndarray, info: dict) -> None:
     image = sitk.GetImageFromArray(atlas.astype(np.float32))
     image.SetSpacing((info["spacing_mm"],) * 3)
     sitk.WriteImage(image, str(path), useCompression=True)
-    Path(str(path).replace(".nii.gz", ".json")).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(str(path).replace(".nii.gz", ".json"), info)
 
 
 def load_atlas(path: str | Path) -> np.ndarray:

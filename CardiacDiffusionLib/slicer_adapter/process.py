@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..utils.jsonfile import dumps
+
 
 class ProcessFailed(RuntimeError):
     """The child exited with a non-zero code; the message is its last stderr line."""
@@ -57,7 +59,7 @@ def parse_line(line: str, stream: str = "stdout") -> Message:
 def emit_progress(progress: float, message: str = "", file=None, **extra) -> None:
     """Child side of the protocol: print one progress event line and flush."""
     record = {"event": "progress", "progress": round(float(progress), 4), "message": message, **extra}
-    print(json.dumps(record), file=file or sys.stdout, flush=True)
+    print(dumps(record, "progress line"), file=file or sys.stdout, flush=True)
 
 
 class ChildProcess:

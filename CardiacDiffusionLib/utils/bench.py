@@ -10,7 +10,6 @@ baseline measured in the same run (``baseline_time_over_case_time`` > 1: the cas
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import platform
 import resource
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from .jsonfile import write_json
 
 
 def _proc_status_mib(key: str) -> float | None:
@@ -162,5 +163,5 @@ def write_report(
         **extra,
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2))
+    write_json(path, report)
     return report

@@ -29,18 +29,25 @@ def _mps_available() -> bool:
     return bool(mps and mps.is_available())
 
 
+def device_name(name: str | torch.device | None = "auto") -> str:
+    """``name`` checked as a ``--device`` value (auto, cpu, cuda, cuda:N, mps) without importing torch."""
+    text = str(name or "auto").strip().lower()
+    kind, _, index = text.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise InputError(f"--device {name}: unknown device; use one of auto, cpu, cuda, cuda:N, mps")
+    return text
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The torch device for ``name``, or an InputError when it cannot be used here."""
+    text = device_name(name)
     import torch
 
-    text = str(name or "auto").strip().lower()
     if text == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
-        raise InputError(f"--device {name}: unknown device; use one of auto, cpu, cuda, cuda:N, mps")
     if kind == "cuda":
         if not torch.cuda.is_available():
             why = "torch built for CPU" if torch.version.cuda is None else "no CUDA GPU or driver found"
@@ -72,12 +79,33 @@ def physical_cores() -> int:
     return max(1, min(usable, len(cores) or usable))
 
 
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS as a thread count, None when unset or empty. A value that is not a whole number above 0
+    (``abc``, ``0``, ``-2``) is said in one warning line on stderr and dropped from the environment: OpenMP
+    (libgomp) would print its own bare 'Invalid value' line when torch loads, then use every core, as we do.
+    Call it before torch is imported (the CLI does) to keep that line away; an OpenMP list ``4,2`` gives 4."""
+    import sys
+
+    raw = os.environ.get("OMP_NUM_THREADS")
+    if raw is None:
+        return None
+    text = raw.strip().split(",")[0].strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    del os.environ["OMP_NUM_THREADS"]  # child processes (data loaders, the Slicer job's command) inherit the fix
+    if raw.strip():
+        print(f"warning: OMP_NUM_THREADS={raw!r} is not a whole number of threads above 0; ignored (torch's OpenMP "
+              f"ignores it too): {physical_cores()} CPU threads, this machine's physical cores, are used; set e.g. "
+              "OMP_NUM_THREADS=1, or unset it", file=sys.stderr)  # fmt: skip
+    return None
+
+
 def configure_cpu_threads() -> int:
-    """Set torch's intra-op threads: OMP_NUM_THREADS when the user set it, else the physical cores."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    """Set torch's intra-op threads: OMP_NUM_THREADS when the user set it (:func:`omp_threads`), else the physical
+    cores."""
+    threads = omp_threads() or physical_cores()
     import torch
 
-    threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
     torch.set_num_threads(threads)
     return threads
 
