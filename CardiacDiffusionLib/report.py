@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.textpath import TextPath  # noqa: E402
 
 from .geometry.planes import coverage_mask, resample_to  # noqa: E402
 from .geometry.stack import SliceStack  # noqa: E402
@@ -26,6 +27,9 @@ from .labels import MR_LABEL_COLORS, MR_LABEL_DESCRIPTIONS, MR_LABELS  # noqa: E
 REPORT_LABEL_COLORS = MR_LABEL_COLORS
 LABEL_ALPHA = 0.5
 LABEL_CMAP = ListedColormap([(0, 0, 0, 0)] + [(*REPORT_LABEL_COLORS[n], LABEL_ALPHA) for n in MR_LABELS.values()])
+#: inches per panel column: 9 pt text then reads about 10 px high when the page is shown 800 px wide
+PANEL_IN = 2.1
+TEXT_PT = 9
 FOOTER = "Research software: decision support, not a medical device and not a diagnosis"
 _LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
 
@@ -49,10 +53,10 @@ def _overlay(ax, image: np.ndarray, labels: np.ndarray | None, title: str, edges
     ax.imshow(image, cmap="gray")
     if labels is not None:
         ax.imshow(labels, cmap=LABEL_CMAP, vmin=0, vmax=len(MR_LABELS), interpolation="nearest")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=TEXT_PT + 1)
     ax.set_xticks([])
     ax.set_yticks([])
-    style = {"transform": ax.transAxes, "fontsize": 7, "color": "white", "weight": "bold",
+    style = {"transform": ax.transAxes, "fontsize": TEXT_PT, "color": "white", "weight": "bold",
              "bbox": {"facecolor": "black", "alpha": 0.6, "edgecolor": "none", "pad": 1.0}}
     for where, (x, y, ha, va) in {"top": (0.5, 0.98, "center", "top"), "bottom": (0.5, 0.02, "center", "bottom"),
                                   "left": (0.02, 0.5, "left", "center"),
@@ -81,11 +85,11 @@ def write_report(
     table: dict[str, dict[str, float | None]],
     title: str = "CardiacDiffusion",
 ) -> Path:
-    """Write :func:`report_figure` as a PNG."""
+    """Write :func:`report_figure` as a PNG (150 dpi: about 1600 px wide with four methods)."""
     fig = report_figure(sax, lax_image, lax_labels, reconstructions, table, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
 
@@ -93,11 +97,13 @@ def write_report(
 def report_figure(sax: SliceStack, lax_image: sitk.Image, lax_labels: sitk.Image, reconstructions: dict[str, sitk.Image],
                   table: dict[str, dict[str, float | None]], title: str = "CardiacDiffusion"):  # fmt: skip
     """The report figure; ``table`` is ``{row name: {label: dice}}`` on the LAX plane shown."""
-    n_methods = len(reconstructions)
-    columns = max(4, n_methods + 1)
-    fig = plt.figure(figsize=(3 * columns, 9.6), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.03, 1, 0.94), h_pad=0.06)  # room for the footer, legend and title
-    grid = fig.add_gridspec(3, columns, height_ratios=(1, 1, 0.8))
+    columns = max(4, len(reconstructions) + 1)
+    row_in, table_in = PANEL_IN + 0.3, 0.45 + 0.27 * (len(table) + 1)  # image + title; caption + table rows
+    top_in, bottom_in = 0.4, 0.5  # title line; two footer lines
+    height = 2 * row_in + table_in + top_in + bottom_in
+    fig = plt.figure(figsize=(PANEL_IN * columns, height), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, bottom_in / height, 1, 1 - (top_in + bottom_in) / height), h_pad=0.02)
+    grid = fig.add_gridspec(3, columns, height_ratios=(row_in, row_in, table_in))
     sax_edges = edge_letters(sax.row_dir, sax.col_dir)
     for col, k in enumerate(sax_picks(sax)):
         _overlay(fig.add_subplot(grid[0, col]), sax.pixels[k], sax.labels[k] if sax.labels is not None else None,
@@ -112,18 +118,30 @@ def report_figure(sax: SliceStack, lax_image: sitk.Image, lax_labels: sitk.Image
         _overlay(fig.add_subplot(grid[1, col]), lax, on_plane, f"{name} on the LAX plane", lax_edges)
     ax = fig.add_subplot(grid[2, :])
     ax.axis("off")
+    _dice_table(ax, table, (table_in - 0.45) / table_in)
+    fig.text(0.01, 1 - 0.08 / height, title, ha="left", va="top", fontsize=13)
+    fig.text(0.5, 0.06 / height, f"{FOOTER}.\nEdge letters: patient directions (L/R left/right, A/P anterior/posterior, "
+             "S/I superior/inferior); images as stored, first pixel top left.", ha="center", va="bottom",
+             fontsize=TEXT_PT, color="0.3", linespacing=1.3)  # fmt: skip
+    return fig
+
+
+def _dice_table(ax, table: dict[str, dict[str, float | None]], height: float) -> None:
+    """The Dice table (``height``: its share of ``ax``; its row names reach left of it), its caption above it and
+    the label legend on its right."""
     names = list(MR_LABELS.values())
     cells = [[("n/a" if row.get(n) is None else f"{row[n]:.3f}") for n in names] for row in table.values()]
+    # the row names are drawn left of the bbox: room for the longest, so that they stay inside the axes
+    names_in = max(TextPath((0, 0), str(r), size=10).get_extents().width for r in table) / 72 * 1.25 + 0.15
+    left = max(0.22, names_in / ax.figure.get_figwidth())
     t = ax.table(cellText=cells, rowLabels=list(table), colLabels=[f"Dice {MR_LABEL_DESCRIPTIONS[n]}" for n in names],
-                 cellLoc="center", bbox=(0.23, 0.0, 0.6, 0.72))  # fmt: skip
+                 cellLoc="center", bbox=(left, 0.0, 0.77 - left, height))  # fmt: skip
     t.auto_set_font_size(False)
-    t.set_fontsize(9)
-    ax.text(0.5, 0.8, "Dice of each method's labels against the LAX reference labels on this plane "
-            "(0 = no overlap, 1 = identical; n/a: label in neither)", ha="center", fontsize=9, transform=ax.transAxes)
+    t.set_fontsize(10)
+    ax.text(0.5, 1.0, "Dice of each method's labels against the LAX reference labels on this plane\n"
+            "(0 = no overlap, 1 = identical; n/a: label in neither)", ha="center", va="top", fontsize=10,
+            linespacing=1.2, transform=ax.transAxes)  # fmt: skip
     on_grey = {n: LABEL_ALPHA * np.array(REPORT_LABEL_COLORS[n]) + (1 - LABEL_ALPHA) * 0.5 for n in names}
-    fig.legend(handles=[Patch(facecolor=on_grey[n], edgecolor="0.3", label=MR_LABEL_DESCRIPTIONS[n]) for n in names],
-               loc="upper right", bbox_to_anchor=(0.995, 0.995), ncol=len(names), fontsize=8, frameon=False)  # fmt: skip
-    fig.text(0.01, 0.985, title, ha="left", va="top", fontsize=12)
-    fig.text(0.5, 0.01, f"{FOOTER}. Edge letters: patient directions (L/R left/right, A/P anterior/posterior, "
-             "S/I superior/inferior); images as stored, first pixel top left.", ha="center", fontsize=8, color="0.3")
-    return fig
+    ax.legend(handles=[Patch(facecolor=on_grey[n], edgecolor="0.3", label=MR_LABEL_DESCRIPTIONS[n]) for n in names],
+              loc="lower left", bbox_to_anchor=(0.79, 0.0), fontsize=TEXT_PT, title="Labels",
+              title_fontsize=TEXT_PT, frameon=False, alignment="left")  # fmt: skip

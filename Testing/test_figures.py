@@ -276,3 +276,52 @@ def test_3d_picture_uses_the_bullseye_colours_and_its_right_edge_words_are_true(
     middle = np.median(cols)
     luma = pixels[60:-40][rows, cols] @ (0.299, 0.587, 0.114)
     assert luma[cols > middle + 20].mean() > luma[cols < middle - 20].mean() + 30  # measured 107 vs 63
+
+
+def _drawn_spans(fig, renderer) -> list[tuple[float, float]]:
+    """Vertical (y0, y1) pixel spans of what the figure draws: image panels, texts, table cells, legends."""
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.images]
+    boxes += [t.get_window_extent(renderer) for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    boxes += [cell.get_window_extent(renderer) for ax in fig.axes for table in ax.tables
+              for cell in table.get_celld().values()]  # fmt: skip
+    boxes += [legend.get_window_extent(renderer) for legend in fig.findobj(plt.matplotlib.legend.Legend)]
+    return sorted((b.y0, b.y1) for b in boxes)
+
+
+@pytest.mark.parametrize("methods", [2, 4])
+def test_report_text_legible_at_800_px_wide_and_no_empty_band(report, methods):
+    """Shown 800 px wide (a README, a laptop window) every text is >= 9 pt and its em >= 9 px there (titles, legend
+    and footer were 7-8 pt on a 15 in figure: about 6 px); no blank band taller than 0.25 in splits the page (there
+    was 0.5 in above the Dice table); no text overlaps (checked with 2 and 4 methods: 4 and 5 columns)."""
+    subject, table, two = report
+    fig = two
+    if methods == 4:
+        volumes = {m: subject.lax_labels["2ch"] for m in ("nearest", "linear", "shape", "dmcvr")}  # as the screenshot
+        fig = report_figure(subject.sax, subject.lax["2ch"], subject.lax_labels["2ch"], volumes,
+                            {f"{m} (2ch)": table["nearest"] for m in volumes},
+                            "CardiacDiffusion: MR phantom 7, SAX stack to 2 mm, checked on the 2ch LAX plane")  # fmt: skip
+    try:
+        renderer, texts = _texts(fig)
+        shown = 800 / fig.bbox.width  # the figure scaled to 800 px wide
+        for t in texts:
+            size_pt = t.get_fontsize()
+            assert size_pt >= 9 and size_pt * fig.dpi / 72 * shown >= 9, (t.get_text()[:40], size_pt)
+        spans = _drawn_spans(fig, renderer)
+        top, gaps = spans[0][1], []
+        for y0, y1 in spans[1:]:
+            gaps.append(y0 - top)
+            top = max(top, y1)
+        assert max(gaps) <= 0.25 * fig.dpi, max(gaps) / fig.dpi
+        assert spans[0][0] <= 0.25 * fig.dpi and fig.bbox.height - top <= 0.25 * fig.dpi  # no blank margin either
+        cells = [c for ax in fig.axes for table in ax.tables for c in table.get_celld().values()]
+        inside = {id(c.get_text()) for c in cells}
+        lone = [(t, t.get_window_extent(renderer)) for t in texts if id(t) not in inside]  # legend texts too
+        for i, (a, ea) in enumerate(lone):
+            for b, eb in lone[i + 1:]:
+                assert not _overlap(ea, eb), (a.get_text(), b.get_text())
+        for legend in fig.findobj(plt.matplotlib.legend.Legend):  # the label legend beside the table, not on it
+            for cell in cells:
+                assert not _overlap(legend.get_window_extent(renderer), cell.get_window_extent(renderer))
+    finally:
+        if fig is not two:
+            plt.close(fig)

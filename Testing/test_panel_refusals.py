@@ -85,6 +85,28 @@ def test_rv_insertion_outside_the_image_is_said_as_placed_in_ras(mrml_scene, cas
     check_in_view(read_labelled_stack(str(tmp_path / "sax_labels.nrrd"), None, "project"), point, "--rv-insertion")
 
 
+def test_apex_outside_the_image_is_said_as_placed_in_ras(mrml_scene, case):
+    """An LV apex point far beyond the stack: the command refuses it in LPS words; the panel says the markup as
+    placed in RAS and what to do on the panel (no option, no LPS 'negate' advice)."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    stack, tos = case
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    far = (stack.origins[-1] + 1000.0 * stack.normal) * [-1, -1, 1]  # 1 m beyond the last slice, in RAS
+    apex = _ras_markup(mrml_scene, "Apex far", far)
+    before = _state(mrml_scene)
+    job = ActivationJob(mrml_scene, labels, tos_file=str(tos), apex=apex)
+    with pytest.raises(ProcessFailed) as refused:
+        job.start().wait(timeout=120)
+    said = in_panel_terms(str(refused.value), job)
+    where = ", ".join(f"{v:.1f}" for v in far)
+    assert f"'Apex far' point 1 at RAS ({where}) mm: lies outside the SAX image" in said, said
+    assert "give the LV apex (the tip of the LV) on the SAX image, or leave the LV apex point empty" in said, said
+    assert "LPS" not in said and "negate" not in said, said
+    assert _state(mrml_scene) == before  # nothing added
+
+
 def test_sadir_spacing_beyond_the_commands_limit_is_refused_before_the_child(mrml_scene, case, tmp_path, capsys):
     """The panel offers 0.1-20 mm (shape takes them all); ``lma --method sadir`` takes up to 5 mm since it honours
     the spacing: the job refuses more in the panel's words before a child starts, at the command's own limit."""

@@ -215,8 +215,9 @@ def run_lma(
     if stack.labels is None:
         raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")
     qa.require_slices(stack.n, stack.source)
-    if rv_insertion is not None:
-        check_in_view(stack, rv_insertion, "--rv-insertion")
+    for option, point in (("--rv-insertion", rv_insertion), ("--base", base), ("--apex", apex)):
+        if point is not None:
+            check_in_view(stack, point, option)
     full = lv_frame(stack, rv_insertion, base, apex)
     qa.require_slices(len(full.slices), f"{stack.source}: slices holding LV myocardium")
     flags = [qa.flag("input", str(warning)) for warning in stack.meta.get("warnings", [])]  # e.g. geometry not stored
@@ -270,27 +271,43 @@ def run_lma(
     return LMAResult(myo, mesh, frame, values, points, table, lead, lma)
 
 
+_RAS = "in LPS mm (Slicer shows RAS: negate x and y)"
+#: what to give instead of a point outside the image, per option (the RV wording is matched by slicer_adapter/job.py)
+IN_VIEW_HINTS = {
+    "--rv-insertion": f"give the anterior RV insertion on a SAX slice {_RAS}",
+    "--base": f"give the LV base (the mitral valve plane's centre) inside the image's field of view {_RAS}, or leave "
+              "--base out to estimate it from the slices",
+    "--apex": f"give the LV apex (the tip of the LV) inside the image's field of view {_RAS}, or leave --apex out to "
+              "estimate it from the slices",
+}  # fmt: skip
+
+
 def check_in_view(stack: SliceStack, points, option: str) -> None:
-    """InputError for a point (LPS mm) outside the stack's image: beside its field of view, or more than one slice
-    gap beyond its first or last slice (the sectors would start from a direction the image never showed)."""
+    """InputError for a point (LPS mm) outside the stack's image: beside its field of view, or beyond its first or last
+    slice by more than one slice gap (``--rv-insertion``: the sectors would start from a direction the image never
+    showed) or by more than the stack's length (``--base``/``--apex``, which may lie beyond a stack that stops short).
+    The refusal names ``option`` and what to give instead (:data:`IN_VIEW_HINTS`)."""
     points = np.asarray(points, float).reshape(-1, 3)
     if not np.all(np.isfinite(points)):
         raise InputError(f"{option}: points must be finite LPS coordinates x,y,z (mm)")
     rows, cols = stack.shape2d
     gap = float(np.median(np.abs(np.diff(stack.positions)))) if stack.n > 1 else 10.0
+    reach = gap if option == "--rv-insertion" else max(gap, float(np.ptp(stack.positions)))
     for point in points:
         along = float(point @ stack.normal)
         k = int(np.argmin(np.abs(stack.positions - along)))
         d = point - stack.origins[k]
         col, row = d @ stack.row_dir / stack.pixel_spacing[0], d @ stack.col_dir / stack.pixel_spacing[1]
         beyond = max(stack.positions[0] - along, along - stack.positions[-1], 0.0)
-        if not (-0.5 <= col <= cols - 0.5 and -0.5 <= row <= rows - 0.5) or beyond > gap:
+        if not (-0.5 <= col <= cols - 0.5 and -0.5 <= row <= rows - 0.5) or beyond > reach:
             text = ",".join(f"{v:g}" for v in point)
             end = "first" if along < stack.positions[0] else "last"
-            where = (f"{beyond:.0f} mm beyond the {end} slice" if beyond > gap else
+            where = (f"{beyond:.0f} mm beyond the {end} slice" if beyond > reach else
                      f"at column {col:.0f}, row {row:.0f} of a {cols} x {rows} image")  # fmt: skip
-            raise InputError(f"{option} {text}: lies outside the SAX image ({where}); give the anterior RV insertion "
-                             "on a SAX slice in LPS mm (Slicer shows RAS: negate x and y)")  # fmt: skip
+            if beyond > reach and option != "--rv-insertion":
+                where += f"; the stack is {reach:.0f} mm long"
+            hint = IN_VIEW_HINTS.get(option, f"give {option} inside the SAX image {_RAS}")
+            raise InputError(f"{option} {text}: lies outside the SAX image ({where}); {hint}")
 
 
 def drop_specks(myo: sitk.Image, fraction: float = 0.01) -> tuple[sitk.Image, int]:

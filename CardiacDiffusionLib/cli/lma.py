@@ -122,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
                                 tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
-    if args.rv_insertion is not None:  # a point outside the image: refused before any work
-        check_in_view(stack, args.rv_insertion, "--rv-insertion")
+    for option, point in (("--rv-insertion", args.rv_insertion), ("--base", args.base), ("--apex", args.apex)):
+        if point is not None:  # a point outside the image: refused before any work
+            check_in_view(stack, point, option)
     if args.method == "shape" and stack.n >= 2:  # a myocardium grid that does not fit in memory: refused now
         planned_targets(stack, args.spacing, "shape")
     if args.method != "sadir":

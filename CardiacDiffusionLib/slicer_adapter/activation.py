@@ -249,6 +249,7 @@ class ActivationJob(CLIJob):
         if self.strain_file:  # the file's shape, values and rows against the strain slices: before the child starts
             checked_strain(self.strain_file, self.strain_slices)
         self.base, self.apex = (_one_point(node, what) for node, what in ((base, "LV base"), (apex, "LV apex")))
+        self.base_node, self.apex_node = base, apex
         self.points_said: dict[str, str] = {}  # LPS text of a point as the command says it -> the markup in RAS
 
     def _export(self, folder: Path) -> list[str]:
@@ -281,9 +282,10 @@ class ActivationJob(CLIJob):
             arguments += ["--include-apical"]
         if self.strain_slices:
             arguments += ["--strain-slices", ",".join(map(str, self.strain_slices))]
-        for option, point in (("--base", self.base), ("--apex", self.apex)):
+        for option, point, node in (("--base", self.base, self.base_node), ("--apex", self.apex, self.apex_node)):
             if point is not None:
                 arguments += [option, ",".join(repr(float(v)) for v in point)]
+                self.points_said[",".join(f"{float(v):g}" for v in point)] = ras_words(node, 0)
         if self.method == "sadir":
             arguments += ["--device", self.device]
         return arguments + ["--progress", "json"]
@@ -291,7 +293,8 @@ class ActivationJob(CLIJob):
     def _panel_terms(self, text: str) -> str:
         """The base class's, with a point the command names in LPS said as the markup the user placed in RAS."""
         for lps, said in self.points_said.items():
-            text = text.replace(f"--rv-insertion {lps}:", f"--rv-insertion {said}:")
+            for option in ("--rv-insertion", "--base", "--apex"):
+                text = text.replace(f"{option} {lps}:", f"{option} {said}:")
         return super()._panel_terms(text)
 
     def _load(self, out: Path) -> ActivationResult:

@@ -45,6 +45,10 @@ MODULE_HINTS = {
     "dmcvr shape_prior:": "Shape prior:",
     "; give the anterior RV insertion on a SAX slice in LPS mm (Slicer shows RAS: negate x and y)":
         "; place the anterior RV insertion on a slice of the SAX image",
+    " inside the image's field of view in LPS mm (Slicer shows RAS: negate x and y), or leave --base out":
+        " on the SAX image, or leave the LV base point empty",
+    " inside the image's field of view in LPS mm (Slicer shows RAS: negate x and y), or leave --apex out":
+        " on the SAX image, or leave the LV apex point empty",
 }
 #: a command to type in a terminal (``cardiac-diffusion models add ...``): quoted as it is, never translated
 TERMINAL_COMMAND = re.compile(r"cardiac-diffusion [^;()']*")

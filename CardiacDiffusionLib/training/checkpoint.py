@@ -3,13 +3,15 @@
 Why not ``torch.save``: nothing in this project unpickles, so one safe format serves both the
 released models and the checkpoints, any safetensors tool can open them, and a checkpoint's
 ``model.*`` tensors load like a released model. The nested state (optimiser, scheduler, scaler,
-RNG states, counters) is split into a tensor table and a JSON skeleton that keeps int dict keys
-and tuples, so ``load_state_dict`` gets back exactly what ``state_dict`` gave.
+RNG states, counters) is split into a tensor table and a strict JSON skeleton that keeps int dict keys,
+tuples and non-finite floats (tagged ``{"__float__": "inf"}``: strict JSON has none), so ``load_state_dict``
+gets back exactly what ``state_dict`` gave.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..utils.jsonfile import dumps
 
 FORMAT = "cardiac-diffusion-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.safetensors$")
@@ -31,7 +34,7 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
         tensors[key] = obj.detach().cpu().contiguous().clone()  # clone: no shared storage in the file
         return {"__tensor__": key}
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+        return {"__ndarray__": _split(obj.tolist(), tensors, key), "dtype": str(obj.dtype)}
     if isinstance(obj, tuple):
         return {"__tuple__": [_split(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
     if isinstance(obj, list):
@@ -41,7 +44,9 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
             return {k: _split(v, tensors, f"{key}.{k}") for k, v in obj.items()}
         return {"__items__": [[k, _split(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):  # strict JSON has none: tagged, read back as the float
+        return {"__float__": repr(obj)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"checkpoint: cannot store {type(obj).__name__} at {key}")
@@ -54,7 +59,9 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if "__tensor__" in obj:
             return tensors[obj["__tensor__"]]
         if "__ndarray__" in obj:
-            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+            return np.asarray(_join(obj["__ndarray__"], tensors), dtype=obj["dtype"])
+        if "__float__" in obj:
+            return float(obj["__float__"])
         if "__tuple__" in obj:
             return tuple(_join(v, tensors) for v in obj["__tuple__"])
         if "__items__" in obj:
@@ -70,9 +77,32 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "s")
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": json.dumps(skeleton)})
-    os.replace(tmp, path)
+    try:
+        mode = _umask_mode(tmp)
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": dumps(skeleton, f"checkpoint {path}")})
+        os.chmod(tmp, mode)  # safetensors writes 0600 through its own temporary file: the umask's, as other outputs
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no partial file behind
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask_mode(path: Path) -> int:
+    """The mode a new file gets under the process umask (``path`` is created, empty, to ask the system)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """``path`` is a file written by :func:`save_checkpoint` (its header says so; damaged files are not)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - not a file, not safetensors: not a checkpoint
+        return False
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -82,7 +112,9 @@ def load_checkpoint(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise InputError(f"checkpoint {path}: not a training checkpoint of this project ({meta.get('format')})")
+            raise InputError(f"checkpoint {path}: not a training checkpoint of this project (format "
+                             f"{meta.get('format')}); move it out of {path.parent} (or delete it) to resume from the "
+                             "checkpoint before it")  # fmt: skip
         return _join(json.loads(meta["state"]), load_file(str(path)))
     except InputError:
         raise

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .config import load_config
+from .config import did_you_mean, load_config
 from .progress import MODES
 
 if TYPE_CHECKING:  # the runner imports torch: loaded on first training only
@@ -65,10 +66,12 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     result = train(None, config, out, progress=args.progress, resume=not args.no_resume, command=command)
     where = f" in stage {stage}" if stage else ""
+    said = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 speaks for all
     if result.status == "cancelled":
-        print(f"cancelled{where} at step {result.step}; resume with the same command", file=sys.stderr)
+        if said:
+            print(f"cancelled{where} at step {result.step}; resume with the same command", file=sys.stderr)
         return 130
-    if args.progress != "json":
+    if args.progress != "json" and said:
         print(_done_message(result, f"stage {stage}" if stage else ""), file=sys.stderr)
     return 0
 
@@ -90,7 +93,8 @@ def run_workflow(args: argparse.Namespace, overrides: list[str]) -> int:
         raise InputError("train: give a workflow name or --config, not both")
     stages = stage_configs(args.workflow, args.out, overrides, args.data)
     if args.stage and args.stage not in {s.name for s in stages}:
-        raise InputError(f"train {args.workflow}: no stage {args.stage!r}; stages: {', '.join(s.name for s in stages)}")
+        raise InputError(f"train {args.workflow}: no stage {args.stage!r}{did_you_mean(args.stage, [s.name for s in stages])}; "
+                         f"stages: {', '.join(s.name for s in stages)}")  # fmt: skip
     for stage in stages:  # every stage's settings and task checked before any of them trains
         try:
             get_task(load_config(stage.config)["task"])

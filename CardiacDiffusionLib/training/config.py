@@ -1,15 +1,23 @@
 """Training configuration: a YAML/JSON file merged over defaults, then ``key.sub=value`` overrides.
 
 Sections: ``task`` (registered name or ``package.module:Factory``), ``model`` and ``data`` (free
-form, given to the task), ``optim``, ``schedule``, ``train`` (checked against :data:`DEFAULTS`:
+form, given to the task: non-finite numbers are refused, and the keys the task's ``model_signature`` /
+``data_signature`` name are typed by it), ``optim``, ``schedule``, ``train`` (checked against :data:`DEFAULTS`:
 a misspelt key is an error, not a silent default) and ``device``.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import json
+import math
+import os
 import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,12 @@ FREE_SECTIONS = ("model", "data")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def did_you_mean(word: str, options, prefix: str = "") -> str:
+    """``" (did you mean train.steps?)"`` for the option nearest to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
 
 
 def parse_value(text: str) -> Any:
@@ -86,7 +100,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         try:
             number = float(value)
         except ValueError:
-            raise InputError(f"config {where}: {value!r} is not a number") from None
+            raise InputError(f"config {where}: {value!r} is not a number; expected e.g. {where}={default}") from None
         return int(number) if isinstance(default, int) and number.is_integer() else number
     return value
 
@@ -97,7 +111,7 @@ def merge(base: dict, update: dict, where: str = "", strict: bool = True) -> dic
     for key, value in update.items():
         path = f"{where}.{key}" if where else str(key)
         if strict and key not in base:
-            raise InputError(f"config {path}: unknown key; known keys are {sorted(base)}")
+            raise InputError(f"config {path}: unknown key{did_you_mean(str(key), base, where)}; known keys are {sorted(base)}")
         free = not where and key in FREE_SECTIONS
         if strict and isinstance(base.get(key), dict) and not isinstance(value, dict):
             if value is None:  # an empty section in YAML (``model:``)
@@ -144,13 +158,14 @@ def check_config(config: dict) -> None:
         raise InputError(f"config schedule.name: {s['name']!r}; use one of {', '.join(SCHEDULES)}")
     if t["precision"] not in PRECISIONS:
         raise InputError(f"config train.precision: {t['precision']!r}; use one of {', '.join(PRECISIONS)}")
-    for key in ("steps", "batch_size", "checkpoint_every"):
+    for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints"):  # keep 0 would keep 1 anyway
         if not _is_whole(t[key]) or t[key] < 1:
             raise InputError(f"config train.{key}: {t[key]!r}; expected a whole number >= 1")
     if not _is_number(t["ema_decay"]) or not 0 <= t["ema_decay"] < 1:
         raise InputError(f"config train.ema_decay: {t['ema_decay']!r}; expected 0 (off) or a value in (0, 1)")
     _check_numbers(o, t, s)
     _check_train_kinds(t)
+    check_task_sections(config)
 
 
 def _check_numbers(o: dict, t: dict, s: dict) -> None:
@@ -165,7 +180,7 @@ def _check_numbers(o: dict, t: dict, s: dict) -> None:
         if not _is_number(value) or value < 0:
             raise InputError(f"config {key}: {value!r}; expected a number >= 0")
     counts = {"schedule.warmup_steps": s["warmup_steps"], **{f"train.{k}": t[k] for k in
-              ("num_workers", "validate_every", "keep_checkpoints")}}  # fmt: skip
+              ("num_workers", "validate_every")}}  # fmt: skip
     for key, value in counts.items():
         if not _is_whole(value) or value < 0:
             raise InputError(f"config {key}: {value!r}; expected a whole number >= 0")
@@ -187,3 +202,129 @@ def _is_number(value) -> bool:
 
 def _is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_task_sections(config: dict) -> None:
+    """``model``/``data``: typed in place by the task's signatures where they are reachable (``"1e-3"`` for a float
+    becomes 0.001), then no non-finite number anywhere (the task would build with it, or crash deep in torch)."""
+    from .task import section_signature  # imports torch: only when a config is checked for training
+
+    for section in ("model", "data"):
+        values = config[section]
+        for key, (expected, default) in _typed_keys(section_signature(config["task"], section)).items():
+            if key in values:
+                values[key] = _typed(values[key], expected, default, f"{section}.{key}")
+        for key, value in values.items():
+            _finite(value, f"{section}.{key}")
+
+
+def _typed_keys(signature) -> dict[str, tuple[Any, Any]]:
+    """``{key: (expected type or None, default)}`` of a callable's keyword parameters (annotations, else the
+    defaults' types) or of a dict of defaults; ``{}`` for None."""
+    if signature is None:
+        return {}
+    if isinstance(signature, Mapping):
+        return {k: (None if v is None else type(v), v) for k, v in signature.items()}
+    try:
+        params = inspect.signature(signature).parameters.values()
+        hints = typing.get_type_hints(signature.__init__ if isinstance(signature, type) else signature)
+    except (TypeError, ValueError, NameError):
+        return {}
+    out = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is p.empty else p.default
+        out[p.name] = (hints.get(p.name, None if default is None else type(default)), default)
+    return out
+
+
+def _typed(value: Any, expected: Any, default: Any, where: str) -> Any:
+    """``value`` as ``expected`` wants it (numbers read from text, whole floats as ints), or an InputError."""
+    ok, typed = _as(expected, value)
+    if ok:
+        return typed
+    example = f", e.g. {where}={json.dumps(default)}" if default is not None else ""
+    raise InputError(f"config {where}: {value!r}; expected {_describe(expected)}{example}")
+
+
+def _as(expected: Any, value: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is None or expected is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        return next(((True, v) for ok, v in (_as(a, value) for a in args) if ok), (False, value))
+    if origin is typing.Literal:
+        return value in args, value
+    if expected is type(None):
+        return value is None, value
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected in (int, float):
+        number = _number(value)
+        if number is None or (expected is int and not (math.isfinite(number) and float(number).is_integer())):
+            return False, value
+        return True, (int(number) if expected is int else float(number))
+    if expected is str:
+        return isinstance(value, str), value
+    if expected in (Path, os.PathLike):
+        return isinstance(value, (str, os.PathLike)), value
+    base = origin or expected
+    if isinstance(base, type) and issubclass(base, Mapping):
+        return isinstance(value, Mapping), value
+    if isinstance(base, type) and issubclass(base, Sequence) and not issubclass(base, str):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        if base is tuple and args and args[-1] is not Ellipsis:
+            each = args if len(args) == len(value) else None
+        else:
+            each = [args[0]] * len(value) if args else [None] * len(value)
+        if each is None:
+            return False, value
+        typed = [_as(a, v) for a, v in zip(each, value)]
+        return all(ok for ok, _ in typed), type(value)(v for _, v in typed)
+    return (isinstance(value, base), value) if isinstance(base, type) else (True, value)
+
+
+def _number(value: Any) -> float | int | None:
+    """An int or float, also from text (``"1e-3"``, as YAML 1.1 leaves it); None for anything else (True too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _describe(expected: Any) -> str:
+    args = typing.get_args(expected)
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if typing.get_origin(expected) is typing.Literal:
+        return f"one of {', '.join(map(repr, args))}"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null",
+             Path: "a path", os.PathLike: "a path"}  # fmt: skip
+    if expected in names:
+        return names[expected]
+    base = typing.get_origin(expected) or expected
+    if isinstance(base, type) and issubclass(base, Mapping):
+        return "a mapping of keys"
+    if isinstance(base, type) and issubclass(base, Sequence):
+        return f"a list{f' (each {_describe(args[0])})' if len(args) == 1 or (args and args[-1] is Ellipsis) else ''}"
+    return getattr(expected, "__name__", str(expected))
+
+
+def _finite(value: Any, where: str) -> None:
+    """InputError for a NaN or infinity in ``value`` (nested lists and mappings too), also written as text."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(item, f"{where}[{i}]")
+    elif (number := _number(value)) is not None and not math.isfinite(number):
+        raise InputError(f"config {where}: {value!r} is not a finite number; give a finite value")

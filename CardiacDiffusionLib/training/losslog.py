@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..utils.jsonfile import dumps, number_or_none
+
 
 class LossLog:
     """Append-only JSONL of training records; :meth:`truncate` drops steps redone after a resume."""
@@ -17,17 +20,27 @@ class LossLog:
     def records(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if i < len(lines) - 1:  # the last line may be half written (the process was killed): dropped
+                    raise InputError(f"{self.path}: line {i + 1} is not JSON; not a training log of this run (move "
+                                     "it away, or choose another --out)") from None  # fmt: skip
+        return records
 
     def truncate(self, step: int) -> None:
         """Keep the records of steps <= ``step`` (the checkpoint resumed from)."""
         kept = [r for r in self.records() if r.get("step", 0) <= step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.path.write_text("".join(_line(r) for r in kept))
 
     def append(self, record: dict) -> None:
+        """One record; a NaN or infinite value (a validation Dice of a label in neither image) is logged null."""
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_line(record))
 
     def plot(self, png: str | Path, title: str = "training loss") -> Path | None:
         """Loss per step (and a smoothed line; log scale when all positive) as a PNG; None without records."""
@@ -57,3 +70,7 @@ class LossLog:
         fig.tight_layout()
         fig.savefig(png)
         return Path(png)
+
+
+def _line(record: dict) -> str:
+    return dumps({k: number_or_none(v) if isinstance(v, float) else v for k, v in record.items()}, "train_log.jsonl") + "\n"

@@ -9,13 +9,14 @@ events (``progress`` and ``message`` keep the format of :mod:`CardiacDiffusionLi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from ..utils.jsonfile import dumps
 
 MODES = ("bar", "json", "none")
 
@@ -44,7 +45,7 @@ class Progress:
         """One event: a JSON line, or a message line under the bar."""
         if self.mode == "json":
             record = {"event": event, **{k: _clean(v) for k, v in fields.items()}}
-            print(json.dumps(record), file=self.stream or sys.stdout, flush=True)
+            print(dumps(record, "progress line"), file=self.stream or sys.stdout, flush=True)
         elif self.mode == "bar" and event not in ("progress", "error"):  # an error is raised, and said by the caller
             text = fields.get("message") or " ".join(f"{k}={_clean(v)}" for k, v in fields.items())
             tqdm.write(f"{event}: {text}", file=sys.stderr)

@@ -11,7 +11,6 @@ Out folder: ``config.json``, ``checkpoints/step_*.safetensors``, ``train_log.jso
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,10 +32,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import InputError
 from ..utils.device import prepare_device
+from ..utils.jsonfile import non_finite, write_json
 from . import dist as D
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (checkpoint_path, is_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                         save_checkpoint)
 from .config import load_config, read_config_file
 from .losslog import LossLog
+from .outdir import RESUMABLE, check_new_run_folder, check_same_settings, writing  # noqa: F401
 from .progress import Progress
 from .task import Task, get_task
 
@@ -192,6 +194,8 @@ def train(
         if task is not None and not raw.get("task"):
             raw["task"] = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__name__}"
         cfg = load_config(raw)
+        if non_finite(cfg):  # config.json, the checkpoints and the model hold strict JSON
+            raise InputError(f"config {non_finite(cfg)}: not a finite number; give a finite value")
         task = get_task(task if task is not None else cfg["task"])
         device = prepare_device(cfg["device"])
         info = D.init_distributed(device)
@@ -258,14 +262,9 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
             torch.manual_seed(int(t["seed"]) + 1_000_003 * info.rank + step)
     else:
         if t["init_from"]:  # weights of a stored model (checked like any model), same architecture
-            from ..models.store import load_model
-
-            loaded = load_model(t["init_from"])
-            if task.architecture is not None and loaded.architecture != task.architecture:
-                raise InputError(f"train.init_from {t['init_from']}: a {loaded.architecture} model; task {cfg['task']} "
-                                 f"trains {task.architecture} models: give one of those")  # fmt: skip
+            weights = _init_weights(task, cfg)
             try:  # the EMA copies the weights at its first update
-                model.load_state_dict(loaded.module.state_dict())
+                model.load_state_dict(weights)
             except RuntimeError as error:
                 said = str(error).splitlines()[-1].strip()[:200]  # torch lists every key; its last line says what
                 raise InputError(f"train.init_from {t['init_from']}: does not fit the task's model ({said}); "
@@ -273,9 +272,10 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
         if info.rank > 0:  # same initial weights on every rank (seeded above), different noise after
             seed_everything(int(t["seed"]) + 1_000_003 * info.rank)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2))
-        log.truncate(step)  # steps after the checkpoint are redone; their old lines go
+        with writing(out, "config.json and train_log.jsonl"):
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", cfg)
+            log.truncate(step)  # steps after the checkpoint are redone; their old lines go
 
     net = _LossModule(task, model)
     if info.enabled:
@@ -289,9 +289,11 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
                  "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                  "config": cfg}  # fmt: skip
-        path = save_checkpoint(checkpoint_path(ckpt_dir, step), state)
-        prune_checkpoints(ckpt_dir, int(t["keep_checkpoints"]))
-        log.plot(out / "loss.png")
+        with writing(out, f"the checkpoint of step {step}"):
+            path = save_checkpoint(checkpoint_path(ckpt_dir, step), state)
+        with writing(out, "loss.png"):
+            prune_checkpoints(ckpt_dir, int(t["keep_checkpoints"]))
+            log.plot(out / "loss.png")
         report.event("checkpoint", step=step, path=str(path), message=f"checkpoint at step {step}: {path}")
         return path
 
@@ -309,6 +311,9 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
         for batch in loader:
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss, terms = _split_loss(net(to_device(batch, device)))
+            loss_value = D.all_mean(float(loss.detach()), info, device)
+            if not math.isfinite(loss_value):  # before the update: the weights and checkpoints stay good
+                raise InputError(_diverged(loss_value, step + 1, ckpt_dir, dtype))
             scaler.scale(loss).backward()
             if float(cfg["optim"]["grad_clip"]) > 0:
                 scaler.unscale_(optimizer)
@@ -324,16 +329,13 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
             with torch.no_grad():
                 extra = task.after_step(model, step, ema.module if ema is not None else None)
             if extra and info.is_main:
+                extra = {k: float(v) if isinstance(v, (torch.Tensor, np.generic)) else v for k, v in extra.items()}
                 log.append({"step": step, "stage": "after_step", **extra})
                 report.event("after_step", step=step, **extra)
-            loss_value = D.all_mean(float(loss.detach()), info, device)
-            if not math.isfinite(loss_value):
-                raise InputError(
-                    f"training: loss is {loss_value} at step {step}; lower optim.lr or use train.precision=fp32"
-                )
             if info.is_main:
-                log.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                            "time_s": round(time.perf_counter() - t0, 4), **terms})  # fmt: skip
+                with writing(out, "train_log.jsonl"):
+                    log.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                                "time_s": round(time.perf_counter() - t0, 4), **terms})  # fmt: skip
                 report.step(step, loss_value, **terms)
             if t["validate_every"] and step % t["validate_every"] == 0 and info.is_main:
                 _validate(task, ema.module if ema is not None else model, step, log, report)
@@ -360,54 +362,23 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     if info.is_main:
         if saved is None:  # resumed a run that had its steps
             saved = save()
-        model_path = _export(task, cfg, ema.module if ema is not None else model, out, step, loss_value, command)
+        with writing(out, "model.safetensors"):
+            model_path = _export(task, cfg, ema.module if ema is not None else model, out, step, loss_value, command)
     report.event("done", step=step, total=t["steps"], loss=loss_value, model=str(model_path) if model_path else None,
                  message=f"done: {step} steps, model {model_path}")  # fmt: skip
     return TrainResult("done", step, out, saved, model_path, loss_value)
-
-
-#: settings a resumed run may change: how long (the schedule follows), how often it saves or validates, how it
-#: loads data, where and in which precision it runs (CPU is fp32), the data's place, and init_from (read at the
-#: start only); the others would be half-applied (the checkpoint's optimiser state wins) or change the data order
-RESUMABLE = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.validate_every",
-             "train.num_workers", "train.find_unused_parameters", "train.init_from", "train.precision", "device",
-             "data.root")  # fmt: skip
-
-
-def _flat(config: dict, where: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        path = f"{where}.{key}" if where else str(key)
-        out.update(_flat(value, path) if isinstance(value, dict) and value else {path: value})
-    return out
-
-
-def _check_same_settings(saved: dict | None, cfg: dict, out: Path, last: Path) -> None:
-    """A resumed run continues the optimiser, schedule and data order of its checkpoint: other settings would
-    be silently half-applied (the optimiser's state wins), and config.json would say what was not trained."""
-    if not saved:
-        return  # a checkpoint from before configs were stored in it
-    old, new = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(cfg)))
-    # a train/optim/schedule key on one side only is a default a newer version added, not the user's change
-    keys = [k for k in sorted(set(old) | set(new)) if (k in old and k in new) or k.split(".")[0] in ("model", "data")]
-    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if k not in RESUMABLE and old.get(k) != new.get(k)]
-    if changed:
-        raise InputError(
-            f"--out {out}: its run ({last.name}) was trained with other settings: {'; '.join(changed[:5])}"
-            f"{'; ...' if len(changed) > 5 else ''}. Resume with the same settings (only {', '.join(RESUMABLE)} may "
-            "change), or start a new --out (train.init_from=<its model.safetensors> to continue from its weights)"
-        )
 
 
 def _resume_state(cfg: dict, out: Path, resume: bool) -> tuple[dict | None, Path | None]:
     """The newest checkpoint's state and path (None, None: a new run), its settings checked against ``cfg``."""
     last = latest_checkpoint(out / "checkpoints")
     if last is None:
+        check_new_run_folder(cfg, out)  # a file, another run's config or a model without checkpoints: refused
         return None, None
     if not resume:
         raise InputError(f"--out {out}: holds a training run ({last.name}); resume it or choose another --out")
     state = load_checkpoint(last)
-    _check_same_settings(state.get("config"), cfg, out, last)
+    check_same_settings(state.get("config"), cfg, out, last)
     return state, last
 
 
@@ -438,6 +409,12 @@ def _built(task: Task, section: str, cfg: dict):
     build = task.build_model if section == "model" else task.build_dataset
     try:
         return build(cfg[section])
+    except InputError:  # the task's own words about the user's setting
+        raise
+    except ValueError as error:  # a value of the right type out of its range (e.g. torch's dropout above 1)
+        said = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise InputError(f"config {section}: task {cfg['task']} cannot build its {section} from these settings "
+                         f"({said}); check the {section}.* values") from None  # fmt: skip
     except TypeError as error:
         match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
         if not match:
@@ -452,10 +429,40 @@ def _built(task: Task, section: str, cfg: dict):
                          "spelling or leave it out") from None  # fmt: skip
 
 
+def _init_weights(task: Task, cfg: dict) -> dict:
+    """The weights ``train.init_from`` names: a stored model (checked like any model, same architecture) or a
+    training checkpoint of this project (its model's weights, not its EMA: e.g. the last good one of a run that
+    diverged)."""
+    source = cfg["train"]["init_from"]
+    if is_checkpoint(source):
+        return load_checkpoint(source)["model"]
+    from ..models.store import load_model
+
+    loaded = load_model(source)
+    if task.architecture is not None and loaded.architecture != task.architecture:
+        raise InputError(f"train.init_from {source}: a {loaded.architecture} model; task {cfg['task']} "
+                         f"trains {task.architecture} models: give one of those")  # fmt: skip
+    return loaded.module.state_dict()
+
+
+def _diverged(value: float, step: int, ckpt_dir: Path, dtype: torch.dtype | None) -> str:
+    """What to say when the loss of ``step`` is NaN or infinite."""
+    last = latest_checkpoint(ckpt_dir)
+    fp = ", train.precision=fp32" if dtype is not None else ""
+    start = f", from the last good checkpoint (kept): train.init_from={last}" if last else \
+        " (no checkpoint was saved before it)"  # fmt: skip
+    return (f"training: loss is {value} at step {step}; stopped before the update. The same settings diverge again: "
+            f"try a lower optim.lr, optim.grad_clip=1.0 or schedule.warmup_steps{fp} in a new --out{start}")
+
+
 def _validate(task: Task, module: nn.Module, step: int, log: LossLog, report: Progress) -> None:
     module.eval()
-    with torch.no_grad():
-        metrics = {k: float(v) for k, v in task.validate(module, step).items()}
+    saved = rng_state()  # validation draws from its own streams: how often it runs does not change the training
+    try:
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in task.validate(module, step).items()}
+    finally:
+        set_rng_state(saved)
     if metrics:
         log.append({"step": step, "stage": "val", **metrics})
         report.event("validate", step=step, **metrics)

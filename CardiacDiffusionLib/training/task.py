@@ -22,6 +22,11 @@ class Task:
 
     #: model-store architecture name of the trained module (see models.store); None: no export
     architecture: str | None = None
+    #: what the ``model`` / ``data`` keys are: a callable taking them as keyword arguments (e.g. the model class:
+    #: its annotations, else its defaults' types, type each key) or a dict of their defaults; checked by key
+    #: before the work (config.check_task_sections). None: the task's own code checks them.
+    model_signature: Callable | dict | None = None
+    data_signature: Callable | dict | None = None
 
     def build_model(self, config: dict) -> nn.Module:
         """The module to train, from the ``model`` section."""
@@ -83,6 +88,20 @@ def _import(path: str, what: str) -> Any:
         raise InputError(f"{what} {path!r}: cannot import it ({error})") from None
 
 
+def section_signature(name: str | Task, section: str) -> Callable | dict | None:
+    """The ``model_signature`` / ``data_signature`` of the task ``name`` makes, read from its class without making
+    one; None when it has none or cannot be found (:func:`get_task` says why)."""
+    factory: Any = name if isinstance(name, Task) else _TASKS.get(name)
+    if factory is None and isinstance(name, str) and (name in BUILTIN_TASKS or ":" in name):
+        try:
+            factory = _import(BUILTIN_TASKS.get(name, name), "task")
+        except InputError:
+            return None
+    if not (isinstance(factory, Task) or (isinstance(factory, type) and issubclass(factory, Task))):
+        return None  # a factory function: its task is only known once made
+    return getattr(factory, f"{section}_signature", None)
+
+
 def get_task(name: str | Task) -> Task:
     """A task instance from a name, an import path ``module:Factory`` or an instance."""
     if isinstance(name, Task):
@@ -93,5 +112,8 @@ def get_task(name: str | Task) -> Task:
         return _import(BUILTIN_TASKS[name], "task")()
     if ":" in str(name):
         return _import(name, "task")()
+    from .config import did_you_mean
+
     known = sorted({*_TASKS, *BUILTIN_TASKS})
-    raise InputError(f"config task: unknown task {name!r}; known tasks are {known} (or give package.module:Factory)")
+    raise InputError(f"config task: unknown task {name!r}{did_you_mean(str(name), known)}; known tasks are {known} "
+                     "(or give package.module:Factory)")  # fmt: skip

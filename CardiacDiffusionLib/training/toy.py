@@ -50,6 +50,7 @@ class ToyRegression(Dataset):
 
 class ToyTask(Task):
     architecture = "toy_mlp"
+    model_signature, data_signature = ToyMLP, ToyRegression
 
     def build_model(self, config: dict) -> nn.Module:
         return build_toy_mlp(config)

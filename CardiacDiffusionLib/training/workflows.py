@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import parse_overrides, read_config_file
+from .config import did_you_mean, parse_overrides, read_config_file
 
 PRESETS = Path(__file__).with_name("presets")
 
@@ -35,7 +35,8 @@ def load_recipe(name: str) -> list[Stage]:
     """The stages of recipe ``name`` (a shipped name or a YAML path)."""
     path = Path(name) if name.endswith((".yaml", ".yml", ".json")) else PRESETS / f"{name}.yaml"
     if not path.is_file():
-        raise InputError(f"train {name}: no such workflow; known: {', '.join(available()) or 'none'}")
+        raise InputError(f"train {name}: no such workflow{did_you_mean(name, available())}; known: "
+                         f"{', '.join(available()) or 'none'}")  # fmt: skip
     data = read_config_file(path)
     stages = data.get("stages") or [dict(data, name="main")]
     if any(not isinstance(s, dict) or not s.get("name") for s in stages):
@@ -72,7 +73,8 @@ def stage_configs(name: str, out_dir: str | Path, overrides: list[str] = (), dat
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
             if head not in names:
-                raise InputError(f"override {item!r}: no stage {head!r}; stages are {', '.join(sorted(names))}")
+                raise InputError(f"override {item!r}: no stage {head!r}{did_you_mean(head, names)}; stages are "
+                                 f"{', '.join(sorted(names))}")  # fmt: skip
             per_stage[head].append(rest)
         else:
             common.append(item)
