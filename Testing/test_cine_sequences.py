@@ -331,3 +331,129 @@ def test_reconstruction_module_logic_on_a_cine(mrml_scene, frames, monkeypatch):
     assert [result.volumes.GetNthIndexValue(i) for i in range(2)] == ["80", "160"]
     assert result.labels.GetNumberOfDataNodes() == 1 and result.labels.GetNthIndexValue(0) == "160"
     assert items_state(cine, labels) == before and browser.GetSelectedItemNumber() == 4
+
+
+# ---- LAX labels beside a SAX cine frame; a SAX proxy under a transform ------------------------------------------
+@pytest.fixture(scope="module")
+def lax() -> dict[str, sitk.Image]:
+    """4ch LAX labels of the frames' heart at ED (frame 0, 0 ms) and ES (frame 2, 160 ms)."""
+    from CardiacDiffusionLib.phantoms.scanner import make_subject
+
+    return {p: make_subject(seed=3, phase=p, matrix=48, pixel_mm=3.0).lax_labels["4ch"] for p in ("ED", "ES")}
+
+
+def lax_sequence(scene, lax, browser=None):
+    """Sequence 'lax labels' (time, ms) of the ED and ES LAX labels, synchronised in ``browser`` or in its own
+    browser 'lax browser'; returns (sequence, browser)."""
+    import slicer
+
+    from CardiacDiffusionLib.slicer_adapter import mrml
+
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "lax labels")
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("ms")
+    for time, phase in (("0", "ED"), ("160", "ES")):
+        sequence.SetDataNodeAtValue(mrml.volume_node_from_image(None, lax[phase], node=slicer.vtkMRMLLabelMapVolumeNode()), time)
+    if browser is None:
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "lax browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    else:
+        browser.AddSynchronizedSequenceNodeID(sequence.GetID())
+    return sequence, browser
+
+
+def test_lax_labels_in_the_cine_browser_are_of_the_sax_frame(mrml_scene, frames, lax):
+    """Same browser, so the same time: no warning, the LAX Dice of the matching phase; a LAX sequence with no item
+    at the SAX frame is refused before any work."""
+    from CardiacDiffusionLib.reconstruction.lax_check import lax_dice_table
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    cine, labels, browser = make_cine(mrml_scene, frames)
+    sequence, _ = lax_sequence(mrml_scene, lax, browser)
+    select(browser, 2)  # ES: image, SAX labels and LAX labels
+    proxy, label_proxy, lax_proxy = (browser.GetProxyNode(s) for s in (cine, labels, sequence))
+    before = items_state(cine, labels, sequence)
+    result = ReconstructionJob(mrml_scene, proxy, label_proxy, [lax_proxy], method="shape",
+                               spacing=SPACING).start().wait(timeout=300)  # fmt: skip
+    want = lax_dice_table(expected(frames, 2, labels=True).labels, {"ES": lax["ES"]})["ES"]
+    assert result.lax_dice == {"lax labels": want} and want["LV"] > 0.85 and want["MYO"] > 0.6
+    assert result.warnings == []
+    assert result.frames[2] == "node 'lax labels': frame 2 of 2 (time 160 ms) of sequence 'lax labels'"
+    select(browser, 3)  # 240 ms: no LAX labels there (the proxy still shows ES's)
+    job = ReconstructionJob(mrml_scene, proxy, None, [lax_proxy], method="shape", spacing=SPACING)
+    with pytest.raises(InputError, match=r"node 'lax labels': its sequence 'lax labels' has no item at time 240 ms"):
+        job.start()
+    assert not job.folder.exists() and items_state(cine, labels, sequence) == before
+
+
+def test_lax_labels_of_another_browser_or_plain_are_said_against_the_sax_frame(mrml_scene, frames, lax):
+    """A LAX cine in its own browser may show another phase than the SAX frame: a warning naming both frames (the
+    LAX Dice of ED labels on the ES reconstruction is much lower); plain LAX labels: a warning naming the frame."""
+    from CardiacDiffusionLib.reconstruction.lax_check import lax_dice_table
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    cine, labels, browser = make_cine(mrml_scene, frames)
+    sequence, lax_browser = lax_sequence(mrml_scene, lax)
+    select(browser, 2)  # SAX at ES, 160 ms
+    proxy, label_proxy, lax_proxy = browser.GetProxyNode(cine), browser.GetProxyNode(labels), lax_browser.GetProxyNode(sequence)
+    before = items_state(cine, labels, sequence)
+    sax_frame = "frame 3 of 5 (time 160 ms) of sequence 'cine' (sequence browser 'cine browser')"
+    es_labels = expected(frames, 2, labels=True).labels
+    for item, phase in ((0, "ED"), (1, "ES")):
+        select(lax_browser, item)
+        result = ReconstructionJob(mrml_scene, proxy, label_proxy, [lax_proxy], method="shape",
+                                   spacing=SPACING).start().wait(timeout=300)  # fmt: skip
+        assert result.warnings[0] == (
+            f"LAX labels 'lax labels' are read at frame {item + 1} of 2 (time {('0', '160')[item]} ms) of sequence "
+            f"'lax labels' (sequence browser 'lax browser'), the SAX volume at {sax_frame}: two browsers, so the "
+            "frames may be of different cardiac phases; check that they match (or put both sequences in one browser)")
+        assert result.lax_dice == {"lax labels": lax_dice_table(es_labels, {phase: lax[phase]})[phase]}
+        if phase == "ED":  # the mismatch the warning is about: ED LAX labels against the ES reconstruction
+            assert result.lax_dice["lax labels"]["MYO"] < 0.7 and len(result.warnings) == 2  # + the agreement check's
+            mismatched = result.lax_dice["lax labels"]["MYO"]
+        else:
+            assert result.lax_dice["lax labels"]["MYO"] > mismatched + 0.1 and len(result.warnings) == 1
+    plain = mrml.volume_node_from_image(mrml_scene, lax["ES"], "4ch ES", labelmap=True)
+    result = ReconstructionJob(mrml_scene, proxy, label_proxy, [plain], method="shape", spacing=SPACING).start().wait(timeout=300)
+    assert result.warnings == ["LAX labels '4ch ES' do not follow sequence browser 'cine browser' of the SAX volume: "
+                               "check that they were drawn on the frame used, frame 3 of 5 (time 160 ms) of sequence "
+                               "'cine'"]  # fmt: skip
+    assert items_state(cine, labels, sequence) == before and lax_browser.GetSelectedItemNumber() == 1
+
+
+def test_sax_proxy_under_a_transform_is_reconstructed_where_it_is_shown(mrml_scene, frames):
+    """A cine's proxy under a parent linear transform (rotation + shift): the result is a plain node at the
+    transformed place, with the shown frame's voxels; the transform, the proxy and the items are unchanged."""
+    import vtk
+
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
+
+    cine, labels, browser = make_cine(mrml_scene, frames)
+    select(browser, 1)
+    proxy = browser.GetProxyNode(cine)
+    transform = vtk.vtkTransform()
+    transform.Translate(30.0, -20.0, 15.0)
+    transform.RotateWXYZ(25.0, 0.3, 1.0, 0.2)
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    node.SetMatrixTransformToParent(transform.GetMatrix())
+    proxy.SetAndObserveTransformNodeID(node.GetID())
+    to_world = mrml._numpy_matrix(transform.GetMatrix())
+    before, shown = items_state(cine, labels), array(proxy)
+
+    result = ReconstructionJob(mrml_scene, proxy, method="shape", spacing=SPACING).start().wait(timeout=300)
+
+    want = expected(frames, 1).image
+    assert result.volume.GetParentTransformNode() is None  # its own geometry is the world's
+    got = mrml._numpy_matrix(mrml._get_ijk_to_ras(result.volume))
+    np.testing.assert_allclose(got, to_world @ mrml.ijk_to_ras(want), atol=1e-4)
+    np.testing.assert_allclose(array(result.volume), sitk.GetArrayFromImage(want), atol=1e-4)
+    # the volume's centre lands where the transformed input's centre is (not where the untransformed one is)
+    centre = np.array([*(np.array(want.GetSize()) - 1) / 2.0, 1.0])
+    untransformed = mrml.ijk_to_ras(want) @ centre
+    np.testing.assert_allclose(got @ centre, to_world @ untransformed, atol=1e-3)
+    assert np.linalg.norm((got @ centre - untransformed)[:3]) > 20.0
+    assert result.frames == ["node 'cine': frame 2 of 5 (time 80 ms) of sequence 'cine'"]
+    assert proxy.GetParentTransformNode() is node and items_state(cine, labels) == before
+    np.testing.assert_array_equal(array(proxy), shown)

@@ -60,13 +60,14 @@ def test_numbers_written_as_text_are_typed_and_untyped_sections_still_refuse_non
     result = train(None, cfg, tmp_path / "run", progress="none")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert saved == {"dropout": 0.1, "hidden": 16} and result.step == 4 and np.isfinite(result.loss)
-    # a task without a signature (its own code reads the keys): non-finite values still refused, by key, nested too
+    # keys a task's signature does not name (its own code reads them): non-finite values still refused, by key, nested too
     vae = "CardiacDiffusionLib.ldm.tasks:VAETask"
     for model, key in (({"kl_weight": "-inf"}, "model.kl_weight"), ({"unet": {"channels": [8, float("nan")]}},
                                                                     r"model.unet.channels\[1\]")):  # fmt: skip
         with pytest.raises(InputError, match=rf"config {key}: .* is not a finite number"):
             load_config({"task": vae, "model": model})
-    assert load_config({"task": vae, "model": {"kl_weight": "1e-6"}})["model"] == {"kl_weight": "1e-6"}  # left as given
+    typed = load_config({"task": vae, "model": {"kl_weight": "1e-6", "other": "1e-6"}})["model"]
+    assert typed == {"kl_weight": 1e-6, "other": "1e-6"}  # VAETask's signature names kl_weight; the other is left as given
 
 
 # ---- (2) keep_checkpoints ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..phantoms.activation import ActivationPhantom
 from ..training.task import Task
-from .regressor import ARCHITECTURE, build_tos_net, resample, sector_inputs
+from .regressor import ARCHITECTURE, TOSNet, build_tos_net, resample, sector_inputs
 
 TEST_SEED = 100_000
 FRAME_CHOICES_MS = (15.0, 17.0, 20.0, 25.0)
@@ -60,6 +60,7 @@ class PhantomSectors(Dataset):
 
 class TOSTask(Task):
     architecture = ARCHITECTURE
+    model_signature, data_signature = TOSNet, PhantomSectors
 
     def build_model(self, config: dict) -> nn.Module:
         self.model_config_ = dict(config)

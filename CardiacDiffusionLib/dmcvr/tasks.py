@@ -17,11 +17,12 @@ from torch import nn
 from ..training.task import Task, register_task
 from .data import SaxSliceDataset
 from .losses import diffusion_loss, seg_loss
-from .model import DMCVRModel
+from .model import DEFAULT_CONFIG, DMCVRModel
 
 
 class _DMCVRTask(Task):
     architecture = "dmcvr"
+    model_signature, data_signature = DEFAULT_CONFIG, SaxSliceDataset  # data.val_patients: validation only, untyped
 
     def build_model(self, config: dict) -> nn.Module:
         return DMCVRModel(config)

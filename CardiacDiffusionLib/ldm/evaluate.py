@@ -55,11 +55,22 @@ def per_label_dice(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, dict[str,
 
 
 def vae_fidelity(model: LatentDiffusion, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """PSNR/SSIM of the unit-range image and label Dice after encode + decode; see :func:`psnr_summary`."""
     recon, pred = model.vae.round_trip(images, labels)
     x, y = images[:, 0].numpy(), recon[:, 0].clamp(-1, 1).numpy()
-    return {"psnr_db": float(np.mean([psnr(a, b, 2.0) for a, b in zip(y, x)])),
+    return {**psnr_summary([psnr(a, b, 2.0) for a, b in zip(y, x)]),
             "ssim": float(np.mean([ssim(a, b, 2.0) for a, b in zip(y, x)])),
             "label_dice": per_label_dice(pred, labels)}  # fmt: skip
+
+
+def psnr_summary(values: list[float]) -> dict:
+    """``psnr_db``: the mean PSNR over the volumes not reproduced exactly (None if all were: JSON has no infinity);
+    ``psnr_infinite``: how many were (infinite PSNR, left out of the mean, not capped), said in ``notes``."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    exact = len(values) - len(finite)
+    notes = [f"PSNR: {exact} of {len(values)} volumes reproduced exactly (infinite PSNR), left out of the mean"]
+    return {"psnr_db": float(np.mean(finite)) if finite else None, "psnr_infinite": exact,
+            "notes": notes if exact else []}  # fmt: skip
 
 
 def volumes_ml(labels: torch.Tensor, spacing_mm: float) -> dict[str, dict[str, float]]:
@@ -159,17 +170,31 @@ def evaluate_ldm(model: LatentDiffusion, real: int = 8, generated: int = 24, tes
 def summarise_repeats(results: list[dict]) -> dict:
     """Mean and sd over repeats (seeds) of each arm's mean Dice and of the label-image agreement, and per
     pair of arms how many repeats the first won: 200-step arms vary by up to 0.4 Dice between seeds, so one
-    run does not order them."""
+    run does not order them.
+    A run whose mean Dice is None (no label in its test volumes nor predictions) is left out of that mean (``n``: the
+    runs behind it) and of that arm's win counts (``compared``: the runs both arms have), said in ``notes``."""
+    seeds = [r["setup"]["seed"] for r in results]
     per_arm = {arm: [r["downstream"][arm]["dice"]["mean"]["mean"] for r in results] for arm in results[0]["downstream"]}
     agreement = [r["label_image_agreement"]["generated"]["mean"]["mean"] for r in results]
-    out = {"seeds": [r["setup"]["seed"] for r in results],
-           "arms": {a: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "runs": v} for a, v in per_arm.items()},
-           "label_image_agreement": {"mean": float(np.mean(agreement)), "sd": float(np.std(agreement)), "runs": agreement},
-           "wins": {}}  # fmt: skip
+    notes: list[str] = []
+
+    def spread(name: str, runs: list) -> dict:
+        kept = [v for v in runs if v is not None]
+        if len(kept) < len(runs):
+            notes.append(f"{name}: mean Dice undefined in {len(runs) - len(kept)} of {len(runs)} runs (seeds "
+                         f"{', '.join(str(s) for s, v in zip(seeds, runs) if v is None)}): left out")  # fmt: skip
+        return {"mean": float(np.mean(kept)) if kept else None, "sd": float(np.std(kept)) if kept else None,
+                "n": len(kept), "runs": runs}  # fmt: skip
+
+    out = {"seeds": seeds, "arms": {a: spread(a, v) for a, v in per_arm.items()},
+           "label_image_agreement": spread("label-image agreement", agreement), "wins": {}, "compared": {}}
     arms = list(per_arm)
     for i, a in enumerate(arms):
         for b in arms[i + 1 :]:
-            out["wins"][f"{a} > {b}"] = int(sum(x > y for x, y in zip(per_arm[a], per_arm[b])))
+            both = [(x, y) for x, y in zip(per_arm[a], per_arm[b]) if x is not None and y is not None]
+            out["wins"][f"{a} > {b}"] = int(sum(x > y for x, y in both))
+            out["compared"][f"{a} > {b}"] = len(both)
+    out["notes"] = notes
     return out
 
 
@@ -177,11 +202,12 @@ def format_repeats(summary: dict) -> str:
     """Markdown: mean +- sd of each arm over the repeats, and the pairwise win counts."""
     n = len(summary["seeds"])
     lines = [f"| arm (mean Dice over {n} seeds) | mean | sd |", "|---|---|---|"]
-    lines += [f"| {arm} | {v['mean']:.3f} | {v['sd']:.3f} |" for arm, v in summary["arms"].items()]
+    lines += [f"| {arm} | {_number(v['mean'])} | {_number(v['sd'])} |" for arm, v in summary["arms"].items()]
     agree = summary["label_image_agreement"]
-    lines.append(f"| label-image agreement (gen.) | {agree['mean']:.3f} | {agree['sd']:.3f} |")
+    lines.append(f"| label-image agreement (gen.) | {_number(agree['mean'])} | {_number(agree['sd'])} |")
     lines.append("")
-    lines += [f"{pair}: {wins} of {n} seeds" for pair, wins in summary["wins"].items()]
+    lines += [f"{pair}: {wins} of {summary['compared'][pair]} seeds" for pair, wins in summary["wins"].items()]
+    lines += summary["notes"]
     return "\n".join(lines)
 
 
@@ -198,7 +224,9 @@ def format_table(result: dict) -> str:
     agree = result["label_image_agreement"]["generated"]
     lines.append("| label-image agreement (gen.) | " + " | ".join(_number(agree[n]["mean"]) for n in names) + " |")
     lines.append("")
-    lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, SSIM {vae['ssim']:.3f} (unit-range image, window -200..800 HU)")
+    exact = f" ({vae['psnr_infinite']} volumes exact, infinite PSNR, left out)" if vae.get("psnr_infinite") else ""
+    db = "inf" if vae["psnr_db"] is None else f"{vae['psnr_db']:.2f}"
+    lines.append(f"VAE round trip: PSNR {db} dB{exact}, SSIM {vae['ssim']:.3f} (unit-range image, window -200..800 HU)")
     d = result["diversity_ms_ssim"]
     lines.append(f"pairwise MS-SSIM: generated {d['generated']:.3f}, real-role phantoms {d['real_role']:.3f} (lower = more diverse)")
     n = result["label_noise"]

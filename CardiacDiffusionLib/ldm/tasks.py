@@ -7,6 +7,7 @@ stored as the ``latent_scale`` buffer of the exported LDM (the file rebuilds wit
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -17,12 +18,13 @@ from ..errors import InputError
 from ..models.store import load_model
 from ..training.task import Task, register_task
 from .data import TEST_SEED, CTPhantomPairs, EncodedPairs
-from .diffusion import LatentDiffusion, diffusion_loss, latent_diffusion_loss, latent_scale
-from .vae import JointVAE, vae_losses
+from .diffusion import DEFAULT_LDM, LatentDiffusion, diffusion_loss, latent_diffusion_loss, latent_scale
+from .vae import DEFAULT_VAE, JointVAE, vae_losses
 
 
 class VAETask(Task):
     architecture = "ldm_vae"
+    model_signature, data_signature = {**DEFAULT_VAE, "kl_weight": 1e-6, "label_weight": 1.0}, CTPhantomPairs
 
     def build_model(self, config: dict) -> nn.Module:
         cfg = {k: v for k, v in config.items() if k not in ("kl_weight", "label_weight")}
@@ -53,6 +55,9 @@ class VAETask(Task):
 
 class DiffusionTask(Task):
     architecture = "ldm"
+    #: model.vae: the VAE file or name (not DEFAULT_LDM's config dict); data: CTPhantomPairs' keywords + encoded_draws
+    model_signature = {**DEFAULT_LDM, "vae": "{stage:vae}", "scale_phantoms": 32}
+    data_signature = {**{k: p.default for k, p in inspect.signature(CTPhantomPairs).parameters.items()}, "encoded_draws": 0}
 
     def build_model(self, config: dict) -> nn.Module:
         config = dict(config)

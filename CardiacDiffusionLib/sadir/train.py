@@ -29,7 +29,7 @@ from ..models.store import load_model, register_architecture, shipped_registry_p
 from ..training.task import Task
 from . import data
 from .atlas import load_atlas, upsample_displacement
-from .model import ARCHITECTURE, SadirModel, shape_fit, soft_dice
+from .model import ARCHITECTURE, DEFAULTS, SadirModel, shape_fit, soft_dice
 from .reconstruct import topology
 from .warp import warp
 
@@ -186,6 +186,10 @@ def update_atlas(
 
 class SadirTask(Task):
     architecture = ARCHITECTURE
+    #: the model's DEFAULTS and the keys build_model takes itself (None: untyped)
+    model_signature = {**DEFAULTS, "reg": 1e-6, "atlas_steps": [], "atlas_subjects": 32, "atlas_iters": 30,
+                       "atlas_lr": 0.03, "fine_weight": 0.0, "atlas_dir": None, "atlas_from": None}  # fmt: skip
+    data_signature = PhantomMyocardium
 
     def build_model(self, config: dict) -> nn.Module:
         config = dict(config)
@@ -285,6 +289,7 @@ register_architecture(UNET_ARCHITECTURE, build_unet)
 
 class UNetTask(Task):
     architecture = UNET_ARCHITECTURE
+    model_signature, data_signature = {"channels": [16, 32, 64, 128], "num_res_units": 1}, PhantomMyocardium
 
     def build_model(self, config: dict) -> nn.Module:
         return build_unet(config)

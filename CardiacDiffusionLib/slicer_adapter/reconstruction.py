@@ -35,7 +35,7 @@ class ReconstructionResult:
     table: object | None  # vtkMRMLTableNode of LAX Dice
     lax_dice: dict = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # geometry.json's: the input's and the result's
+    warnings: list[str] = field(default_factory=list)  # labels of maybe another cine frame, then geometry.json's
     frames: list[str] = field(default_factory=list)  # each proxy input's cine frame, e.g. "node 'cine': frame 4 of 25 ..."
 
 
@@ -83,7 +83,7 @@ class ReconstructionJob(CLIJob):
         self.model = (model or "").strip() or None  # dmcvr: a registered name or a .safetensors file; None: shipped
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
-        self.frame_warnings: list[str] = []  # SAX labels that may be of another cine frame than the SAX volume
+        self.frame_warnings: list[str] = []  # SAX or LAX labels that may be of another cine frame than the SAX volume
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _export(self, folder: Path) -> list[str]:
@@ -109,6 +109,7 @@ class ReconstructionJob(CLIJob):
                 path = self._exported(folder / f"{index}_{_file_stem(node.GetName())}.nrrd", node)
                 write_label_node(node, path, numbering=self.label_numbering)
                 paths.append(str(path))
+                self._check_lax_frame(node)
             arguments += ["--lax-labels", *paths]
         return arguments
 
@@ -121,6 +122,24 @@ class ReconstructionJob(CLIJob):
                 f"SAX labels '{self.sax_labels.GetName()}' do not follow sequence browser '{frame.browser}' of the "
                 f"SAX volume: check that they were drawn on the frame used, {frame.describe()}"
             )
+
+    def _check_lax_frame(self, node) -> None:
+        """LAX labels beside a cine frame: a warning unless they are a proxy of the same browser (the same time; a
+        proxy with no item there was refused by ``_exported``). A LAX cine in another browser is named at its frame."""
+        frame, lax = self.frames.get(self.sax_volume.GetID()), self.frames.get(node.GetID())
+        if frame is None or (lax is not None and lax.browser == frame.browser):
+            return
+        if lax is None:
+            self.frame_warnings.append(
+                f"LAX labels '{node.GetName()}' do not follow sequence browser '{frame.browser}' of the SAX volume: "
+                f"check that they were drawn on the frame used, {frame.describe()}"
+            )
+            return
+        self.frame_warnings.append(
+            f"LAX labels '{node.GetName()}' are read at {lax.describe()} (sequence browser '{lax.browser}'), the SAX "
+            f"volume at {frame.describe()} (sequence browser '{frame.browser}'): two browsers, so the frames may be "
+            "of different cardiac phases; check that they match (or put both sequences in one browser)"
+        )
 
     # ---- outputs --------------------------------------------------------------------------------
     def _load(self, out: Path) -> ReconstructionResult:
