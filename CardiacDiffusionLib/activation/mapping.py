@@ -12,8 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR, vtkPoints, vtkStringArray
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkFieldData, vtkImageData, vtkPolyData
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
+from vtkmodules.vtkIOGeometry import vtkSTLWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
@@ -74,7 +79,7 @@ def interpolate_tos(frame: LVFrame, tos: np.ndarray, points: np.ndarray) -> np.n
 
 
 def myocardium_mesh(labels: sitk.Image, value: int = MYO, smoothing_iterations: int = 20,
-                    pass_band: float = 0.05) -> vtk.vtkPolyData:  # fmt: skip
+                    pass_band: float = 0.05) -> vtkPolyData:  # fmt: skip
     """Closed triangle surface (LPS mm) of ``labels == value``: discrete flying edges + windowed-sinc smoothing.
 
     Runs in index space on a zero-padded copy, then maps points through the image's origin, spacing
@@ -84,10 +89,10 @@ def myocardium_mesh(labels: sitk.Image, value: int = MYO, smoothing_iterations: 
     if mask.sum() == 0:
         raise InputError(f"myocardium mesh: no voxel has label {value}; the reconstruction is empty")
     padded = np.pad(mask, 1)
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.SetDimensions(padded.shape[2], padded.shape[1], padded.shape[0])
-    image.GetPointData().SetScalars(numpy_to_vtk(padded.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    surface = vtk.vtkDiscreteFlyingEdges3D()
+    image.GetPointData().SetScalars(numpy_to_vtk(padded.ravel(), deep=True, array_type=VTK_UNSIGNED_CHAR))
+    surface = vtkDiscreteFlyingEdges3D()
     surface.SetInputData(image)
     surface.SetValue(0, 1)
     surface.ComputeNormalsOff()
@@ -100,7 +105,7 @@ def myocardium_mesh(labels: sitk.Image, value: int = MYO, smoothing_iterations: 
     lps = (ijk * np.array(labels.GetSpacing())) @ direction.T + np.array(labels.GetOrigin())
     mesh.GetPoints().SetData(numpy_to_vtk(lps, deep=True))
     if smoothing_iterations > 0:
-        smooth = vtk.vtkWindowedSincPolyDataFilter()
+        smooth = vtkWindowedSincPolyDataFilter()
         smooth.SetInputData(mesh)
         smooth.SetNumberOfIterations(smoothing_iterations)
         smooth.SetPassBand(pass_band)
@@ -109,22 +114,22 @@ def myocardium_mesh(labels: sitk.Image, value: int = MYO, smoothing_iterations: 
         smooth.NormalizeCoordinatesOn()
         smooth.Update()
         mesh = smooth.GetOutput()
-    normals = vtk.vtkPolyDataNormals()
+    normals = vtkPolyDataNormals()
     normals.SetInputData(mesh)
     normals.SplittingOff()
     normals.ConsistencyOn()
     normals.AutoOrientNormalsOn()
     normals.Update()
-    out = vtk.vtkPolyData()
+    out = vtkPolyData()
     out.DeepCopy(normals.GetOutput())
     return out
 
 
-def mesh_points(mesh: vtk.vtkPolyData) -> np.ndarray:
+def mesh_points(mesh: vtkPolyData) -> np.ndarray:
     return vtk_to_numpy(mesh.GetPoints().GetData()).astype(float)
 
 
-def add_point_array(mesh: vtk.vtkPolyData, name: str, values: np.ndarray, active: bool = False) -> None:
+def add_point_array(mesh: vtkPolyData, name: str, values: np.ndarray, active: bool = False) -> None:
     array = numpy_to_vtk(np.ascontiguousarray(values), deep=True)
     array.SetName(name)
     mesh.GetPointData().AddArray(array)
@@ -151,7 +156,7 @@ def late_mask(
     return tos >= cut, cut
 
 
-def paint(mesh: vtk.vtkPolyData, frame: LVFrame, tos: np.ndarray, percentile: float | None = 75.0,
+def paint(mesh: vtkPolyData, frame: LVFrame, tos: np.ndarray, percentile: float | None = 75.0,
           threshold_ms: float | None = None) -> dict:  # fmt: skip
     """Add ``TOS_ms`` (float32, active scalars) and ``late_activation`` (uint8 0/1) point arrays."""
     values = interpolate_tos(frame, tos, mesh_points(mesh))
@@ -164,13 +169,13 @@ def paint(mesh: vtk.vtkPolyData, frame: LVFrame, tos: np.ndarray, percentile: fl
     return {"rule": rule, "threshold_ms": round(cut, 2), "late_fraction_of_points": round(float(late.mean()), 4)}
 
 
-def sector_polydata(points: np.ndarray, tos: np.ndarray) -> vtk.vtkPolyData:
+def sector_polydata(points: np.ndarray, tos: np.ndarray) -> vtkPolyData:
     """The sector mid-wall points as vertices with ``TOS_ms`` (what was measured, before interpolation)."""
-    pts = vtk.vtkPoints()
+    pts = vtkPoints()
     pts.SetData(numpy_to_vtk(points.reshape(-1, 3).astype(float), deep=True))
-    poly = vtk.vtkPolyData()
+    poly = vtkPolyData()
     poly.SetPoints(pts)
-    verts = vtk.vtkCellArray()
+    verts = vtkCellArray()
     for i in range(pts.GetNumberOfPoints()):
         verts.InsertNextCell(1)
         verts.InsertCellPoint(i)
@@ -179,7 +184,7 @@ def sector_polydata(points: np.ndarray, tos: np.ndarray) -> vtk.vtkPolyData:
     return poly
 
 
-def write_vtp(mesh: vtk.vtkPolyData, path) -> Path:
+def write_vtp(mesh: vtkPolyData, path) -> Path:
     """VTK XML PolyData (binary, zlib) with all point arrays, LPS mm, tagged as Slicer tags it.
 
     The field-data string array ``SPACE = LPS`` is what Slicer's model reader looks for; ParaView
@@ -187,14 +192,14 @@ def write_vtp(mesh: vtk.vtkPolyData, path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tagged = vtk.vtkPolyData()
+    tagged = vtkPolyData()
     tagged.ShallowCopy(mesh)
-    tagged.SetFieldData(vtk.vtkFieldData())
-    space = vtk.vtkStringArray()
+    tagged.SetFieldData(vtkFieldData())
+    space = vtkStringArray()
     space.SetName("SPACE")
     space.InsertNextValue("LPS")
     tagged.GetFieldData().AddArray(space)
-    writer = vtk.vtkXMLPolyDataWriter()
+    writer = vtkXMLPolyDataWriter()
     writer.SetFileName(str(path))
     writer.SetInputData(tagged)
     writer.SetDataModeToBinary()
@@ -204,11 +209,11 @@ def write_vtp(mesh: vtk.vtkPolyData, path) -> Path:
     return path
 
 
-def write_stl(mesh: vtk.vtkPolyData, path) -> Path:
+def write_stl(mesh: vtkPolyData, path) -> Path:
     """Binary STL of the geometry only: STL has no per-point values, so TOS_ms is not in it (use the VTP)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = vtk.vtkSTLWriter()
+    writer = vtkSTLWriter()
     writer.SetFileName(str(path))
     writer.SetInputData(mesh)
     writer.SetHeader("CardiacDiffusion LMA myocardium. SPACE=LPS")  # Slicer reads SPACE= from the header
@@ -218,8 +223,8 @@ def write_stl(mesh: vtk.vtkPolyData, path) -> Path:
     return path
 
 
-def read_vtp(path) -> vtk.vtkPolyData:
-    reader = vtk.vtkXMLPolyDataReader()
+def read_vtp(path) -> vtkPolyData:
+    reader = vtkXMLPolyDataReader()
     reader.SetFileName(str(path))
     reader.Update()
     return reader.GetOutput()

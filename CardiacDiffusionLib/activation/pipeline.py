@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
+from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
@@ -40,7 +40,7 @@ METHODS = ("shape", "sadir")
 @dataclass
 class LMAResult:
     labels: sitk.Image  # myocardium (value 2) in the stack's physical frame
-    mesh: vtk.vtkPolyData  # LPS mm, point data TOS_ms, late_activation and aha_segment
+    mesh: vtkPolyData  # LPS mm, point data TOS_ms, late_activation and aha_segment
     frame: LVFrame  # of the slices with TOS
     tos: np.ndarray  # (n_tos_slices, 18) ms
     sector_points: np.ndarray  # (n_tos_slices, 18, 3) mid-wall LPS points
@@ -328,8 +328,8 @@ def _sadir_summary(info: dict | None) -> dict:
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in out.items()}
 
 
-def _array(mesh: vtk.vtkPolyData, name: str) -> np.ndarray:
-    from vtk.util.numpy_support import vtk_to_numpy
+def _array(mesh: vtkPolyData, name: str) -> np.ndarray:
+    from vtkmodules.util.numpy_support import vtk_to_numpy
 
     return vtk_to_numpy(mesh.GetPointData().GetArray(name)).astype(float)
 

@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import vtk
+import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text of the caption and the colour bar)
+import vtkmodules.vtkRenderingOpenGL2 as opengl  # the OpenGL render window, mapper and actors
+from vtkmodules.vtkCommonCore import vtkLookupTable
+from vtkmodules.vtkCommonDataModel import vtkPolyData
+from vtkmodules.vtkIOImage import vtkPNGWriter
+from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
+from vtkmodules.vtkRenderingCore import (
+    vtkActor, vtkPolyDataMapper, vtkRenderer, vtkRenderWindow, vtkTextActor, vtkWindowToImageFilter,
+)  # fmt: skip
 
 from ..errors import InputError
 from .bullseye import TOS_CMAP
@@ -43,12 +51,12 @@ def screen_axes(base_to_apex, view_from) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.cross(-side, up), up, side
 
 
-def tos_lookup_table(low: float, high: float, cmap: str = TOS_CMAP, n: int = 256) -> vtk.vtkLookupTable:
+def tos_lookup_table(low: float, high: float, cmap: str = TOS_CMAP, n: int = 256) -> vtkLookupTable:
     """A VTK lookup table of the matplotlib colour map ``cmap`` over ``low``-``high`` ms."""
     from matplotlib import colormaps
 
     colours = colormaps[cmap](np.linspace(0.0, 1.0, n))
-    lut = vtk.vtkLookupTable()
+    lut = vtkLookupTable()
     lut.SetNumberOfTableValues(n)
     for i, rgba in enumerate(colours):
         lut.SetTableValue(i, *rgba)
@@ -56,19 +64,19 @@ def tos_lookup_table(low: float, high: float, cmap: str = TOS_CMAP, n: int = 256
     return lut
 
 
-def _offscreen_window() -> vtk.vtkRenderWindow:
+def _offscreen_window() -> vtkRenderWindow:
     """VTK's default window, except on Linux without a display (and no VTK_DEFAULT_OPENGL_WINDOW choice):
     there VTK (9.4+) first tries X, logs "bad X server connection" and then falls back to EGL; go to EGL
     directly when it can make a context."""
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if headless and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW") and hasattr(vtk, "vtkEGLRenderWindow"):
-        window = vtk.vtkEGLRenderWindow()
+    if headless and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW") and hasattr(opengl, "vtkEGLRenderWindow"):
+        window = opengl.vtkEGLRenderWindow()
         if window.SupportsOpenGL():
             return window
-    return vtk.vtkRenderWindow()
+    return vtkRenderWindow()
 
 
-def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=None, size=(640, 560),
+def render_tos_png(mesh: vtkPolyData, path, base_to_apex=None, view_from=None, size=(640, 560),
                    array: str = TOS_ARRAY) -> Path:  # fmt: skip
     """Write a PNG of ``mesh`` coloured by the point array ``array`` (:data:`TOS_CMAP`: dark early, light late).
 
@@ -80,16 +88,16 @@ def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=Non
         raise InputError(f"mesh: no point array {array!r} to colour by")
     low, high = values.GetRange()
     lut = tos_lookup_table(low, high)
-    mapper = vtk.vtkPolyDataMapper()
+    mapper = vtkPolyDataMapper()
     mapper.SetInputData(mesh)
     mapper.SetScalarModeToUsePointFieldData()
     mapper.SelectColorArray(array)
     mapper.SetLookupTable(lut)
     mapper.SetScalarRange(low, high)
     mapper.ScalarVisibilityOn()
-    actor = vtk.vtkActor()
+    actor = vtkActor()
     actor.SetMapper(mapper)
-    bar = vtk.vtkScalarBarActor()
+    bar = vtkScalarBarActor()
     bar.SetLookupTable(lut)
     bar.SetTitle(f"{array.replace('_ms', '')} (ms)" if array.endswith("_ms") else array)
     bar.SetNumberOfLabels(5)
@@ -111,12 +119,12 @@ def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=Non
         (f"right edge: patient's {direction_words(right)}", size[1] - 44, 14, False),
         (CAPTION, 8, 13, True),
     ]
-    renderer = vtk.vtkRenderer()
+    renderer = vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
     renderer.AddActor(actor)
     renderer.AddViewProp(bar)
     for text, y, points, bold in texts:
-        label = vtk.vtkTextActor()
+        label = vtkTextActor()
         label.SetInput(text)
         label.GetTextProperty().SetColor(0.1, 0.1, 0.1)
         label.GetTextProperty().SetFontSize(points)
@@ -134,10 +142,10 @@ def render_tos_png(mesh: vtk.vtkPolyData, path, base_to_apex=None, view_from=Non
     camera.SetViewUp(*up)
     renderer.ResetCamera()
     window.Render()
-    grab = vtk.vtkWindowToImageFilter()
+    grab = vtkWindowToImageFilter()
     grab.SetInput(window)
     grab.Update()
-    writer = vtk.vtkPNGWriter()
+    writer = vtkPNGWriter()
     writer.SetFileName(str(path))
     writer.SetInputConnection(grab.GetOutputPort())
     writer.Write()

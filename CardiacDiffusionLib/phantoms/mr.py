@@ -201,12 +201,18 @@ class MRPhantom:
         s = self.shape
         x1, x2, z = local[..., 0], local[..., 1], local[..., 2]
         rho = np.hypot(x1, x2)
-        theta = np.arctan2(x2, x1)
         below_base = z >= 0
-        endo = below_base & (rho < self._radius(z, theta, s.r_endo, s.l_endo, s))
-        epi = below_base & (rho < self._radius(z, theta, s.r_epi, s.l_epi, s))
+        # the factors of _radius shared by the two LV surfaces and the RV's level, evaluated once (same products)
+        angular, longitudinal = self._angular(np.arctan2(x2, x1)), self._longitudinal(z / s.l_epi)
+        profile_epi = self._profile(z, s.l_epi)
+
+        def radius(r: float, length: float, profile: np.ndarray) -> np.ndarray:
+            return np.where((z >= 0) & (z <= length), r * angular * longitudinal * profile, 0.0)
+
+        endo = below_base & (rho < radius(s.r_endo, s.l_endo, self._profile(z, s.l_endo)))
+        epi = below_base & (rho < radius(s.r_epi, s.l_epi, profile_epi))
         # RV: per level an ellipse from -rv_inner*r_epi to r_epi + width along e1, minus the LV
-        r_mean = s.r_epi * self._longitudinal(z / s.l_epi) * self._profile(z, s.l_epi)
+        r_mean = s.r_epi * longitudinal * profile_epi
         width = s.rv_width * np.sqrt(np.clip(1.0 - (z / s.l_rv) ** 2, 0.0, None))
         regions = {"endo": endo, "epi": epi}
         for name, extra in (("rv", 0.0), ("rv_wall", 3.5)):

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
@@ -43,6 +42,8 @@ def aligned_arrays(stack: SliceStack) -> tuple[np.ndarray, np.ndarray | None]:
     labels = None if stack.labels is None else stack.labels.copy()
     if not stack.has_shifts():
         return pixels, labels
+    from scipy import ndimage  # here and in signed_distance: nearest/linear on a regular stack do without SciPy
+
     spacing = np.array(stack.pixel_spacing, float)
     for k, (dx, dy) in enumerate(stack.shifts):
         shift_rc = (dy / spacing[1], dx / spacing[0])  # (rows, cols)
@@ -106,6 +107,8 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float], empty_value:
     """Signed distance (mm) of a 2D mask: negative inside, positive outside; ``empty_value`` if empty."""
     if not mask.any():
         return np.full(mask.shape, empty_value, dtype=np.float32)
+    from scipy import ndimage
+
     sampling = (spacing[1], spacing[0])  # (rows, cols)
     outside = ndimage.distance_transform_edt(~mask, sampling=sampling)
     inside = ndimage.distance_transform_edt(mask, sampling=sampling)

@@ -15,7 +15,6 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack
-from .baselines import get_method
 
 
 @dataclass
@@ -110,6 +109,8 @@ def reconstruct(stack: SliceStack, method: str = "shape", spacing: float = 1.0, 
     """Fill the gaps of ``stack`` with ``method`` and return image and labels volumes (a grid that would not fit
     in the memory available is refused first: :func:`planned_targets`)."""
     targets = planned_targets(stack, spacing, method)
+    from .baselines import get_method  # here: SciPy, which the grid functions above do not need (`inspect`)
+
     images, labels = get_method(method)(stack, targets, **options)
     return Reconstruction(  # copy=False: a method's float32/uint8 arrays are not copied once more
         image=_on_grid(images.astype(np.float32, copy=False), stack, spacing),

@@ -102,7 +102,7 @@ def refine(net: SadirModel, v_hat: torch.Tensor, sparse: torch.Tensor, mask: tor
     lowered the volume Dice."""
     anchor = v_hat.detach()
     param = torch.view_as_real(anchor.clone()).requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=lr)
+    step = adam_step(param, lr)
     seen = mask.sum().clamp_min(1)
     for _ in range(iters):
         v = torch.view_as_complex(param)
@@ -112,10 +112,26 @@ def refine(net: SadirModel, v_hat: torch.Tensor, sparse: torch.Tensor, mask: tor
         dice = soft_dice(mask * moved, mask * sparse).mean()
         pull = net.shooting.energy(v - anchor).mean() / net.atlas[0, 0].numel()
         loss = ssd + 1 - dice + prior * pull
-        opt.zero_grad()
+        param.grad = None
         loss.backward()
-        opt.step()
+        step()
     return torch.view_as_complex(param.detach())
+
+
+def adam_step(param: torch.Tensor, lr: float):
+    """``torch.optim.Adam([param], lr=lr).step`` (defaults; the same update function, bit for bit) without building
+    the optimizer: ``Optimizer.__init__`` imports ``torch._dynamo``, 1-2.5 s of a 20-step CPU refinement."""
+    from torch.optim.adam import adam
+
+    moments = torch.zeros_like(param), torch.zeros_like(param)
+    count = torch.tensor(0.0, dtype=torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+
+    def step() -> None:
+        with torch.no_grad():
+            adam([param], [param.grad], [moments[0]], [moments[1]], [], [count], amsgrad=False, beta1=0.9,
+                 beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)  # fmt: skip
+
+    return step
 
 
 def _load(model) -> SadirModel:
