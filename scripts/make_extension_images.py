@@ -10,14 +10,19 @@
   coloured early (septum) to late (lateral wall), as the module's output looks.
 - ``CardiacDiffusion/SyntheticData/Resources/Icons/SyntheticData.png``: noise on the left turning into
   a labelled CT heart slice on the right (the CT label colours of ``slicer_adapter.synthetic``).
+- ``CardiacDiffusion/Reconstruction/Resources/Icons/Reconstruction.png``: a stack of short-axis slices
+  (LV cavity, myocardium, RV) narrowing from base to apex, in the project's label colours.
 - ``docs/screenshot.png``: a real run on MR phantom subject 0 (the Lib in this process): SAX slices
   with their labels, the 4ch LAX plane with the labels each method reconstructed, and the LAX Dice
-  table (``CardiacDiffusionLib.report.write_report``).
+  table (``CardiacDiffusionLib.report.report_figure``), saved with a 256-colour palette (small catalog image).
+
+All label colours come from ``labels.MR_LABEL_COLORS`` and ``slicer_adapter.synthetic.CT_COLORS``, as in Slicer.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import matplotlib
@@ -27,12 +32,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Circle, PathPatch  # noqa: E402
 from matplotlib.path import Path as MplPath  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ICON = ROOT / "Resources" / "Icons" / "CardiacDiffusion.png"
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 ACTIVATION_ICON = ROOT / "CardiacDiffusion" / "ActivationMap" / "Resources" / "Icons" / "ActivationMap.png"
 SYNTHETIC_ICON = ROOT / "CardiacDiffusion" / "SyntheticData" / "Resources" / "Icons" / "SyntheticData.png"
+RECONSTRUCTION_ICON = ROOT / "CardiacDiffusion" / "Reconstruction" / "Resources" / "Icons" / "Reconstruction.png"
 ICON_SIZE = 128
 
 
@@ -144,23 +151,63 @@ def draw_synthetic_icon(path: Path = SYNTHETIC_ICON, size: int = ICON_SIZE) -> P
     return path
 
 
+def draw_reconstruction_icon(path: Path = RECONSTRUCTION_ICON, size: int = ICON_SIZE) -> Path:
+    """Short-axis slices seen from above, base (top) to apex: myocardium ring, LV cavity, RV at the septum's side."""
+    from matplotlib.patches import Ellipse
+
+    from CardiacDiffusionLib.labels import MR_LABEL_COLORS as colours
+
+    fig = plt.figure(figsize=(size / 100, size / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    edge = {"ec": (1, 1, 1, 0.9), "lw": 0.8}
+    for k in range(5, -1, -1):  # apex first, so each slice nearer the base lies on top
+        cx, cy, width = 0.58, 0.84 - 0.13 * k, 0.66 - 0.09 * k
+        if k < 4:  # the RV ends above the apex
+            rv = Ellipse((cx - 0.36 * width, cy), 0.75 * width, 0.16, fc=colours["RV"], **edge, zorder=3 * (6 - k))
+            ax.add_patch(rv)
+        ax.add_patch(Ellipse((cx, cy), width, 0.2, fc=colours["MYO"], **edge, zorder=3 * (6 - k) + 1))
+        ax.add_patch(Ellipse((cx, cy), 0.58 * width, 0.11, fc=colours["LV"], lw=0, zorder=3 * (6 - k) + 2))
+    ax.add_patch(Ellipse((0.58, 0.84 - 0.13 * 6.2), 0.07, 0.035, fc=colours["MYO"], **edge))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, transparent=True, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def save_palette_png(fig, path: Path, colours: int = 256, dpi: int = 150) -> Path:
+    """``fig`` as an 8-bit palette PNG (a third of the RGBA file: catalog images stay small), at the report's dpi."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    image = Image.open(buffer).convert("RGB")
+    image.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+    return Path(path)
+
+
 def make_screenshot(path: Path = SCREENSHOT, seed: int = 0, matrix: int = 128, view: str = "4ch") -> dict:
-    """Reconstruct phantom ``seed`` with the classical methods and write the report figure; returns its table."""
+    """Reconstruct phantom ``seed`` with each method (dmcvr: the shipped model, CPU) and write the report figure;
+    returns its table."""
     from CardiacDiffusionLib.phantoms.scanner import make_subject
     from CardiacDiffusionLib.reconstruction.lax_check import lax_dice
     from CardiacDiffusionLib.reconstruction.volume import reconstruct
-    from CardiacDiffusionLib.report import write_report
+    from CardiacDiffusionLib.report import report_figure
 
     subject = make_subject(seed=seed, matrix=matrix)
     volumes, table = {}, {}
-    for method in ("shape", "linear", "nearest"):
-        labels = reconstruct(subject.sax, method, 1.0).labels
+    for method in ("nearest", "linear", "shape", "dmcvr"):
+        labels = reconstruct(subject.sax, method, 1.0, **({"device": "cpu"} if method == "dmcvr" else {})).labels
         volumes[method] = labels
         table[f"{method} ({view})"] = lax_dice(labels, subject.lax_labels[view], view)
-    write_report(
-        Path(path), subject.sax, subject.lax[view], subject.lax_labels[view], volumes, table,
-        title=f"CardiacDiffusion: MR phantom {seed}, SAX stack reconstructed to 1 mm, checked on the {view} LAX plane",
+    fig = report_figure(
+        subject.sax, subject.lax[view], subject.lax_labels[view], volumes, table,
+        title=f"CardiacDiffusion: MR phantom {seed}, SAX stack to 1 mm, checked on the {view} LAX plane",
     )  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_palette_png(fig, Path(path))
+    plt.close(fig)
     return table
 
 
@@ -175,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "module-icons"):
         print(f"wrote {draw_activation_icon()}")
         print(f"wrote {draw_synthetic_icon()}")
+        print(f"wrote {draw_reconstruction_icon()}")
     if args.only in (None, "screenshot"):
         table = make_screenshot(args.screenshot)
         print(f"wrote {args.screenshot}: " + "; ".join(f"{k} LV {v['LV']:.3f}" for k, v in table.items()))

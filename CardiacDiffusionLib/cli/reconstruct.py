@@ -145,12 +145,15 @@ def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:
     defaults filled in), the model (dmcvr: name, version, sha256) and the output grid."""
     settings, model = {"spacing_mm": args.spacing}, {}
     if args.method == "dmcvr":
-        from ..dmcvr.reconstruction import DEFAULT_SHAPE_PRIOR, DEFAULT_STEPS, DEFAULT_STRENGTH, default_model_name
+        from ..dmcvr.reconstruction import (
+            DEFAULT_SHAPE_PRIOR, DEFAULT_STEPS, DEFAULT_STRENGTH, ROUGHNESS_GUARD, default_model_name,
+        )  # fmt: skip
         from ..models.store import model_provenance
 
         defaults = {"steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "shape_prior": DEFAULT_SHAPE_PRIOR,
                     "model": default_model_name(), "device": "auto"}  # fmt: skip
         settings.update({k: options[k] if options.get(k) is not None else v for k, v in defaults.items()})
+        settings["roughness_guard"] = ROUGHNESS_GUARD  # a rough generated crop decoded again (docs/models/dmcvr.md)
         model = {"model": model_provenance(settings["model"])}
     image = result.image
     return {

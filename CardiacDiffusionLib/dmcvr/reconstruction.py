@@ -25,6 +25,13 @@ on the real dropped slices: MYO Dice 0.897, on generated ones 0.792); the acquir
 interpolated are the other source, and the blend is better than either (docs/models/dmcvr.md).
 With w < 0.5 the prior cannot overrule a confident network.
 
+Roughness guard (``guard``, default ``ROUGHNESS_GUARD``): the slerp of two fully inverted x_T codes that
+are not close to independent (angle well below 90 deg: clean, similar neighbours) is a code this small model
+decodes into a noisy texture with the wall washed out (MR phantom 0's basal half), which the net then
+under-labels. A decoded crop whose mean absolute pixel difference is more than ``guard`` times its acquired
+neighbours' (weighted by position) is decoded again from the nearer neighbour's x_T, z_sem and morphology
+still interpolated.
+
 ``strength=1`` (the default) is the paper's full inversion to x_T. ``strength`` < 1 inverts only
 the first ``strength`` of the diffusion schedule (to x_t with t < strength T, as SDEdit-style
 partial inversion): the CPU-trained models up to v0.3 could not decode a clean slice from the slerp
@@ -70,6 +77,10 @@ DEFAULT_SHAPE_PRIOR = 0.4
 #: a smaller field of view cannot show a whole heart (LV + RV span ~100 mm in short axis); the model's crop is 144 mm
 MIN_VIEW_MM = 60.0
 SHAPE_PRIOR_SIGMA_PX = 1.0
+#: a generated crop rougher than this times its acquired neighbours (position-weighted) is decoded again from the
+#: nearer neighbour's x_T (z_sem and morphology still interpolated); inf = off. Chosen on ACDC 041-060 and MR phantoms
+#: 20-29 (and 20-24 at noise 0.02; 1.1-2.0: the lowest that lost nowhere there; docs/models/dmcvr.md, try_dmcvr_guard.py)
+ROUGHNESS_GUARD = 1.2
 
 
 def default_model_name() -> str:
@@ -124,8 +135,10 @@ def normalisation(pixels: np.ndarray, percentile: float = CLIP_PERCENTILE) -> tu
 def _fill(
     model: DMCVRModel, crops: torch.Tensor, positions: np.ndarray, targets: np.ndarray, steps: int, strength: float,
     batch_size: int, progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
+    guard: float = np.inf,
 ) -> torch.Tensor:  # fmt: skip
-    """Crops at the targets: acquired ones copied, the others decoded from interpolated latents, in batches."""
+    """Crops at the targets: acquired ones copied, the others decoded from interpolated latents, in batches
+    (``guard``: :data:`ROUGHNESS_GUARD`)."""
     lo, hi, w = interpolation_plan(positions, targets)
     todo = np.nonzero(lo != hi)[0]
     out = crops[torch.as_tensor(lo)].clone()
@@ -153,8 +166,29 @@ def _fill(
     flat = torch.cat([t.flatten(1) for t in mixed], 1)
     decoded = run_batched(lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, tick, cancel),
                           flat, batch_size, model.device)  # fmt: skip
+    if np.isfinite(guard):  # a decode much rougher than its neighbours: again from the nearer neighbour's x_T
+        redo = np.nonzero(roughness_ratio(decoded, crops[torch.as_tensor(lo[todo])], crops[torch.as_tensor(hi[todo])], w[todo]) > guard)[0]
+        if len(redo):
+            near = torch.as_tensor(np.where(w[todo][redo] <= 0.5, ia[redo].numpy(), ib[redo].numpy()))
+            again = Latents(mixed.z_sem[redo], mixed.morph[redo], lat.x_T[near])
+            flat = torch.cat([t.flatten(1) for t in again], 1)
+            decoded[torch.as_tensor(redo)] = run_batched(
+                lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, None, cancel),
+                flat, batch_size, model.device)  # fmt: skip
     out[torch.as_tensor(todo)] = decoded
     return out
+
+
+def roughness(images: torch.Tensor) -> np.ndarray:
+    """Mean absolute difference of neighbouring pixels (rows and columns) of each image (n, 1, h, w)."""
+    x = images[:, 0].float()
+    return ((x[:, 1:] - x[:, :-1]).abs().mean((1, 2)) + (x[:, :, 1:] - x[:, :, :-1]).abs().mean((1, 2))).numpy() / 2
+
+
+def roughness_ratio(decoded: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, w: np.ndarray) -> np.ndarray:
+    """Roughness of each decoded crop over the position-weighted roughness of its two acquired neighbours."""
+    reference = (1 - w) * roughness(lo) + w * roughness(hi)
+    return roughness(decoded) / np.maximum(reference, 1e-6)
 
 
 def _schedule(model: DMCVRModel, strength: float) -> torch.Tensor:
@@ -204,6 +238,7 @@ def dmcvr(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     shape_prior: float | None = None,
+    guard: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels (m, rows, cols) at ``targets`` (mm along the normal) on the stack's own grid.
 
@@ -232,8 +267,11 @@ def dmcvr(
     targets = np.asarray(targets, float)
     for message in input_warnings(stack):
         warnings.warn(QualityWarning(message), stacklevel=2)
+    guard = float(ROUGHNESS_GUARD if guard is None else guard)
+    if not guard > 0:  # NaN too
+        raise InputError(f"dmcvr guard: {guard}; expected a roughness ratio > 0 (e.g. 1.2; inf = off)")
     options = dict(steps=steps, strength=strength, batch_size=batch_size, progress=progress, cancel=cancel,
-                   shape_prior=shape_prior)  # fmt: skip
+                   shape_prior=shape_prior, guard=guard)  # fmt: skip
     by_anatomy = anatomy_says_normal_points_to_apex(stack)  # true geometry decides before any localisation
     view = None if by_anatomy is False else _View.of(net, stack, size, spacing, batch_size)
     if view is not None and (by_anatomy or view.points_to_apex()):
@@ -335,7 +373,7 @@ class _View:
         return normal_points_to_apex(self.stack, labels=self.slice_labels()[0])
 
 
-def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size, progress, cancel, shape_prior):  # fmt: skip
+def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size, progress, cancel, shape_prior, guard):  # fmt: skip
     """:func:`dmcvr` (arguments resolved there) on a stack whose normal points base -> apex."""
     stack, pixels, labels, lo, hi = view.stack, view.pixels, view.labels, view.lo, view.hi
     given = labels is not None
@@ -344,7 +382,7 @@ def _generate(net: DMCVRModel, view: _View, targets, steps, strength, batch_size
     frame, crops = view.crops(angle)
     if given:
         labels = view.filled_labels(net, frame, crops, batch_size)
-    out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel)
+    out = _fill(net, crops, stack.positions, targets, steps, strength, batch_size, progress, cancel, guard)
 
     probs = class_probs(net, out, batch_size)
     acquired_probs = None  # without given labels: the net's, of the crops used (unturned: already at hand)
