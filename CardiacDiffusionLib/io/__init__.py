@@ -6,24 +6,11 @@ The names below are imported from their module on first use: a command reading N
 pydicom, h5py or scikit-image.
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_names
 
-_MODULES = {
+__all__, __getattr__, __dir__ = lazy_names(__name__, {
     "acdc": ("NOMINAL_SPACING", "acdc_split", "list_acdc", "read_acdc"),
     "contours": ("contour_mask", "contour_points_lps", "read_contour", "sunnybrook_labels"),
     "dicom": ("dicom_phases", "read_dicom_stack", "scan_dicom"),
     "volumes": ("read_image", "read_labels", "read_stack", "write_image"),
-}
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+})

@@ -4,25 +4,12 @@ Definitions, units, HD95 variants and the empty-mask convention: docs/METRICS.md
 from their module on first use (``overlap`` alone loads neither SciPy nor scikit-image).
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_names
 
-_MODULES = {
+__all__, __getattr__, __dir__ = lazy_names(__name__, {
     "image": ("psnr", "ssim"),
     "overlap": ("dice", "jaccard", "per_label", "rvd_percent", "voe_percent"),
     "paired": ("paired_difference",),
     "surface": ("DEFAULT_HD95_VARIANT", "HD95_VARIANTS", "SurfaceDistances", "asd", "assd", "hd", "hd95",
                 "surface_distances", "surface_distances_from_images"),
-}  # fmt: skip
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+})  # fmt: skip
