@@ -9,6 +9,7 @@ baseline measured in the same run (``baseline_time_over_case_time`` > 1: the cas
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import platform
@@ -64,6 +65,7 @@ def measure(
     _sync(device)
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    gc.collect()  # garbage freed during the timed runs would lower RSS under the mark and hide their peak
     rss_before = _proc_status_mib("VmRSS")
     reset = _reset_peak_rss()
     times = []
