@@ -184,22 +184,26 @@ def update_atlas(
             "atlas_genus": float(shape["genus"]), "atlas_components": float(shape["components"])}  # fmt: skip
 
 
+#: the model section's keys that SadirTask.build_model takes itself (the rest are SadirModel's DEFAULTS)
+TRAINING_DEFAULTS = {"reg": 1e-6, "atlas_steps": [], "atlas_subjects": 32, "atlas_iters": 30, "atlas_lr": 0.03,
+                     "fine_weight": 0.0, "atlas_dir": None, "atlas_from": None}  # fmt: skip
+
+
 class SadirTask(Task):
     architecture = ARCHITECTURE
-    #: the model's DEFAULTS and the keys build_model takes itself (None: untyped)
-    model_signature = {**DEFAULTS, "reg": 1e-6, "atlas_steps": [], "atlas_subjects": 32, "atlas_iters": 30,
-                       "atlas_lr": 0.03, "fine_weight": 0.0, "atlas_dir": None, "atlas_from": None}  # fmt: skip
+    model_signature = {**DEFAULTS, **TRAINING_DEFAULTS}  # None: untyped
     data_signature = PhantomMyocardium
 
     def build_model(self, config: dict) -> nn.Module:
         config = dict(config)
-        atlas_dir = config.pop("atlas_dir", None) or shipped_registry_path().parent / "atlas"  # checkout or install
-        self.reg = float(config.pop("reg", 1e-6))
-        self.atlas_steps = {int(s) for s in config.pop("atlas_steps", [])}  # empty: the atlas stays fixed
-        self.atlas_subjects = int(config.pop("atlas_subjects", 32))
-        self.atlas_iters, self.atlas_lr = int(config.pop("atlas_iters", 30)), float(config.pop("atlas_lr", 0.03))
-        self.fine_weight = float(config.pop("fine_weight", 0.0))  # loss on the output-size deformed atlas too
-        atlas_from = config.pop("atlas_from", None)  # a stored SADIR model whose (learned) atlas starts training
+        own = {k: config.pop(k, default) for k, default in TRAINING_DEFAULTS.items()}
+        atlas_dir = own["atlas_dir"] or shipped_registry_path().parent / "atlas"  # checkout or install
+        self.reg = float(own["reg"])
+        self.atlas_steps = {int(s) for s in own["atlas_steps"]}  # empty: the atlas stays fixed
+        self.atlas_subjects = int(own["atlas_subjects"])
+        self.atlas_iters, self.atlas_lr = int(own["atlas_iters"]), float(own["atlas_lr"])
+        self.fine_weight = float(own["fine_weight"])  # loss on the output-size deformed atlas too
+        atlas_from = own["atlas_from"]  # a stored SADIR model whose (learned) atlas starts training
         self.first_seed, self.packed = 0, None
         self.subjects_: list[dict] | None = None
         self.model_config_ = config
@@ -278,10 +282,14 @@ class SadirTask(Task):
 
 
 # --- baseline: a plain 3D UNet mapping [sparse slices, mask] to the myocardium -----------------------
+#: the 3D UNet baseline's settings
+UNET_DEFAULTS = {"channels": [16, 32, 64, 128], "num_res_units": 1}
+
+
 def build_unet(config: dict) -> nn.Module:
-    channels = tuple(config.get("channels", (16, 32, 64, 128)))
-    return UNet(spatial_dims=3, in_channels=2, out_channels=1, channels=channels,
-                strides=(2,) * (len(channels) - 1), num_res_units=int(config.get("num_res_units", 1)))  # fmt: skip
+    channels = tuple(config.get("channels", UNET_DEFAULTS["channels"]))
+    return UNet(spatial_dims=3, in_channels=2, out_channels=1, channels=channels, strides=(2,) * (len(channels) - 1),
+                num_res_units=int(config.get("num_res_units", UNET_DEFAULTS["num_res_units"])))  # fmt: skip
 
 
 register_architecture(UNET_ARCHITECTURE, build_unet)
@@ -289,7 +297,7 @@ register_architecture(UNET_ARCHITECTURE, build_unet)
 
 class UNetTask(Task):
     architecture = UNET_ARCHITECTURE
-    model_signature, data_signature = {"channels": [16, 32, 64, 128], "num_res_units": 1}, PhantomMyocardium
+    model_signature, data_signature = UNET_DEFAULTS, PhantomMyocardium
 
     def build_model(self, config: dict) -> nn.Module:
         return build_unet(config)
