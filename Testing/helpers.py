@@ -75,3 +75,29 @@ def load_panel(name: str, monkeypatch, scene):
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
     return loaded
+
+
+def lma_phantom_files(folder: Path):
+    """(folder, case): the activation phantom 0 (one slab per slice) with its labels as ``labels.nii.gz`` and its
+    strain as ``strain.npy`` in ``folder`` (11 slices, 9 with myocardium)."""
+    from CardiacDiffusionLib.activation.phantom_case import PhantomCase
+
+    case = PhantomCase(0, 1)
+    sitk.WriteImage(case.stack.to_image(labels=True), str(folder / "labels.nii.gz"))
+    np.save(folder / "strain.npy", case.strain)
+    return folder, case
+
+
+def lbbb_stack_and_tos(folder: Path):
+    """(labelled SAX stack of MR phantom 0: 11 slices, 96 x 96 pixels of 2 mm, 10 mm apart; ``folder/tos.csv``, an
+    LBBB pattern on its LV frame)."""
+    from CardiacDiffusionLib.activation.sectors import lv_frame
+    from CardiacDiffusionLib.activation.tos import write_tos_csv
+    from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
+    from CardiacDiffusionLib.phantoms.mr import MRPhantom
+    from CardiacDiffusionLib.phantoms.scanner import acquire_sax
+
+    stack = acquire_sax(MRPhantom(0), noise_sigma=0.0, sub_planes=1, matrix=96, pixel_mm=2.0)
+    frame = lv_frame(stack)
+    tos = np.maximum(ActivationPhantom(3, "lbbb").sector_tos(len(frame.slices), 18), 17.0)
+    return stack, write_tos_csv(folder / "tos.csv", dict(zip(frame.slices.tolist(), tos)))

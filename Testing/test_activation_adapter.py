@@ -14,13 +14,10 @@ import SimpleITK as sitk
 
 from CardiacDiffusionLib.activation.pipeline import run_lma
 from CardiacDiffusionLib.activation.sectors import lv_frame
-from CardiacDiffusionLib.activation.tos import write_tos_csv
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
-from CardiacDiffusionLib.phantoms.mr import MRPhantom
-from CardiacDiffusionLib.phantoms.scanner import acquire_sax
 from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
-from helpers import load_panel
+from helpers import lbbb_stack_and_tos, load_panel
 
 pytestmark = pytest.mark.mrml
 
@@ -46,10 +43,7 @@ def lma_cli(tmp_path, monkeypatch) -> str:
 def case(tmp_path_factory):
     """(labelled SAX stack, TOS csv of an LBBB pattern on its LV frame, a bad csv)."""
     folder = tmp_path_factory.mktemp("lma")
-    stack = acquire_sax(MRPhantom(0), noise_sigma=0.0, sub_planes=1, matrix=96, pixel_mm=2.0)
-    frame = lv_frame(stack)
-    tos = np.maximum(ActivationPhantom(3, "lbbb").sector_tos(len(frame.slices), 18), 17.0)
-    good = write_tos_csv(folder / "tos.csv", dict(zip(frame.slices.tolist(), tos)))
+    stack, good = lbbb_stack_and_tos(folder)
     bad = folder / "bad.csv"
     bad.write_text("slice,sector,tos_ms\n" + "".join(f"1,{s},{400 if s == 3 else 50}\n" for s in range(1, 19)))
     return stack, good, bad

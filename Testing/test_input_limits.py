@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from CardiacDiffusionLib.cli.main import main
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.reconstruction.volume import output_bytes
 from CardiacDiffusionLib.utils.device import available_memory, run_batched
+from helpers import lma_phantom_files
 
 ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc"
 H5 = ACDC / "patient001_frame01.h5"
@@ -160,13 +160,7 @@ def test_a_huge_batch_is_one_batch_with_the_same_result():
 @pytest.fixture(scope="module")
 def lma_inputs(tmp_path_factory):
     """The activation phantom's labels (11 slices, 9 with myocardium) and strain, as files."""
-    from CardiacDiffusionLib.activation.phantom_case import PhantomCase
-
-    case = PhantomCase(0, 1)
-    folder = tmp_path_factory.mktemp("lma")
-    sitk.WriteImage(case.stack.to_image(labels=True), str(folder / "labels.nii.gz"))
-    np.save(folder / "strain.npy", case.strain)
-    return folder, case
+    return lma_phantom_files(tmp_path_factory.mktemp("lma"))
 
 
 @pytest.mark.parametrize("point, where", [

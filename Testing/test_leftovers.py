@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from CardiacDiffusionLib.cli.main import main
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.training import load_config, train
 from CardiacDiffusionLib.training.checkpoint import list_checkpoints, save_checkpoint
+from helpers import lma_phantom_files
 
 TOY = {"task": "toy", "device": "cpu", "data": {"size": 32},
        "train": {"steps": 4, "batch_size": 8, "ema_decay": 0, "checkpoint_every": 1}}  # fmt: skip
@@ -103,13 +103,7 @@ def test_checkpoints_and_models_follow_the_umask_like_the_other_outputs(umask, t
 # ---- (4) a base/apex point outside the SAX image -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lma_case(tmp_path_factory):
-    from CardiacDiffusionLib.activation.phantom_case import PhantomCase
-
-    case = PhantomCase(0, 1)
-    folder = tmp_path_factory.mktemp("lma")
-    sitk.WriteImage(case.stack.to_image(labels=True), str(folder / "labels.nii.gz"))
-    np.save(folder / "strain.npy", case.strain)
-    return folder, case
+    return lma_phantom_files(tmp_path_factory.mktemp("lma"))
 
 
 def _digest(path: Path) -> str:

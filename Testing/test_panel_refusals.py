@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from CardiacDiffusionLib.activation.sectors import lv_frame
-from CardiacDiffusionLib.activation.tos import write_tos_csv
 from CardiacDiffusionLib.errors import InputError
-from CardiacDiffusionLib.phantoms.activation import ActivationPhantom
-from CardiacDiffusionLib.phantoms.mr import MRPhantom
-from CardiacDiffusionLib.phantoms.scanner import acquire_sax
 from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
+from helpers import lbbb_stack_and_tos
 
 pytestmark = pytest.mark.mrml
 
@@ -25,11 +21,7 @@ pytestmark = pytest.mark.mrml
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """(labelled SAX stack of 11 slices, 96 x 96 pixels of 2 mm, 10 mm apart; a TOS csv of an LBBB pattern)."""
-    folder = tmp_path_factory.mktemp("panel")
-    stack = acquire_sax(MRPhantom(0), noise_sigma=0.0, sub_planes=1, matrix=96, pixel_mm=2.0)
-    frame = lv_frame(stack)
-    tos = np.maximum(ActivationPhantom(3, "lbbb").sector_tos(len(frame.slices), 18), 17.0)
-    return stack, write_tos_csv(folder / "tos.csv", dict(zip(frame.slices.tolist(), tos)))
+    return lbbb_stack_and_tos(tmp_path_factory.mktemp("panel"))
 
 
 def in_panel_terms(text: str, job) -> str:
