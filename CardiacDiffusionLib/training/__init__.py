@@ -3,17 +3,9 @@
 The runner and tasks (torch) load on first use, so ``cardiac-diffusion --help`` does not import torch.
 """
 
-from .config import load_config, parse_overrides
+from ..utils.lazy import lazy_names
+from .config import load_config as load_config, parse_overrides as parse_overrides  # eager: torch-free
 
-_LAZY = {"TrainResult": "runner", "train": "runner", "Task": "task", "get_task": "task", "register_task": "task"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["Task", "TrainResult", "get_task", "load_config", "parse_overrides", "register_task", "train"]
+_lazy, __getattr__, __dir__ = lazy_names(__name__, {"runner": ("TrainResult", "train"),
+                                                    "task": ("Task", "get_task", "register_task")})  # fmt: skip
+__all__ = sorted([*_lazy, "load_config", "parse_overrides"])
