@@ -242,7 +242,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
-        shape_prior=None, label_numbering="project", model=None, frames=None,
+        shape_prior=None, label_numbering="project", model=None, frames=None, roughness_guard=None,
     ):  # fmt: skip
         """Reconstruct ``sax_volume`` (a cine's proxy node: the frame its browser shows, said in ``.frames``).
 
@@ -254,23 +254,25 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
         volume nodes, "project" (1 LV cavity, 2 LV myocardium, 3 RV cavity) or "acdc" (1 RV, 2 MYO, 3 LV);
         segmentations are read by segment name. ``model`` (dmcvr): a registered model name or a .safetensors
-        file (None: the shipped one). ``frames`` ("all" or 0-based item numbers of a cine whose proxy node is
-        ``sax_volume``; ``sax_labels`` then the proxy of a label sequence in its browser, or None): each frame is
-        reconstructed into new volume sequences that join the cine's browser; returns a ``FramesResult``
-        (``.volumes``, ``.labels``, ``.frames``, ``.warnings``) or the running ``FramesJob``.
+        file (None: the shipped one). ``roughness_guard`` (dmcvr, a ratio > 0; inf or "off": off; None: the library
+        default, 1.2; not on the panel): a generated crop rougher than that times its acquired neighbours is decoded
+        again from the nearer one's code (``--roughness-guard``). ``frames`` ("all" or 0-based item numbers of a
+        cine whose proxy node is ``sax_volume``; ``sax_labels`` then the proxy of a label sequence in its browser,
+        or None): each frame is reconstructed into new volume sequences that join the cine's browser; returns a
+        ``FramesResult`` (``.volumes``, ``.labels``, ``.frames``, ``.warnings``) or the running ``FramesJob``.
         """
         if frames is not None:
             job = FramesJob(
                 slicer.mrmlScene, sax_volume, frames, sax_labels, method=method, spacing=spacing, steps=steps,
                 device=device, shape_prior=shape_prior, label_numbering=label_numbering, model=model,
-                lax_label_nodes=[n for n in lax_label_nodes if n is not None], output_volume=output_volume,
-                output_segmentation=output_segmentation,
+                roughness_guard=roughness_guard, lax_label_nodes=[n for n in lax_label_nodes if n is not None],
+                output_volume=output_volume, output_segmentation=output_segmentation,
             )  # fmt: skip
         else:
             job = ReconstructionJob(
                 slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
                 steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
-                shape_prior=shape_prior, label_numbering=label_numbering, model=model,
+                shape_prior=shape_prior, label_numbering=label_numbering, model=model, roughness_guard=roughness_guard,
             )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..utils.jsonfile import dumps, loads_strict
 from .common import output_file, write_json_file
+from .reconstruct import add_roughness_guard, guard_setting, roughness_guard
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps for dmcvr (default auto)")
     g.add_argument("--model", help="dmcvr model name or .safetensors (default: the shipped one)")
     g.add_argument("--shape-prior", type=float, help="dmcvr: weight of the shape prior in generated labels (default 0.4)")
+    add_roughness_guard(g)
     g.add_argument("--no-labels", action="store_true",
                    help="remove the kept slices' labels: dmcvr segments them itself; the other methods are scored "
                         "on images only (their Dice is null)")  # fmt: skip
@@ -60,7 +62,7 @@ def parse_range(text: str | None):
 
 #: the dmcvr-only options of `evaluate gap` (argument name: keyword of the dmcvr method)
 DMCVR_OPTIONS = {"steps": "steps", "device": "device", "model": "model", "strength": "strength",
-                 "shape_prior": "shape_prior"}  # fmt: skip
+                 "shape_prior": "shape_prior", "roughness_guard": "guard"}  # fmt: skip
 
 
 def check_methods(methods: list[str], args: argparse.Namespace) -> dict:
@@ -80,7 +82,16 @@ def check_methods(methods: list[str], args: argparse.Namespace) -> dict:
         given = ", ".join(f"--{name.replace('_', '-')}" for name in only_dmcvr)
         raise InputError(f"{given}: only dmcvr uses these, and --methods {' '.join(methods)} has no dmcvr; "
                          "add dmcvr or leave the option out")  # fmt: skip
+    if "guard" in dmcvr:  # a ratio > 0 or off, refused by the option's name before any work
+        dmcvr["guard"] = roughness_guard(dmcvr["guard"])
     return dmcvr
+
+
+def dmcvr_settings(dmcvr: dict) -> dict:
+    """dmcvr's options as the table's settings record them: by option name, the roughness guard as a ratio or "off"
+    (strict JSON has no Infinity)."""
+    names = {key: name for name, key in DMCVR_OPTIONS.items()}
+    return {names[k]: guard_setting(v) if k == "guard" else v for k, v in dmcvr.items()}
 
 
 def read_volumes(folders: list[Path], patients: str | None, limit: int | None) -> list:
@@ -129,7 +140,7 @@ def run_gap(args: argparse.Namespace) -> int:
                           kept_labels=not args.no_labels, per_volume=args.per_volume)  # fmt: skip
     settings = {"command": "evaluate gap", "data": [str(f) for f in folders], "patients": args.patients,
                 "limit": args.limit, "methods": list(args.methods), "kept_labels": not args.no_labels,
-                "dmcvr": dmcvr if "dmcvr" in args.methods else None, "volumes": names}  # fmt: skip
+                "dmcvr": dmcvr_settings(dmcvr) if "dmcvr" in args.methods else None, "volumes": names}  # fmt: skip
     table = {"settings": settings, **scored}
     if "dmcvr" in table:  # which model made the dmcvr rows: name, version, sha256
         from ..dmcvr.reconstruction import default_model_name

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Callable
 
 from ..errors import InputError, quality_warnings
 from .common import (
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="dmcvr: model name or .safetensors (default the shipped one)")
     p.add_argument("--shape-prior", type=float,
                    help="dmcvr: weight 0..<1 of the shape-interpolated acquired labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
+    add_roughness_guard(p)
     p.add_argument("--phase", type=int,
                    help="cine input: cardiac phase index, 0-based (default 0: the first stored, not always ED; "
                         "`inspect` lists them)")  # fmt: skip
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
-    dmcvr_only = [f"--{k.replace('_', '-')}" for k in ("steps", "strength", "model", "shape_prior")
+    dmcvr_only = [f"--{k.replace('_', '-')}" for k in ("steps", "strength", "model", "shape_prior", "roughness_guard")
                   if getattr(args, k) is not None]  # fmt: skip
     if dmcvr_only and args.method != "dmcvr":
         raise InputError(f"{', '.join(dmcvr_only)}: options of --method dmcvr; {args.method} has none (leave them out)")
@@ -79,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     if args.method == "dmcvr":
         options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
-                   "shape_prior": args.shape_prior}  # fmt: skip
+                   "shape_prior": args.shape_prior, "guard": args.roughness_guard}  # fmt: skip
     progress = json_progress(args)
     if progress is not None and args.method == "dmcvr":  # the other methods take a fraction of a second
-        options["progress"] = lambda k, total: progress(k / total, f"dmcvr: DDIM step {k}/{total} (encode, then decode)")
+        options["progress"] = _dmcvr_progress(progress)
     with quality_warnings() as said:  # a result that may be wrong: said, and kept in geometry.json
         result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
     if lax and result.labels is None:
@@ -116,15 +119,58 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_roughness_guard(parser: argparse.ArgumentParser) -> None:
+    """``--roughness-guard RATIO|off`` (read by :func:`roughness_guard`; ``reconstruct`` and ``evaluate gap``)."""
+    parser.add_argument("--roughness-guard", metavar="RATIO|off",
+                        help="dmcvr: a generated crop rougher than RATIO times its acquired neighbours is decoded "
+                             "again from the nearer one's code (default 1.2; off or inf: never)")  # fmt: skip
+
+
+def roughness_guard(text: str | None, option: str = "--roughness-guard") -> float | None:
+    """The guard ratio typed for ``option``: None when not given, inf for off/inf, else a number > 0; anything else
+    is an InputError naming the option (before any work)."""
+    if text is None:
+        return None
+    word = str(text).strip().lower()
+    try:
+        value = math.inf if word == "off" else float(word)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # NaN, 0, negative, -inf, not a number
+        raise InputError(f"{option} {text}: give a roughness ratio above 0 (default 1.2: a generated crop rougher than "
+                         "1.2 times its acquired neighbours is decoded again), or off (or inf) to switch it off")  # fmt: skip
+    return value
+
+
+def guard_setting(value: float) -> float | str:
+    """The guard as the JSON files record it: the ratio, or "off" (strict JSON has no Infinity)."""
+    return "off" if math.isinf(value) else float(value)
+
+
+def _dmcvr_progress(progress: Callable[[float, str], None]) -> Callable[[int, int], None]:
+    """dmcvr's ``progress(k, total)`` as JSON progress lines; when the roughness guard re-decodes crops, total grows
+    once (the fraction drops once, k never does) and the message says why."""
+    planned: list[int] = []
+
+    def say(k: int, total: int) -> None:
+        planned[:] = planned or [total]
+        why = "encode, then decode" if total == planned[0] else "rough crops decoded again: roughness guard"
+        progress(k / total, f"dmcvr: DDIM step {k}/{total} ({why})")
+
+    return say
+
+
 def _check_dmcvr_numbers(args: argparse.Namespace) -> None:
-    """dmcvr's --strength, --shape-prior and --steps refused by their option's name before any work (the library
-    said 'dmcvr steps: 100000' after reading the input); --steps' limit is the model's schedule at --strength."""
+    """dmcvr's --strength, --shape-prior, --roughness-guard and --steps refused by their option's name before any
+    work (the library said 'dmcvr steps: 100000' after reading the input); --steps' limit is the model's schedule at
+    --strength. ``args.roughness_guard`` becomes the ratio (inf: off) or stays None."""
     if args.strength is not None and not 0 < args.strength <= 1:
         raise InputError(f"--strength {args.strength}: give the fraction of the diffusion schedule inverted, "
                          "above 0 and at most 1 (1 = full inversion, the default)")  # fmt: skip
     if args.shape_prior is not None and not 0 <= args.shape_prior < 1:
         raise InputError(f"--shape-prior {args.shape_prior}: give a weight from 0 (the network alone) to below 1 "
                          "(default 0.4)")  # fmt: skip
+    args.roughness_guard = roughness_guard(args.roughness_guard)
     if args.steps is None:
         return
     if args.steps < 1:
@@ -153,7 +199,8 @@ def _provenance(stack, result, args: argparse.Namespace, options: dict) -> dict:
         defaults = {"steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "shape_prior": DEFAULT_SHAPE_PRIOR,
                     "model": default_model_name(), "device": "auto"}  # fmt: skip
         settings.update({k: options[k] if options.get(k) is not None else v for k, v in defaults.items()})
-        settings["roughness_guard"] = ROUGHNESS_GUARD  # a rough generated crop decoded again (docs/models/dmcvr.md)
+        # a rough generated crop decoded again (docs/models/dmcvr.md): the ratio used, or "off"
+        settings["roughness_guard"] = guard_setting(ROUGHNESS_GUARD if options.get("guard") is None else options["guard"])
         model = {"model": model_provenance(settings["model"])}
     image = result.image
     return {

@@ -30,7 +30,8 @@ are not close to independent (angle well below 90 deg: clean, similar neighbours
 decodes into a noisy texture with the wall washed out (MR phantom 0's basal half), which the net then
 under-labels. A decoded crop whose mean absolute pixel difference is more than ``guard`` times its acquired
 neighbours' (weighted by position) is decoded again from the nearer neighbour's x_T, z_sem and morphology
-still interpolated.
+still interpolated. Those decodes are counted in ``progress(k, total)`` and honour ``cancel``: total then grows
+once by their steps, so the fraction drops once; k never decreases and reaches total only at the end (``_StepCount``).
 
 ``strength=1`` (the default) is the paper's full inversion to x_T. ``strength`` < 1 inverts only
 the first ``strength`` of the diffusion schedule (to x_t with t < strength T, as SDEdit-style
@@ -146,17 +147,8 @@ def _fill(
         return out
     need = np.unique(np.concatenate([lo[todo], hi[todo]]))
     row = {int(s): k for k, s in enumerate(need)}
-    enc_batches = int(np.ceil(len(need) / batch_size))
-    total = steps * (enc_batches + int(np.ceil(len(todo) / batch_size)))
-    base = [0]
-
-    def tick(k: int, n: int) -> None:  # DDIM steps over all encode and decode batches
-        if progress:
-            progress(min(base[0] + k, total), total)
-        if k == n:
-            base[0] += n
-
-    parts = run_batched(lambda x: _encode_flat(model, x, steps, strength, tick, cancel), crops[torch.as_tensor(need)],
+    count = _StepCount(progress, steps * (int(np.ceil(len(need) / batch_size)) + int(np.ceil(len(todo) / batch_size))))
+    parts = run_batched(lambda x: _encode_flat(model, x, steps, strength, count.tick, cancel), crops[torch.as_tensor(need)],
                         batch_size, model.device)  # fmt: skip
     lat = _unflatten(model, parts, crops.shape[-2:])
     ia = torch.as_tensor([row[int(s)] for s in lo[todo]])
@@ -164,19 +156,50 @@ def _fill(
     wt = torch.as_tensor(w[todo], dtype=torch.float32)
     mixed = model.interpolate(Latents(*(t[ia] for t in lat)), Latents(*(t[ib] for t in lat)), wt)
     flat = torch.cat([t.flatten(1) for t in mixed], 1)
-    decoded = run_batched(lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, tick, cancel),
+    decoded = run_batched(lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, count.tick, cancel),
                           flat, batch_size, model.device)  # fmt: skip
     if np.isfinite(guard):  # a decode much rougher than its neighbours: again from the nearer neighbour's x_T
         redo = np.nonzero(roughness_ratio(decoded, crops[torch.as_tensor(lo[todo])], crops[torch.as_tensor(hi[todo])], w[todo]) > guard)[0]
         if len(redo):
+            count.grow(steps * int(np.ceil(len(redo) / batch_size)))
             near = torch.as_tensor(np.where(w[todo][redo] <= 0.5, ia[redo].numpy(), ib[redo].numpy()))
             again = Latents(mixed.z_sem[redo], mixed.morph[redo], lat.x_T[near])
             flat = torch.cat([t.flatten(1) for t in again], 1)
             decoded[torch.as_tensor(redo)] = run_batched(
-                lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, None, cancel),
+                lambda f: _decode(model, _unflatten(model, f, crops.shape[-2:]), steps, strength, count.tick, cancel),
                 flat, batch_size, model.device)  # fmt: skip
+    count.finish()
     out[torch.as_tensor(todo)] = decoded
     return out
+
+
+class _StepCount:
+    """``progress(k, total)`` of :func:`_fill`: k = DDIM steps done over all encode, decode and re-decode batches,
+    never decreasing. ``total`` is the planned encode + decode steps; when the roughness guard re-decodes crops it
+    grows once by their steps (:meth:`grow`; the fraction k / total then drops once, e.g. 99 % -> 67 %). k == total
+    is said once, when all is done (:meth:`finish`): the last decode step is said only after the guard decided."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int):
+        self.progress, self.total, self.base, self.shown = progress, total, 0, 0
+
+    def tick(self, k: int, n: int) -> None:
+        """After step k of n of one batch's DDIM loop (a batch retried after out-of-memory repeats steps: not said)."""
+        at = self.base + k
+        if k == n:
+            self.base += n
+        if self.progress is not None and self.shown < at < self.total:
+            self.shown = at
+            self.progress(at, self.total)
+
+    def grow(self, steps: int) -> None:
+        self.total += steps
+        self.shown = min(max(self.shown, self.base), self.total - 1)
+        if self.progress is not None:
+            self.progress(self.shown, self.total)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total)
 
 
 def roughness(images: torch.Tensor) -> np.ndarray:

@@ -43,6 +43,8 @@ MODULE_HINTS = {
     "; `models list` shows them": "; `cardiac-diffusion models list` in a terminal shows them",
     "dmcvr steps:": "DDIM steps:",
     "dmcvr shape_prior:": "Shape prior:",
+    "dmcvr guard:": "roughness_guard:",  # no panel field: ReconstructionLogic.run's keyword
+    "--roughness-guard ": "roughness_guard ",
     "; give the anterior RV insertion on a SAX slice in LPS mm (Slicer shows RAS: negate x and y)":
         "; place the anterior RV insertion on a slice of the SAX image",
     " inside the image's field of view in LPS mm (Slicer shows RAS: negate x and y), or leave --base out":

@@ -39,6 +39,14 @@ class ReconstructionResult:
     frames: list[str] = field(default_factory=list)  # each proxy input's cine frame, e.g. "node 'cine': frame 4 of 25 ..."
 
 
+def _positive_ratio(value) -> bool:
+    """A number above 0 (inf included; no NaN, bool or text): the roughness guard's bound."""
+    try:
+        return not isinstance(value, (bool, str)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "node"
 
@@ -57,7 +65,7 @@ class ReconstructionJob(CLIJob):
         self, scene, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (), method: str = "shape",
         spacing: float = 1.0, steps: int | None = None, device: str = "auto", python: str | None = None,
         output_volume=None, output_segmentation=None, keep_files: bool = False, shape_prior: float | None = None,
-        label_numbering: str = "project", model: str | None = None,
+        label_numbering: str = "project", model: str | None = None, roughness_guard: float | str | None = None,
     ):  # fmt: skip
         if sax_volume is None:
             raise InputError("SAX volume: none selected; choose the SAX stack to reconstruct")
@@ -71,6 +79,10 @@ class ReconstructionJob(CLIJob):
             raise InputError(f"DDIM steps must be at least 1 (or 0 on the panel for the model's default), got {steps}")
         if shape_prior is not None and not 0 <= shape_prior < 1:  # dmcvr()'s own bound, checked before the child starts
             raise InputError(f"shape prior weight must be in [0, 1) (0 = the network's labels alone), got {shape_prior}")
+        if isinstance(roughness_guard, str) and roughness_guard.strip().lower() == "off":
+            roughness_guard = math.inf
+        if roughness_guard is not None and not _positive_ratio(roughness_guard):  # the command's bound, checked here
+            raise InputError(f"roughness_guard must be a ratio above 0 (default 1.2; inf or 'off': off), got {roughness_guard!r}")
         sequences.check_not_proxy(output_volume, "output volume")  # never written into a cine's frame
         sequences.check_not_proxy(output_segmentation, "output segmentation")
         super().__init__(scene, python, keep_files)
@@ -80,6 +92,7 @@ class ReconstructionJob(CLIJob):
         self.lax_label_nodes = [n for n in lax_label_nodes if n is not None]
         self.method, self.spacing, self.steps, self.device = method, float(spacing), steps, device
         self.shape_prior = shape_prior  # dmcvr: weight of shape interpolation in generated labels; None: default
+        self.roughness_guard = None if roughness_guard is None else float(roughness_guard)  # dmcvr; inf: off
         self.model = (model or "").strip() or None  # dmcvr: a registered name or a .safetensors file; None: shipped
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
         self.title = f"{method} reconstruction"
@@ -96,6 +109,9 @@ class ReconstructionJob(CLIJob):
             arguments += ["--steps", str(int(self.steps))]
         if self.shape_prior is not None and self.method == "dmcvr":
             arguments += ["--shape-prior", repr(float(self.shape_prior))]
+        if self.roughness_guard is not None and self.method == "dmcvr":
+            guard = self.roughness_guard
+            arguments += ["--roughness-guard", "off" if math.isinf(guard) else repr(guard)]
         if self.model is not None and self.method == "dmcvr":  # the command refuses it for the other methods
             arguments += ["--model", self.model]
         if self.sax_labels is not None:
