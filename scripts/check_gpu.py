@@ -26,6 +26,7 @@ import torch
 
 from CardiacDiffusionLib.geometry.stack import SliceStack
 from CardiacDiffusionLib.metrics import dice, psnr
+from CardiacDiffusionLib.utils.jsonfile import dumps, write_json
 
 
 def write_stack(path: str) -> None:
@@ -152,11 +153,12 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             report[name] = fn()
+            dumps(report[name], name)  # a NaN or infinity: this section's error, the file and the others' results kept
         except Exception as error:  # one section failing must not hide the others' results
             report[name] = {"error": f"{type(error).__name__}: {error}"}
         report[name]["section_s"] = time.perf_counter() - t0
         print(name, json.dumps(report[name]), flush=True)
-        Path(a.out).write_text(json.dumps(report, indent=2))
+        write_json(a.out, report)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 import CardiacDiffusionLib.dmcvr.reconstruction as R
 from CardiacDiffusionLib.cli.evaluate import parse_range
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, split_kept_dropped
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 MISS_MM = 30.0
 
@@ -49,9 +50,8 @@ def main(argv=None) -> int:
                "misses": [r["volume"] for r in rows if r["offset_mm"] > MISS_MM],
                "unsure": [r["volume"] for r in rows if r["confidence"] < R.LOCALISATION_MIN_CONFIDENCE]}  # fmt: skip
     print(json.dumps(summary))
-    with open(a.out, "w") as f:
-        json.dump({"protocol": "ACDC gap protocol kept slices, no labels given", "patients": a.patients,
-                   "pixel_mm": a.pixel_mm, "summary": summary, "rows": rows}, f, indent=2)  # fmt: skip
+    write_json(a.out, {"protocol": "ACDC gap protocol kept slices, no labels given", "patients": a.patients,
+                       "pixel_mm": a.pixel_mm, "summary": summary, "rows": rows})  # fmt: skip
     return 0
 
 

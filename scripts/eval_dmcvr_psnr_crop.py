@@ -20,6 +20,7 @@ from CardiacDiffusionLib.cli.evaluate import parse_range
 from CardiacDiffusionLib.metrics.image import psnr, ssim
 from CardiacDiffusionLib.reconstruction.baselines import get_method
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, split_kept_dropped
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 RINGS_MM = np.arange(0, 110, 10)
 
@@ -85,10 +86,9 @@ def main(argv=None) -> int:
              for lo_mm, n, se in zip(RINGS_MM, ring_n, ring_se.T) if n}  # fmt: skip
     print("mean", json.dumps(means))
     print("rings (pooled PSNR dB)", json.dumps(rings))
-    with open(a.out, "w") as f:
-        json.dump({"protocol": "gap protocol, labels given, PSNR dB (mean over volumes) inside the crop / all, SSIM",
-                   "data": f"phantoms {a.phantoms}" if a.phantoms else f"ACDC {a.patients}", "feather": a.feather,
-                   "mean": means, "rings": rings, "volumes": rows}, f, indent=2)  # fmt: skip
+    write_json(a.out, {"protocol": "gap protocol, labels given, PSNR dB (mean over volumes) inside the crop / all, SSIM",
+                       "data": f"phantoms {a.phantoms}" if a.phantoms else f"ACDC {a.patients}", "feather": a.feather,
+                       "mean": means, "rings": rings, "volumes": rows})  # fmt: skip
     return 0
 
 

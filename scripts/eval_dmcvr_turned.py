@@ -15,6 +15,7 @@ import torch
 import CardiacDiffusionLib.dmcvr.reconstruction as R
 from CardiacDiffusionLib.cli.evaluate import parse_range
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, evaluate_gap
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 
 def main(argv=None) -> int:
@@ -35,9 +36,8 @@ def main(argv=None) -> int:
             results[key] = evaluate_gap(stacks, ["dmcvr"], kept_labels=kept_labels, options={"dmcvr": {"device": "cpu"}})["dmcvr"]
             print(key, json.dumps(results[key]), flush=True)
     R.crop_angle = pose
-    with open(a.out, "w") as f:
-        json.dump({"protocol": "ACDC gap protocol, kept stacks turned 90 deg in-plane", "patients": a.patients,
-                   "results": results}, f, indent=2)  # fmt: skip
+    write_json(a.out, {"protocol": "ACDC gap protocol, kept stacks turned 90 deg in-plane", "patients": a.patients,
+                       "results": results})  # fmt: skip
     return 0
 
 

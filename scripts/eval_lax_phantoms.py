@@ -28,6 +28,7 @@ from CardiacDiffusionLib.labels import MR_LABELS
 from CardiacDiffusionLib.phantoms.scanner import make_subject
 from CardiacDiffusionLib.reconstruction.lax_check import format_table, lax_dice
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 DEGRADED_FRACTION = 0.75
 MIN_AREA = 50
@@ -119,7 +120,7 @@ def main() -> None:
     print(json.dumps({m: table[m]["mean"] for m in table}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     settings = {"steps": args.steps, "strength": args.strength, "shape_prior": args.shape_prior}
-    Path(args.out).write_text(json.dumps({"seeds": seeds, **settings, "table": table, "raw": per, "slices": slices}, indent=1))
+    write_json(args.out, {"seeds": seeds, **settings, "table": table, "raw": per, "slices": slices}, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from CardiacDiffusionLib.activation.mapping import mesh_points
 from CardiacDiffusionLib.activation.phantom_case import PhantomCase
 from CardiacDiffusionLib.activation.pipeline import run_lma
 from CardiacDiffusionLib.activation.train_tos import TEST_SEED
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 
 def evaluate(case: PhantomCase, method: str, percentile: float) -> dict:
@@ -67,8 +68,7 @@ def main() -> None:
                            ("sector_tos_mae_ms", "mesh_tos_mae_ms", "late_dice", "lead_exact",
                             "lead_true_tos_deficit_ms")}  # fmt: skip
     report = {"config": vars(args), "summary": summary, "cases": rows}
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.out, report)
     print(json.dumps(summary, indent=2))
 
 

@@ -25,6 +25,7 @@ from CardiacDiffusionLib.reconstruction.volume import reconstruct
 from CardiacDiffusionLib.sadir import data
 from CardiacDiffusionLib.sadir.reconstruct import REFINE_STEPS, reconstruct_myocardium, topology
 from CardiacDiffusionLib.sadir.train import TEST_SEED
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 
 def shape_baseline(stack, fine: data.LVFrame) -> np.ndarray:
@@ -108,8 +109,7 @@ def main(argv=None) -> int:
         summary[m]["seconds_per_case"] = float(np.mean([r[m + "_s"] for r in rows]))
     out = {"cases": a.cases, "seeds": [a.first_seed, a.first_seed + a.cases - 1], "slices": a.slices,
            "grid": "64^3 normalised LV frame, 1.75 mm", "summary": summary, "rows": rows}  # fmt: skip
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(a.out, out)
     print("method         Dice            Jaccard  HD95 mm  Dice in slab  topology ok")
     for m in methods:
         s = summary[m]

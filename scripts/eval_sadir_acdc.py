@@ -23,6 +23,7 @@ from CardiacDiffusionLib.reconstruction.baselines import get_method
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, split_kept_dropped
 from CardiacDiffusionLib.sadir import reconstruct_myocardium
 from CardiacDiffusionLib.sadir.reconstruct import REFINE_STEPS
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 MYO = 2
 
@@ -60,8 +61,7 @@ def main(argv=None) -> int:
     summary["sadir_ahead"] = int(sum(r["sadir"] > r["shape"] for r in rows))
     out = {"protocol": "ACDC gap protocol, myocardium Dice on the dropped slices", "patients": a.patients,
            "refine": a.refine, "mirror": a.mirror, "volumes": len(rows), "summary": summary, "rows": rows}  # fmt: skip
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=2)
+    write_json(a.out, out)
     print(json.dumps(summary))
     return 0
 

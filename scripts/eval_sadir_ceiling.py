@@ -25,6 +25,7 @@ from CardiacDiffusionLib.sadir.epdiff import EPDiffShooting
 from CardiacDiffusionLib.sadir.model import shape_fit
 from CardiacDiffusionLib.sadir.train import TEST_SEED
 from CardiacDiffusionLib.sadir.warp import warp
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 
 def register(atlas: torch.Tensor, truth: torch.Tensor, grid: int, truncation: int, lr: float, iters: int, reg: float):
@@ -80,8 +81,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
     summary = {g: {k: float(np.mean([r[k] for r in rows if f"{r['grid']}:{r['truncation']}" == ":".join(g.split(":")[:2])]))
                    for k in ("dice", "hd95_mm", "dice_slab")} for g in a.grid}  # fmt: skip
-    with open(a.out, "w") as f:
-        json.dump({"iters": a.iters, "reg": a.reg, "model": a.model, "summary": summary, "rows": rows}, f, indent=2)
+    write_json(a.out, {"iters": a.iters, "reg": a.reg, "model": a.model, "summary": summary, "rows": rows})
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from CardiacDiffusionLib.dmcvr import DMCVRModel
 from CardiacDiffusionLib.models.store import load_model, read_model_header, save_model
 from CardiacDiffusionLib.training.checkpoint import latest_checkpoint, load_checkpoint
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def main() -> None:
     }
     registry = ROOT / "Resources" / "models.json"
     entries = [e for e in json.loads(registry.read_text())["models"] if e["name"] != args.name] + [entry]
-    registry.write_text(json.dumps({"models": entries}, indent=2) + "\n")
+    write_json(registry, {"models": entries})
     print(json.dumps({"file": str(out), "bytes": out.stat().st_size, "sha256": sha, "steps": steps}, indent=2))
 
 

@@ -28,6 +28,7 @@ from CardiacDiffusionLib.phantoms.scanner import make_subject
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, score_volume, split_kept_dropped, summarise
 from CardiacDiffusionLib.reconstruction.lax_check import lax_dice
 from CardiacDiffusionLib.reconstruction.volume import reconstruct
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 from eval_lax_phantoms import slice_records, truth_on  # noqa: E402 (scripts/ is on the path when run as a script)
 
@@ -134,10 +135,9 @@ def main() -> None:
         print(g, json.dumps(table[g]), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"patients": args.patients if args.data else None, "phantoms": args.phantoms,
-                                              "noise": args.noise,
-                                              "rows": table, "views": views, "ratios": ratios,
-                                              "slices": slices}, indent=1))  # fmt: skip
+        write_json(args.out, {"patients": args.patients if args.data else None, "phantoms": args.phantoms,
+                              "noise": args.noise, "rows": table, "views": views, "ratios": ratios, "slices": slices},
+                   indent=1)  # fmt: skip
 
 
 if __name__ == "__main__":

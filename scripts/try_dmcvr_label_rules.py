@@ -21,7 +21,6 @@ Prints the mean Dice per label over volumes for each rule (and writes them with 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from CardiacDiffusionLib.dmcvr.interpolate import interpolation_plan
 from CardiacDiffusionLib.labels import MR_LABELS
 from CardiacDiffusionLib.metrics.overlap import dice
 from CardiacDiffusionLib.reconstruction.gap import acdc_stacks, split_kept_dropped, summarise
+from CardiacDiffusionLib.utils.jsonfile import write_json
 
 
 def decode_once(stack, cache: Path) -> Path:
@@ -129,7 +129,7 @@ def main() -> None:
         table[rule] = summarise([score(path, rule) for path in paths])["dice"]
         print(rule, table[rule], flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"patients": args.patients, "volumes": len(paths), "rows": table}, indent=2))
+        write_json(args.out, {"patients": args.patients, "volumes": len(paths), "rows": table})
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Sections: ``task`` (registered name or ``package.module:Factory``), ``model`` and ``data`` (free
 form, given to the task: non-finite numbers are refused, and the keys the task's ``model_signature`` /
-``data_signature`` name are typed by it), ``optim``, ``schedule``, ``train`` (checked against :data:`DEFAULTS`:
-a misspelt key is an error, not a silent default) and ``device``.
+``data_signature`` name are typed by it, nested dicts of defaults key by key), ``optim``, ``schedule``, ``train``
+(checked against :data:`DEFAULTS`: a misspelt key is an error, not a silent default) and ``device``.
 """
 
 from __future__ import annotations
@@ -211,20 +211,49 @@ def check_task_sections(config: dict) -> None:
 
     for section in ("model", "data"):
         values = config[section]
-        for key, (expected, default) in _typed_keys(section_signature(config["task"], section)).items():
-            if key in values:
-                values[key] = _typed(values[key], expected, default, f"{section}.{key}")
+        _type_keys(values, section_signature(config["task"], section), section)
         for key, value in values.items():
             _finite(value, f"{section}.{key}")
 
 
+def _type_keys(values: dict, signature, where: str, closed: bool = False) -> None:
+    """Type ``values`` in place by ``signature``. In a dict signature a key whose default is a non-empty dict (LDM's
+    ``model.unet``) is typed by that dict the same way, recursively, and its keys are the only ones there (``closed``:
+    the model reads no other, so a typo would be dropped silently: ``config model.unet.chanels: unknown key (did you
+    mean model.unet.channels?)``)."""
+    keys = _typed_keys(signature)
+    for key in values if closed else ():
+        if key not in keys:
+            raise InputError(f"config {where}.{key}: unknown key{did_you_mean(str(key), keys, where)}; known keys are "
+                             f"{sorted(keys)}")  # fmt: skip
+    for key, (expected, default) in keys.items():
+        if key in values:
+            values[key] = _typed(values[key], expected, default, f"{where}.{key}")
+            nested = isinstance(signature, Mapping) and isinstance(default, Mapping) and default
+            if nested and isinstance(values[key], dict):
+                _type_keys(values[key], default, f"{where}.{key}", closed=True)
+
+
+def _default_type(default: Any) -> Any:
+    """The type a dict signature's default stands for: ``list[int]`` for ``[16, 32]`` (a non-empty list of one
+    kind of number, bool or text; ints and floats together: floats), else the default's own type, None for None."""
+    if default is None:
+        return None
+    if isinstance(default, (list, tuple)) and default:
+        kinds = {type(v) for v in default}
+        kind = float if kinds == {int, float} else next(iter(kinds)) if len(kinds) == 1 else None
+        if kind in (bool, int, float, str):
+            return list[kind] if isinstance(default, list) else tuple[kind, ...]
+    return type(default)
+
+
 def _typed_keys(signature) -> dict[str, tuple[Any, Any]]:
     """``{key: (expected type or None, default)}`` of a callable's keyword parameters (annotations, else the
-    defaults' types) or of a dict of defaults; ``{}`` for None."""
+    defaults' types) or of a dict of defaults (:func:`_default_type`); ``{}`` for None."""
     if signature is None:
         return {}
     if isinstance(signature, Mapping):
-        return {k: (None if v is None else type(v), v) for k, v in signature.items()}
+        return {k: (_default_type(v), v) for k, v in signature.items()}
     try:
         params = inspect.signature(signature).parameters.values()
         hints = typing.get_type_hints(signature.__init__ if isinstance(signature, type) else signature)

@@ -23,7 +23,8 @@ class Task:
     #: model-store architecture name of the trained module (see models.store); None: no export
     architecture: str | None = None
     #: what the ``model`` / ``data`` keys are: a callable taking them as keyword arguments (e.g. the model class:
-    #: its annotations, else its defaults' types, type each key) or a dict of their defaults; checked by key
+    #: its annotations, else its defaults' types, type each key) or a dict of their defaults (a dict value: the
+    #: nested keys, typed alike and the only ones there; a list: its elements' type); checked by key
     #: before the work (config.check_task_sections). None: the task's own code checks them.
     model_signature: Callable | dict | None = None
     data_signature: Callable | dict | None = None
