@@ -25,7 +25,7 @@ from CardiacDiffusionLib.reconstruction.volume import reconstruct
 from CardiacDiffusionLib.sadir import data
 from CardiacDiffusionLib.sadir.reconstruct import REFINE_STEPS, reconstruct_myocardium, topology
 from CardiacDiffusionLib.sadir.train import TEST_SEED
-from CardiacDiffusionLib.utils.jsonfile import write_json
+from CardiacDiffusionLib.utils.jsonfile import number_or_none, write_json
 
 
 def shape_baseline(stack, fine: data.LVFrame) -> np.ndarray:
@@ -45,9 +45,16 @@ def unet_baseline(net, stack, frame: data.LVFrame, fine: data.LVFrame) -> np.nda
 def scores(pred: np.ndarray, truth: np.ndarray, spacing: float, slab: np.ndarray) -> dict:
     """Dice, Jaccard, HD95 of the volume, and Dice within ``slab`` (the planes from the first to the last given
     slice; beyond them the slices do not tell where the base or apex ends)."""
-    return {"dice": dice(pred, truth), "jaccard": jaccard(pred, truth), "hd95_mm": hd95(pred, truth, (spacing,) * 3),
+    return {"dice": dice(pred, truth), "jaccard": jaccard(pred, truth), "hd95_mm": number_or_none(hd95(pred, truth, (spacing,) * 3)),
             "dice_slab": dice(pred[slab], truth[slab])}  # fmt: skip
 
+
+
+def finite_mean(values: list, key: str) -> dict:
+    """``{key: mean of the defined values (None if none), key_undefined: how many were None}`` (an empty
+    prediction's HD95 is infinite: written as null, not averaged)."""
+    defined = [v for v in values if v is not None]
+    return {key: float(np.mean(defined)) if defined else None, f"{key}_undefined": len(values) - len(defined)}
 
 
 def main(argv=None) -> int:
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
     methods = [m for m in ("sadir", "sadir_refined", "shape", "unet3d") if m in rows[0]]
     summary = {}
     for m in methods:
-        summary[m] = {k: float(np.mean([r[m][k] for r in rows])) for k in ("dice", "jaccard", "hd95_mm", "dice_slab")}
+        summary[m] = {k: float(np.mean([r[m][k] for r in rows])) for k in ("dice", "jaccard", "dice_slab")}
+        summary[m].update(finite_mean([r[m]["hd95_mm"] for r in rows], "hd95_mm"))  # empty prediction: undefined
         summary[m]["dice_sd"] = float(np.std([r[m]["dice"] for r in rows]))
         summary[m]["topology_ok_fraction"] = float(np.mean([r[m]["topology_ok"] for r in rows]))
     for m in [m for m in ("sadir", "sadir_refined") if m in methods]:
@@ -113,7 +121,7 @@ def main(argv=None) -> int:
     print("method         Dice            Jaccard  HD95 mm  Dice in slab  topology ok")
     for m in methods:
         s = summary[m]
-        print(f"{m:14s} {s['dice']:.3f} ± {s['dice_sd']:.3f}  {s['jaccard']:.3f}    {s['hd95_mm']:.2f}     {s['dice_slab']:.3f}         "
+        print(f"{m:14s} {s['dice']:.3f} ± {s['dice_sd']:.3f}  {s['jaccard']:.3f}    {s['hd95_mm'] if s['hd95_mm'] is None else round(s['hd95_mm'], 2)!s:>5}     {s['dice_slab']:.3f}         "
               f"{s['topology_ok_fraction']:.2f}")
     return 0
 

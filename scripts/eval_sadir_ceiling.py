@@ -25,7 +25,8 @@ from CardiacDiffusionLib.sadir.epdiff import EPDiffShooting
 from CardiacDiffusionLib.sadir.model import shape_fit
 from CardiacDiffusionLib.sadir.train import TEST_SEED
 from CardiacDiffusionLib.sadir.warp import warp
-from CardiacDiffusionLib.utils.jsonfile import write_json
+from CardiacDiffusionLib.utils.jsonfile import number_or_none, write_json
+from eval_sadir import finite_mean  # this folder: scripts run as `python scripts/...`
 
 
 def register(atlas: torch.Tensor, truth: torch.Tensor, grid: int, truncation: int, lr: float, iters: int, reg: float):
@@ -75,12 +76,15 @@ def main(argv=None) -> int:
             pred = register(atlas, torch.from_numpy(truth.astype(np.float32))[None, None], int(grid), int(truncation),
                             float(lr), a.iters, a.reg)  # fmt: skip
             row = {"seed": seed, "grid": int(grid), "truncation": int(truncation), "lr": float(lr),
-                   "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, (spacing,) * 3),
+                   "dice": dice(pred, truth), "hd95_mm": number_or_none(hd95(pred, truth, (spacing,) * 3)),
                    "dice_slab": dice(pred[slab], truth[slab]), "seconds": time.time() - start}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = {g: {k: float(np.mean([r[k] for r in rows if f"{r['grid']}:{r['truncation']}" == ":".join(g.split(":")[:2])]))
-                   for k in ("dice", "hd95_mm", "dice_slab")} for g in a.grid}  # fmt: skip
+    summary = {}
+    for g in a.grid:
+        of_g = [r for r in rows if f"{r['grid']}:{r['truncation']}" == ":".join(g.split(":")[:2])]
+        summary[g] = {k: float(np.mean([r[k] for r in of_g])) for k in ("dice", "dice_slab")}
+        summary[g].update(finite_mean([r["hd95_mm"] for r in of_g], "hd95_mm"))  # empty prediction: undefined
     write_json(a.out, {"iters": a.iters, "reg": a.reg, "model": a.model, "summary": summary, "rows": rows})
     print(json.dumps(summary, indent=2))
     return 0
