@@ -61,6 +61,8 @@ def test_every_preset_and_documented_command_loads_nested_settings_included(tmp_
     nested_seen = 0
     for workflow, items in commands:
         for stage in stage_configs(workflow, tmp_path, items, ACDC if workflow == "dmcvr" else None):
+            task = stage.config["task"]
+            assert section_signature(task, "model") is not None and section_signature(task, "data") is not None, task
             config = load_config(stage.config)
             assert config["model"] == stage.config.get("model", {}), (workflow, items)
             assert config["data"] == stage.config.get("data", {}), (workflow, items)

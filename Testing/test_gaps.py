@@ -5,7 +5,6 @@ infinite PSNR under the strict JSON writer."""
 from __future__ import annotations
 
 import re
-import shlex
 
 import numpy as np
 import pytest
@@ -14,36 +13,12 @@ import torch
 from CardiacDiffusionLib.cli.main import main
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.training import load_config
-from CardiacDiffusionLib.training.task import section_signature
-from CardiacDiffusionLib.training.workflows import available, stage_configs
+from CardiacDiffusionLib.training.workflows import stage_configs
 from CardiacDiffusionLib.utils.jsonfile import dumps, loads_strict
-
-#: overrides of the training commands in docs/GPU.md, docs/models/*.md and Resources/models.json
-DOC_COMMANDS = {
-    "dmcvr": "diffusion:train.init_from=Resources/models/dmcvr-acdc-64.safetensors diffusion:data.packed=dmcvr_pack.npz "
-             "diffusion:data.root=null diffusion:data.phantoms=0 diffusion:data.repeat=20 train.batch_size=128 "
-             "train.num_workers=8 train.checkpoint_every=500 train.steps=3500",
-    "sadir": "atlas:data.packed=sadir_pack.npz 'atlas:model.atlas_steps=[]' atlas:model.atlas_from=Resources/models/"
-             "sadir-myocardium.safetensors atlas:train.init_from=null 'atlas:model.channels=[16,32,64]' "
-             "atlas:model.fine_weight=1.0 atlas:optim.lr=1e-3 atlas:schedule.warmup_steps=100 train.batch_size=16 "
-             "train.precision=fp32 train.steps=1900",
-    "ldm": "diffusion:model.prediction=v diffusion:train.steps=8000",
-}  # fmt: skip
 
 
 # ---- (1) the shipped tasks declare their model/data signatures ----------------------------------------------------
-@pytest.mark.parametrize("workflow", available())
-def test_every_preset_and_documented_command_loads_with_the_task_signatures(workflow, tmp_path):
-    overrides = shlex.split(DOC_COMMANDS.get(workflow, ""))
-    data = "/work/shared/data/acdc" if workflow == "dmcvr" else None
-    for args in ([], overrides):
-        for stage in stage_configs(workflow, tmp_path, args, data):
-            task = stage.config["task"]
-            assert section_signature(task, "model") is not None and section_signature(task, "data") is not None, task
-            config = load_config(stage.config)
-            assert config["model"] == stage.config.get("model", {}) and config["data"] == stage.config.get("data", {})
-
-
+# (every preset and documented command loads with them: test_config_nested.py, which reads the commands from the docs)
 @pytest.mark.parametrize("workflow, override, said", [
     ("dmcvr", "data.size=abc", "config data.size: 'abc'; expected a whole number, e.g. data.size=64"),
     ("dmcvr", "model.z_dim=1.5", "config model.z_dim: 1.5; expected a whole number, e.g. model.z_dim=128"),
