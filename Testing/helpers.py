@@ -101,3 +101,24 @@ def lbbb_stack_and_tos(folder: Path):
     frame = lv_frame(stack)
     tos = np.maximum(ActivationPhantom(3, "lbbb").sector_tos(len(frame.slices), 18), 17.0)
     return stack, write_tos_csv(folder / "tos.csv", dict(zip(frame.slices.tolist(), tos)))
+
+
+def error_line(argv: list[str], capsys) -> str:
+    """The one ``error: ...`` line ``cardiac-diffusion argv`` prints on stderr, exit code 2 asserted."""
+    from CardiacDiffusionLib.cli.main import main
+
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def strict_json(text: str):
+    """``text`` parsed as jq or JavaScript would: NaN / Infinity fail the test."""
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the output: not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)

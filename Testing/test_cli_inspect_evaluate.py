@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import error_line, strict_json
 
 from CardiacDiffusionLib.cli.main import main
 
@@ -16,23 +17,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ACDC = SHARED / "acdc"
 SUNNYBROOK = SHARED / "sunnybrook-SC-HF-I-1" / "dicom"
 needs_acdc = pytest.mark.skipif(not ACDC.is_dir(), reason="shared ACDC data missing")
-
-
-def strict_json(text: str):
-    """JSON as the standard has it: NaN / Infinity refused."""
-
-    def refuse(name):
-        raise AssertionError(f"{name} in the output: not strict JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def error_line(argv, capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def write_h5(path: Path, image: np.ndarray, label: np.ndarray | None) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers import error_line, strict_json
 
 from CardiacDiffusionLib.cli.main import main
 from CardiacDiffusionLib.dmcvr import DMCVRModel
@@ -57,21 +58,6 @@ def phantom_files(phantom_stack, tmp_path_factory) -> tuple[str, str]:
     sitk.WriteImage(phantom_stack.to_image(), str(folder / "sax.nii.gz"))
     sitk.WriteImage(phantom_stack.to_image(labels=True), str(folder / "labels.nii.gz"))
     return str(folder / "sax.nii.gz"), str(folder / "labels.nii.gz")
-
-
-def error_line(argv, capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
-def strict_json(path: Path):
-    def refuse(name):
-        raise AssertionError(f"{name} in {path}: not strict JSON")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def progress_events(stdout: str) -> list[dict]:
@@ -130,7 +116,7 @@ def test_the_option_reaches_dmcvr_and_geometry_json_records_it(phantom_files, ti
         assert main(run + ["--roughness-guard", guard, "--out", str(tmp_path / guard)]) == 0
         events[guard] = progress_events(capsys.readouterr().out)
         images[guard] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / guard / "reconstruction_image.nii.gz")))
-        settings[guard] = strict_json(tmp_path / guard / "geometry.json")["settings"]
+        settings[guard] = strict_json((tmp_path / guard / "geometry.json").read_text())["settings"]
     assert settings["off"]["roughness_guard"] == "off" and settings[FIRES]["roughness_guard"] == 0.95
     # the stack's 11 acquired slices sit every 5th output slice (10 mm / 2 mm) and are kept; generated ones changed
     changed = np.nonzero(np.abs(images[FIRES] - images["off"]).max(axis=(1, 2)) > 0)[0]
@@ -180,7 +166,7 @@ def test_the_default_run_is_an_explicit_1_2_bit_for_bit_where_the_guard_fires(tm
         assert main(run + extra + ["--out", str(tmp_path / name)]) == 0
         last = progress_events(capsys.readouterr().out)[-1]
         assert last["progress"] == 1.0 and last["message"] == "dmcvr: DDIM step 75/75 (rough crops decoded again: roughness guard)"
-        assert strict_json(tmp_path / name / "geometry.json")["settings"]["roughness_guard"] == 1.2
+        assert strict_json((tmp_path / name / "geometry.json").read_text())["settings"]["roughness_guard"] == 1.2
         arrays[name] = [sitk.ReadImage(str(tmp_path / name / f"reconstruction_{kind}.nii.gz")) for kind in ("image", "labels")]
     for default, explicit in zip(*arrays.values()):
         assert np.array_equal(sitk.GetArrayFromImage(default), sitk.GetArrayFromImage(explicit))
@@ -197,7 +183,7 @@ def test_the_gap_protocol_passes_the_guard_and_records_it(tiny_model, tmp_path, 
     for guard in ("off", FIRES, None):
         out = tmp_path / f"{guard}.json"
         assert main(gap + (["--roughness-guard", guard] if guard else []) + ["--out", str(out)]) == 0
-        tables[guard] = strict_json(out)
+        tables[guard] = strict_json(out.read_text())
     assert tables["off"]["settings"]["dmcvr"]["roughness_guard"] == "off"
     assert tables[FIRES]["settings"]["dmcvr"]["roughness_guard"] == 0.95
     assert "roughness_guard" not in tables[None]["settings"]["dmcvr"]  # not given: as the other options
@@ -209,11 +195,12 @@ def test_the_gap_protocol_passes_the_guard_and_records_it(tiny_model, tmp_path, 
 @pytest.mark.mrml
 def test_the_reconstruction_job_passes_the_guard_to_the_child(mrml_scene, phantom_stack, tiny_model, tmp_path,
                                                               monkeypatch):  # fmt: skip
+    from helpers import load_panel
+
     from CardiacDiffusionLib.cli.main import build_parser
     from CardiacDiffusionLib.cli.reconstruct import roughness_guard
     from CardiacDiffusionLib.slicer_adapter import mrml
     from CardiacDiffusionLib.slicer_adapter.reconstruction import ReconstructionJob
-    from helpers import load_panel
 
     sax = mrml.volume_node_from_image(mrml_scene, phantom_stack.to_image(), "SAX")
     labels = mrml.volume_node_from_image(mrml_scene, phantom_stack.to_image(labels=True), "SAX labels", labelmap=True)
@@ -243,7 +230,7 @@ def test_the_reconstruction_job_passes_the_guard_to_the_child(mrml_scene, phanto
     try:
         job.start(lambda fraction, text: reports.append((fraction, text)))
         assert job.wait(timeout=300) is not None
-        assert strict_json(job.folder / "out" / "geometry.json")["settings"]["roughness_guard"] == 0.95
+        assert strict_json((job.folder / "out" / "geometry.json").read_text())["settings"]["roughness_guard"] == 0.95
     finally:
         import shutil
 

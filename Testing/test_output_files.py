@@ -4,7 +4,6 @@ line; `--device` given to a method that runs on the CPU is said, not an error.""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,25 +13,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers import strict_json
 from safetensors import safe_open
 
 from CardiacDiffusionLib.cli.main import main
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.utils import device as D
-from CardiacDiffusionLib.utils.jsonfile import dumps, loads_strict, non_finite, write_json
-
-
-def strict(text: str):
-    """Parsed as jq or JavaScript would: NaN / Infinity refused."""
-
-    def refuse(name):
-        raise AssertionError(f"{name} in the output: not strict JSON")
-
-    return json.loads(text, parse_constant=refuse)
+from CardiacDiffusionLib.utils.jsonfile import (
+    dumps,
+    loads_strict,
+    non_finite,
+    write_json,
+)
 
 
 def strict_file(path: Path):
-    return strict(Path(path).read_text())
+    return strict_json(Path(path).read_text())
 
 
 # ---- the shared writer -----------------------------------------------------------------------------------------
@@ -134,17 +130,17 @@ def test_training_files_are_strict_with_an_undefined_validation_dice(tmp_path, c
            "device": "cpu"}  # fmt: skip
     capsys.readouterr()
     train(ToyWithEmptyLabel(), cfg, tmp_path, progress="json")
-    events = [strict(line) for line in capsys.readouterr().out.splitlines()]
+    events = [strict_json(line) for line in capsys.readouterr().out.splitlines()]
     validate = [e for e in events if e["event"] == "validate"]
     assert [e["step"] for e in validate] == [2, 4] and all(e["val_dice_RV"] is None for e in validate)
     assert all(e["val_mse"] > 0 for e in validate)
-    records = [strict(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    records = [strict_json(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     val = [r for r in records if r.get("stage") == "val"]
     assert len(val) == 2 and all(r["val_dice_RV"] is None and r["val_mse"] > 0 for r in val)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert strict_file(tmp_path / "config.json")["train"]["steps"] == 4
     with safe_open(str(latest_checkpoint(tmp_path / "checkpoints")), framework="pt") as f:
-        assert strict(f.metadata()["state"])["step"] == 4
+        assert strict_json(f.metadata()["state"])["step"] == 4
     # an infinite setting (torch takes grad_clip inf as no clipping) would make config.json and the checkpoints
     # non-JSON: refused by its key before the work (it wrote Infinity before)
     cfg["optim"] = {"grad_clip": float("inf")}
@@ -163,7 +159,7 @@ def test_checkpoint_keeps_non_finite_floats_in_strict_json(tmp_path):
     state = {"scheduler": plateau.state_dict(), "curve": np.array([0.5, np.nan, -np.inf]), "low": -float("inf")}
     path = save_checkpoint(tmp_path / "c.safetensors", state)
     with safe_open(str(path), framework="pt") as f:
-        header = strict(f.metadata()["state"])
+        header = strict_json(f.metadata()["state"])
     assert header["scheduler"]["best"] == {"__float__": "inf"}
     back = load_checkpoint(path)
     assert back["scheduler"]["best"] == float("inf") and back["low"] == -float("inf")
