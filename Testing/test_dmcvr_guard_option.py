@@ -105,6 +105,14 @@ def test_re_decodes_are_counted_in_progress_and_cancel_stops_them(phantom_stack,
     assert seen[-1] == (10, 10)  # without re-decodes the same cancel never fires
 
 
+def test_acquired_targets_only_say_done_once(phantom_stack, tiny_model):
+    """Nothing to decode (every target an acquired slice): the bar still ends at 100 %."""
+    calls = []
+    R.dmcvr(phantom_stack, phantom_stack.positions[:3], model=str(tiny_model), steps=2, device="cpu",
+            progress=lambda k, n: calls.append((k, n)))  # fmt: skip
+    assert calls == [(1, 1)]
+
+
 # ---- reconstruct --roughness-guard -----------------------------------------------------------------------------------
 def test_the_option_reaches_dmcvr_and_geometry_json_records_it(phantom_files, tiny_model, tmp_path, capsys):
     sax, labels = phantom_files

@@ -143,7 +143,8 @@ def _fill(
     lo, hi, w = interpolation_plan(positions, targets)
     todo = np.nonzero(lo != hi)[0]
     out = crops[torch.as_tensor(lo)].clone()
-    if len(todo) == 0:
+    if len(todo) == 0:  # every target is an acquired slice: nothing to decode, said done
+        _StepCount(progress, 1).finish()
         return out
     need = np.unique(np.concatenate([lo[todo], hi[todo]]))
     row = {int(s): k for k, s in enumerate(need)}
