@@ -208,6 +208,30 @@ def test_strain_slices_and_landmarks_reach_the_job(mrml_scene, case, lma_cli, tm
     np.testing.assert_allclose(result.lma["tos_ms"], expected.lma["tos_ms"], atol=0.02)
 
 
+def test_a_misplaced_rv_insertion_flag_reads_in_the_panels_terms(mrml_scene, case, lma_cli):
+    """A point list 40 mm out from the anterior insertion: the child flags it (rv_insertion_far) and the panel's
+    summary says the markup as placed (RAS) and the field's name, no command-line option; lma.json keeps LPS."""
+    from CardiacDiffusionLib.slicer_adapter import mrml
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    stack, good, _ = case
+    frame = lv_frame(stack)
+    i = len(frame.slices) // 2
+    out = frame.insertion_points[i] - frame.centres[i]
+    point = frame.insertion_points[i] + 40.0 * out / np.linalg.norm(out)  # LPS
+    labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
+    markup = mrml.markups_from_points(mrml_scene, point[None], "RV insertion")
+    job = ActivationJob(mrml_scene, labels, tos_file=str(good), rv_insertion=markup)
+    result, _, expected = _run(job, lma_cli, tos_csv=good, rv_insertion=point[None])
+    said = [f for f in result.lma["qa"] if f["code"] == "rv_insertion_far"]
+    written = [f for f in expected.lma["qa"] if f["code"] == "rv_insertion_far"]
+    assert len(said) == 1 and len(written) == 1 and "--rv-insertion" in written[0]["message"]
+    assert "--" not in said[0]["message"] and "empty the module's RV insertion field" in said[0]["message"], said
+    assert said[0]["message"].startswith("RV insertion 'RV insertion' point 1 at RAS ("), said
+    ras = f"{-point[0]:.1f}"  # the markup's R coordinate as the panel says it
+    assert ras in said[0]["message"] or f"{-point[0]:g}" in said[0]["message"], said[0]["message"]
+
+
 def _written_bullseye(expected, folder):
     """The bullseye PNG of ``expected`` written to ``folder`` (to compare sizes with the loaded image)."""
     from CardiacDiffusionLib.activation.bullseye import write_bullseye_png

@@ -224,6 +224,8 @@ def run_lma(
     indices, values, source = _tos_input(full, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags)
     frame = full.subset(indices)
     flags += qa.alignment_flags(stack, full) + qa.anatomy_flags(stack, full) + qa.coverage_flags(full, frame)
+    if rv_insertion is not None:
+        flags += qa.insertion_flags(stack, full, rv_insertion)
     flags += qa.tos_flags(values)
     say(0.2, f"3D myocardium ({method})")
     myo, deformation = _myocardium(stack, method, spacing, sadir_options)

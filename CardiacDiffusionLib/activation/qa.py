@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry.stack import SliceStack, anatomy_says_normal_points_to_apex, slice_order_warning
-from .sectors import LVFrame
+from .sectors import LV, MYO, LVFrame, contact_arc, lv_frame, pixel_points
 from .tos import TOS_RANGE_MS
 
 MIN_SLICES = 3
@@ -28,6 +28,19 @@ MIN_SHORTENING = 0.03
 MIN_RELIABLE_FRACTION = 0.5
 #: the patient's anterior direction (LPS)
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
+#: a given --rv-insertion farther than this (in-plane, mm) from the LV myocardium of its slice is flagged. It lies
+#: where the RV wall meets the septum, on the epicardial border: on MR phantoms 0-11 the analytic insertion is
+#: within 2.0 mm of the labelled myocardium (76 slices); on ACDC (160 volumes, nominal 1.5 mm pixels) the label
+#: insertion of the other phase (ED vs ES, same slice: a point clicked on the wrong frame) is within 10.6 mm of this
+#: phase's myocardium (p99 7.5, 1014 slices). 20 mm is twice that; a point farther than it from every label is
+#: called outside the heart.
+INSERTION_DISTANCE_MM = 20.0
+#: a given insertion more than this (deg) from the label-derived anterior insertion on its slice is flagged. ACDC
+#: (160 volumes): the other phase's label insertion on the same slice differs by up to 36.2 deg (median 7.5, p99
+#: 29.6, 1014 slices); per-slice insertions lie within 40.9 deg of their volume's mean (median 12.6); MR phantoms:
+#: the label insertion is within 4.2 deg of the analytic one. A neighbouring slice's differs by up to 54 deg (p99
+#: 29), so the point is compared on its own slice.
+INSERTION_ANGLE_DEG = 45.0
 
 
 def flag(code: str, message: str, severity: str = "warning") -> dict:
@@ -91,10 +104,13 @@ def anatomy_flags(stack: SliceStack, frame: LVFrame) -> list[dict]:
     angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
     if angle <= 90.0:
         return out
-    return out + [flag("anatomy_mismatch", f"the anterior RV insertion found lies {angle:.0f} deg from the "
-                       "patient's anterior (expected within 90): the image or its labels may be mirrored (a flipped "
-                       "axis in the file?); anterior and inferior segments, and the suggested lead segment, would be "
-                       "swapped")]  # fmt: skip
+    if "user" in frame.insertion_source:  # --rv-insertion: the point itself is the likelier mistake
+        what, cause = "given (--rv-insertion)", "it may be the inferior insertion, or the image or its labels mirrored"
+    else:
+        what, cause = "found", "the image or its labels may be mirrored (a flipped axis in the file?)"
+    return out + [flag("anatomy_mismatch", f"the anterior RV insertion {what} lies {angle:.0f} deg from the "
+                       f"patient's anterior (expected within 90): {cause}; anterior and inferior segments, and the "
+                       "suggested lead segment, would be swapped")]  # fmt: skip
 
 
 def tos_flags(tos: np.ndarray) -> list[dict]:
@@ -142,3 +158,93 @@ def jacobian_flags(displacement=None, jacobian_min: float | None = None) -> list
         return [flag("jacobian_not_positive", f"the deformation folds (min Jacobian determinant {jacobian_min:.3g} "
                      "<= 0): topology of the atlas is not kept", severity="error")]  # fmt: skip
     return []
+
+
+def insertion_flags(stack: SliceStack, frame: LVFrame, points) -> list[dict]:
+    """Flags for user-given anterior RV insertion ``points`` (LPS, one or one per slice; ``frame`` is the run's
+    frame built from them): each point is checked on its nearest slice with myocardium. ``rv_insertion_far``: inside
+    the LV cavity, or farther than :data:`INSERTION_DISTANCE_MM` from the LV myocardium (in the RV cavity, beside
+    it, outside the heart). ``rv_insertion_angle`` (with an RV label): more than :data:`INSERTION_ANGLE_DEG` from
+    the label's anterior insertion; named the inferior insertion when within the bound of the label's inferior
+    end and nearer to it than to the anterior one by the bound, where the two ends lie at least twice the bound
+    apart (a point between them is only turned)."""
+    points = np.unique(np.asarray(points, float).reshape(-1, 3), axis=0)
+    try:
+        labelled = lv_frame(stack)  # the insertions the RV label gives
+    except InputError:
+        labelled = None  # no RV contact arc on any slice: nothing to compare the angle with
+    far, turned = [], []
+    for point in points:
+        i = int(np.argmin(np.abs(frame.positions - point @ frame.axis)))
+        text = ",".join(f"{v:g}" for v in point)
+        problem = _distance_problem(stack, frame, i, point)
+        if problem:
+            far.append((problem[0], f"--rv-insertion {text}: {problem[1]}"))
+        if labelled is not None:
+            problem = _angle_problem(stack, frame, labelled, i, point)
+            if problem:
+                turned.append((problem[0], f"--rv-insertion {text}: {problem[1]}"))
+    out = []
+    for code, found, advice in (
+        ("rv_insertion_far", far, "the anterior RV insertion lies where the RV wall meets the septum, on the LV's "
+         "epicardial border"),
+        ("rv_insertion_angle", turned, "every sector, AHA segment and the suggested lead segment turn with it"),
+    ):  # fmt: skip
+        if found:
+            worst = max(found)[1]
+            more = f" (and {len(found) - 1} more of the {len(points)} given points)" if len(found) > 1 else ""
+            out.append(flag(code, f"{worst}{more}; {advice}: check the point, or leave --rv-insertion out to use "
+                            "the RV label's"))  # fmt: skip
+    return out
+
+
+def _in_plane(stack: SliceStack, k: int, point: np.ndarray, values) -> float:
+    """In-plane distance (mm) from ``point`` to the nearest pixel of slice ``k`` holding one of ``values``."""
+    rc = np.argwhere(np.isin(stack.labels[k], values))
+    if not len(rc):
+        return np.inf
+    d = pixel_points(stack, k, rc) - point
+    d -= np.outer(d @ stack.normal, stack.normal)
+    return float(np.linalg.norm(d, axis=1).min())
+
+
+def _distance_problem(stack: SliceStack, frame: LVFrame, i: int, point: np.ndarray) -> tuple[float, str] | None:
+    k = int(frame.slices[i])
+    myo = _in_plane(stack, k, point, (MYO,))
+    d = point - stack.origins[k]
+    col, row = (int(round(d @ stack.row_dir / stack.pixel_spacing[0])),
+                int(round(d @ stack.col_dir / stack.pixel_spacing[1])))  # fmt: skip
+    rows, cols = stack.shape2d
+    label = int(stack.labels[k, row, col]) if 0 <= row < rows and 0 <= col < cols else 0
+    if label == LV and myo > 1.5 * max(stack.pixel_spacing):  # deeper than a pixel's diagonal
+        return myo, f"lies inside the LV cavity on slice {k}, {myo:.0f} mm inside the myocardium"
+    if myo <= INSERTION_DISTANCE_MM:
+        return None
+    anywhere = _in_plane(stack, k, point, (1, 2, 3))
+    where = (f"outside the heart on slice {k}: {anywhere:.0f} mm from every label and" if anywhere > INSERTION_DISTANCE_MM
+             else f"{'inside the RV cavity' if label == 3 else 'beside the heart'} on slice {k},")  # fmt: skip
+    return myo, f"lies {where} {myo:.0f} mm from the LV myocardium (bound {INSERTION_DISTANCE_MM:g} mm)"
+
+
+def _angle_problem(stack, frame: LVFrame, labelled: LVFrame, i: int, point) -> tuple[float, str] | None:
+    """The point's angle against the label's anterior insertion on the nearest slice whose RV arc gives one."""
+    rows = [j for j, source in enumerate(labelled.insertion_source) if source == "labels"]
+    j = min(rows, key=lambda r: abs(labelled.positions[r] - labelled.positions[i]))
+    k, centre = int(labelled.slices[j]), labelled.centres[j]
+    anterior, arc = labelled.insertion_points[j], contact_arc(stack, k, centre, frame.e0, frame.e1)
+    inferior, span = (arc[1], arc[2]) if arc is not None else (anterior, 0.0)
+
+    def angle(p):  # whole degrees in the run's frame (as lma.json's rv_insertion_angle_deg), about this slice's centre
+        d = p - centre
+        return int(round(float(np.degrees(np.arctan2(d @ frame.e1, d @ frame.e0))))) + 0
+
+    given, label, inferior_deg = angle(point), angle(anterior), angle(inferior)
+    off = abs((given - label + 180) % 360 - 180)
+    if off <= INSERTION_ANGLE_DEG:
+        return None
+    text = (f"on slice {k} it lies at {given} deg, {off} deg from the anterior RV insertion the RV label gives there "
+            f"({label} deg; bound {INSERTION_ANGLE_DEG:g})")  # fmt: skip
+    to_inferior = abs((given - inferior_deg + 180) % 360 - 180)
+    if np.degrees(span) >= 2 * INSERTION_ANGLE_DEG and to_inferior <= INSERTION_ANGLE_DEG <= off - to_inferior:
+        text += f": it looks like the inferior insertion ({inferior_deg} deg), not the anterior one"
+    return off, text

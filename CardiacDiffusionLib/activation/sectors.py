@@ -139,6 +139,20 @@ def _arc_start(angles: np.ndarray) -> tuple[int, float]:
     return int(order[(np.argmax(gaps) + 1) % len(a)]), float(2 * np.pi - gaps.max())
 
 
+def contact_arc(stack: SliceStack, k: int, centre, e0, e1) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(anterior insertion, inferior insertion: LPS points, the arc's span in rad) of the RV contact arc of slice
+    ``k`` around ``centre`` (``e0``, ``e1``: in-plane basis, right-handed about base -> apex); None when the arc is
+    narrower than :data:`MIN_CONTACT_ARC` (a few touching pixels at the base or apex say little)."""
+    angles, contact = _contact_angles(stack, k, centre, e0, e1)
+    if angles is None:
+        return None
+    start, span = _arc_start(angles)
+    if span < MIN_CONTACT_ARC:
+        return None
+    end = int(np.argmin(np.abs(np.mod(angles - angles[start], 2 * np.pi) - span)))
+    return contact[start], contact[end], span
+
+
 def lv_frame(stack: SliceStack, rv_insertion=None, base=None, apex=None) -> LVFrame:
     """The :class:`LVFrame` of a labelled stack; ``rv_insertion``: LPS points (m, 3) replacing detection.
 
@@ -191,15 +205,21 @@ def _insertions(stack, myo_slices, centres, positions, axis, e0, e1, rv_insertio
             raise InputError("--rv-insertion: points must be finite LPS coordinates x,y,z (mm)")
         nearest = np.argmin(np.abs((user @ axis)[None, :] - positions[:, None]), axis=1)
         points = user[nearest] - ((user[nearest] - centres) @ axis)[:, None] * axis  # into each slice plane
+        at_centre = np.flatnonzero(np.linalg.norm(points - centres, axis=1) < 0.5 * min(stack.pixel_spacing))
+        if len(at_centre):
+            i = int(at_centre[np.argmin(np.abs(positions[at_centre] - user[nearest[at_centre]] @ axis))])  # its own
+            raise InputError(
+                f"--rv-insertion {','.join(f'{v:g}' for v in user[nearest[i]])}: lies at the LV centre of slice "
+                f"{int(myo_slices[i])}, so its direction (angle 0 of the sectors) is undefined; give the anterior RV "
+                "insertion, where the RV wall meets the septum, on the LV's epicardial border"
+            )
         return points, ["user"] * n
     points = np.full((n, 3), np.nan)
     sources = ["labels"] * n
     for i, k in enumerate(myo_slices):
-        angles, contact = _contact_angles(stack, k, centres[i], e0, e1)
-        if angles is not None:
-            start, span = _arc_start(angles)
-            if span >= MIN_CONTACT_ARC:  # a few touching pixels at the base or apex say little
-                points[i] = contact[start]
+        arc = contact_arc(stack, k, centres[i], e0, e1)
+        if arc is not None:
+            points[i] = arc[0]
     found = np.flatnonzero(np.isfinite(points[:, 0]))
     if len(found) == 0:
         raise InputError(

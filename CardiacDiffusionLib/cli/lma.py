@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strain-slices", type=_indices,
                    help="stack slice of each strain row, e.g. 2,5,8 (default: slices holding myocardium)")  # fmt: skip
     p.add_argument("--rv-insertion", type=_point, nargs="+", metavar="X,Y,Z",
-                   help="anterior RV insertion point(s), LPS mm (default: found from the RV label)")  # fmt: skip
+                   help="anterior RV insertion point(s), LPS mm, where the RV wall meets the septum on the LV's "
+                        "epicardial border; one, or one per slice (default: found from the RV label). Far from the "
+                        "myocardium or off the label's insertion: a QA flag in lma.json (docs/LMA.md)")  # fmt: skip
     p.add_argument("--base", type=_point, metavar="X,Y,Z", help="LV base point (default: estimated from the slices)")
     p.add_argument("--apex", type=_point, metavar="X,Y,Z", help="LV apex point (default: estimated from the slices)")
     p.add_argument("--scar", type=int, nargs="+", default=[], metavar="SEG",

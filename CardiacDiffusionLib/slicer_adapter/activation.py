@@ -302,6 +302,8 @@ class ActivationJob(CLIJob):
 
         base = f"{self.sax_labels.GetName()} activation"
         lma = json.loads((out / "lma.json").read_text())
+        for qa_flag in lma.get("qa", []):  # the panel shows them: node names, field labels and RAS points
+            qa_flag["message"] = self._in_module_terms(qa_flag["message"])
         mesh = polydata_lps_to_ras(read_vtp(out / "myocardium_tos.vtp"))
         model = mrml.model_from_polydata(self.scene, mesh, f"{base} TOS", scalars=TOS_ARRAY)
         color_legend(model)

@@ -34,6 +34,7 @@ LABEL_NUMBERINGS = ("project", "acdc")
 MODULE_HINTS = {
     "pass --label-convention acdc": "set the module's Label numbering to ACDC (1 RV, 2 MYO, 3 LV)",
     "with --rv-insertion x,y,z": "as a point list in the module's RV insertion field",
+    "or leave --rv-insertion out to use the RV label's": "or empty the module's RV insertion field to use the RV label's",
     "install a CUDA build of torch": "install a CUDA build of PyTorch",
     "fewer --steps/smaller": "fewer DDIM steps/smaller",
     "choose another --out": "free disk space there (or start Slicer with TMPDIR on a larger disk)",
