@@ -416,6 +416,8 @@ PANEL_CLI = {
         "lax": "LAX images are kept for reference only; the LAX check needs their labels",
         "strength": "expert tuning of the diffusion schedule; the model's default was chosen on training patients",
         "roughness_guard": "expert tuning (default chosen on training patients); ReconstructionLogic.run(roughness_guard=)",
+        "no_baselines": "the panel always shows the classical baselines beside the method (under a second); "
+                        "ReconstructionLogic.run(baselines=False)",
         "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
         "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
         "progress": "the job always asks for JSON progress (the progress bar)",

@@ -199,6 +199,8 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.showResult(job.result)
             for frame in job.result.frames:  # a cine's proxy node: the frame its browser showed
                 self.ui.logTextEdit.appendPlainText(_("frame used: {frame}").format(frame=frame))
+            for line in job.result.summary:  # per LAX plane: the method's mean Dice beside the best baseline's
+                self.ui.logTextEdit.appendPlainText(line)
             for warning in job.result.warnings:  # a result that may be wrong says so where it is seen
                 self.ui.logTextEdit.appendPlainText(_("warning: {warning}").format(warning=warning))
             if job.result.warnings:
@@ -242,13 +244,14 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
     def run(
         self, sax_volume, sax_labels=None, lax_label_nodes=(), method="shape", spacing=1.0, steps=None,
         device="auto", wait=True, progress_callback=None, output_volume=None, output_segmentation=None,
-        shape_prior=None, label_numbering="project", model=None, frames=None, roughness_guard=None,
+        shape_prior=None, label_numbering="project", model=None, frames=None, roughness_guard=None, baselines=True,
     ):  # fmt: skip
         """Reconstruct ``sax_volume`` (a cine's proxy node: the frame its browser shows, said in ``.frames``).
 
         ``wait=True`` blocks and returns a ``ReconstructionResult`` (``.volume``, ``.segmentation``,
-        ``.table``, ``.lax_dice``, ``.warnings``: what to check in the input or the result); ``wait=False``
-        returns the running ``ReconstructionJob`` (call ``poll()`` from a timer, ``cancel()`` to stop it).
+        ``.table``, ``.lax_dice``, ``.baselines``, ``.summary``, ``.warnings``: what to check in the input or the
+        result); ``wait=False`` returns the running ``ReconstructionJob`` (call ``poll()`` from a timer, ``cancel()``
+        to stop it).
         ``progress_callback(fraction, text)``.
         ``shape_prior`` (dmcvr, 0 to < 1): weight of shape-based interpolation in the generated slices' labels
         (None: the library default, 0.4; 0: the network's labels alone). ``label_numbering``: of labelmap
@@ -256,10 +259,13 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
         segmentations are read by segment name. ``model`` (dmcvr): a registered model name or a .safetensors
         file (None: the shipped one). ``roughness_guard`` (dmcvr, a ratio > 0; inf or "off": off; None: the library
         default, 1.2; not on the panel): a generated crop rougher than that times its acquired neighbours is decoded
-        again from the nearer one's code (``--roughness-guard``). ``frames`` ("all" or 0-based item numbers of a
-        cine whose proxy node is ``sax_volume``; ``sax_labels`` then the proxy of a label sequence in its browser,
-        or None): each frame is reconstructed into new volume sequences that join the cine's browser; returns a
-        ``FramesResult`` (``.volumes``, ``.labels``, ``.frames``, ``.warnings``) or the running ``FramesJob``.
+        again from the nearer one's code (``--roughness-guard``). ``baselines`` (with LAX labels and SAX labels): the
+        classical methods (nearest, linear, shape) are checked on the same planes too: their rows join the table
+        ("<plane> · <method>", the chosen method first) and ``.summary`` says per plane whether the method is ahead
+        of the best of them (False: the method's rows alone, as ``lax_dice``). ``frames`` ("all" or 0-based item
+        numbers of a cine whose proxy node is ``sax_volume``; ``sax_labels`` then the proxy of a label sequence in
+        its browser, or None; no LAX labels): each frame is reconstructed into new volume sequences that join the
+        cine's browser; returns a ``FramesResult`` (``.volumes``, ``.labels``, ``.frames``, ``.warnings``) or the running ``FramesJob``.
         """
         if frames is not None:
             job = FramesJob(
@@ -273,6 +279,7 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
                 slicer.mrmlScene, sax_volume, sax_labels, lax_label_nodes, method=method, spacing=spacing,
                 steps=steps, device=device, output_volume=output_volume, output_segmentation=output_segmentation,
                 shape_prior=shape_prior, label_numbering=label_numbering, model=model, roughness_guard=roughness_guard,
+                baselines=baselines,
             )  # fmt: skip
         job.start(progress_callback or self._log)
         if not wait:
@@ -351,10 +358,10 @@ class ReconstructionTest(ScriptedLoadableModuleTest):
             saxLabels = mrml.load_volume(scene, files["sax_labels"], "SAX labels", labelmap=True)
             lax = [mrml.load_volume(scene, files[f"lax_{v}_labels"], v, labelmap=True) for v in LAX_VIEWS]
             # the Lib on the same files, in this process: what the child process must reproduce
-            expected = lax_dice_table(
-                reconstruct(read_stack(files["sax_image"], files["sax_labels"]), "shape", 2.0).labels,
-                {v: read_labels(files[f"lax_{v}_labels"]) for v in LAX_VIEWS},
-            )
+            stack = read_stack(files["sax_image"], files["sax_labels"])
+            laxLabels = {v: read_labels(files[f"lax_{v}_labels"]) for v in LAX_VIEWS}
+            expected = lax_dice_table(reconstruct(stack, "shape", 2.0).labels, laxLabels)
+            nearest = lax_dice_table(reconstruct(stack, "nearest", 2.0).labels, laxLabels)
         inputs = [sax, saxLabels, *lax]
         before = [self._state(node) for node in inputs]
         nodesBefore = scene.GetNumberOfNodes()
@@ -377,6 +384,14 @@ class ReconstructionTest(ScriptedLoadableModuleTest):
                     continue
                 self.assertGreater(dice, 0.8, f"{label} Dice on {view}")
                 self.assertAlmostEqual(dice, expected[view][label], delta=0.01, msg=f"{label} on {view}")
+        # the classical baselines beside it: rows "<view> · <method>", shape first; linear's labels are nearest's
+        self.assertEqual(list(mrml.dict_from_table(result.table)), [f"{v} · {m}" for v in LAX_VIEWS
+                                                                     for m in ("shape", "nearest", "linear")])
+        self.assertEqual(result.baselines["linear"], result.baselines["nearest"])
+        for view, row in nearest.items():
+            for label, dice in row.items():
+                self.assertAlmostEqual(result.baselines["nearest"][view][label], dice, delta=0.01, msg=f"{label} on {view}")
+        self.assertEqual([line.split(":")[0] for line in result.summary[:3]], list(LAX_VIEWS))
         # inputs unchanged; the results are new nodes
         self.assertEqual([self._state(node) for node in inputs], before)
         for output in (result.volume, result.segmentation, result.table):

@@ -11,15 +11,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from ..errors import InputError
 from ..utils.jsonfile import write_json
 from .common import output_folder
-from .reconstruct import METHODS
-
-BASELINES = ("nearest", "linear", "shape")
+from .reconstruct import BASELINES, METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
 def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -> None:
     from ..io.volumes import write_image
     from ..phantoms.scanner import make_subject, write_subject
-    from ..reconstruction.lax_check import format_table, lax_dice
-    from ..reconstruction.volume import reconstruct
+    from ..reconstruction.lax_check import format_table, methods_lax_dice
     from ..report import write_report
 
     print(f"[demo] MR phantom subject seed {seed} -> {out / 'phantom'}")
@@ -75,19 +71,19 @@ def reconstruction_demo(out: Path, seed: int, methods: list[str], device: str) -
     write_subject(subject, out / "phantom", dicom=False)
     for warning in subject.sax.geometry_report()["warnings"]:
         print(f"warning: {warning}")
-    table, volumes, timings = {}, {}, {}
-    for method in methods:
-        print(f"[demo] reconstruct --method {method}")
-        options = {"device": device} if method == "dmcvr" else {}
-        start = time.perf_counter()
-        result = reconstruct(subject.sax, method, 1.0, **options)
-        timings[method] = round(time.perf_counter() - start, 2)
+    volumes = {}
+
+    def keep(method, result) -> None:  # each method's volumes written, its labels kept for the report
         folder = out / "reconstruction" / method
         write_image(result.image, folder / "reconstruction_image.nii.gz")
         write_image(result.labels, folder / "reconstruction_labels.nii.gz")
         volumes[method] = result.labels
-        for view, lax_labels in subject.lax_labels.items():
-            table.setdefault(view, {})[method] = lax_dice(result.labels, lax_labels)
+        print(f"[demo] {method}: wrote {folder}")
+
+    print(f"[demo] reconstruct with {', '.join(methods)}, each checked on the LAX planes")
+    by_method, timings = methods_lax_dice(subject.sax, methods, 1.0, subject.lax_labels,
+                                          {"dmcvr": {"device": device}}, keep)  # fmt: skip
+    table = {view: {method: by_method[method][view] for method in methods} for view in subject.lax_labels}
     rows = {f"{method} {view}": table[view][method] for method in methods for view in table}
     print("[demo] Dice against the LAX labels per method and plane (0-1, 1 = identical; n/a: label in neither):")
     print(format_table(rows))

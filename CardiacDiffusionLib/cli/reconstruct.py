@@ -13,8 +13,11 @@ from .common import (
     stack_report,
 )  # fmt: skip
 
+#: the classical methods; with LAX labels the chosen method's LAX Dice is shown beside theirs
+BASELINES = ("nearest", "linear", "shape")
 METHODS = ("nearest", "linear", "shape", "dmcvr")
-OUTPUTS = ("reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json")
+OUTPUTS = ("reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json",
+           "lax_dice_baselines.json")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sax-labels", help="labels of the SAX stack (same grid)")
     p.add_argument("--lax", nargs="*", default=[], help="LAX images (kept for reference; not needed for Dice)")
     p.add_argument("--lax-labels", nargs="*", default=[], help="LAX label images for the LAX Dice check")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="with --lax-labels: check the chosen method only (by default the classical baselines "
+                        "nearest, linear and shape are checked beside it: lax_dice_baselines.json)")  # fmt: skip
     p.add_argument("--spacing", type=float, default=1.0, help="through-plane spacing of the output, mm (default 1)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (dmcvr only)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (dmcvr only)")
@@ -45,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, write_image
-    from ..reconstruction.lax_check import format_table, lax_dice_table, lax_overview
+    from ..reconstruction.lax_check import lax_dice_table, lax_overview
     from ..reconstruction.volume import planned_targets, reconstruct
     from ..utils.jsonfile import write_json
 
@@ -107,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         table = lax_dice_table(result.labels, lax)
         write_json(out / "lax_dice.json", table)
         written.append("lax_dice.json")
-        print(format_table(table))
+        del result  # the baselines' volumes are made one at a time: the grid's memory check covers them
+        written += _lax_baselines(stack, args, lax, table, out)
     for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own
         if name not in written and (out / name).is_file():
             if earlier_run:
@@ -117,6 +124,32 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
     print(f"{args.method}: wrote {', '.join(written)} to {out}")
     return 0
+
+
+def _lax_baselines(stack, args: argparse.Namespace, lax: dict, table: dict, out: Path) -> list[str]:
+    """The classical baselines' LAX Dice beside ``table`` (the chosen method's) on the same grid and planes:
+    written to lax_dice_baselines.json and printed side by side with a line per plane; the files written."""
+    from ..reconstruction.lax_check import (
+        LINEAR_IS_NEAREST, compare_with_baselines, format_table, methods_lax_dice, side_by_side,
+    )  # fmt: skip
+    from ..utils.jsonfile import write_json
+
+    if args.no_baselines or stack.labels is None:
+        if stack.labels is None and not args.no_baselines:  # dmcvr labelled the stack itself
+            print(f"note: no --sax-labels: the classical baselines make no labels, so the LAX check shows "
+                  f"{args.method} alone")  # fmt: skip
+        print(format_table(table))
+        return []
+    baselines = methods_lax_dice(stack, [m for m in BASELINES if m != args.method], args.spacing, lax)[0]
+    # nearest and linear are both in the table, as the method or as baselines: the note always applies
+    write_json(out / "lax_dice_baselines.json", {"method": args.method, "baselines": baselines,
+                                                 "notes": [LINEAR_IS_NEAREST]})  # fmt: skip
+    print(f"LAX Dice of {args.method} beside the classical baselines (same grid and planes; lax_dice_baselines.json):")
+    print(format_table(side_by_side(args.method, table, baselines)))
+    for line in compare_with_baselines(args.method, table, baselines):
+        print(line)
+    print(f"note: {LINEAR_IS_NEAREST}")
+    return ["lax_dice_baselines.json"]
 
 
 def add_roughness_guard(parser: argparse.ArgumentParser) -> None:

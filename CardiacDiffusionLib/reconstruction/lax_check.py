@@ -4,9 +4,14 @@ The volume is resampled (nearest neighbour, in physical space) onto the LAX imag
 is computed per label over the LAX pixels that lie inside the volume's extent only (the LAX
 image also shows atria and the apex cap that no SAX stack covers). A label absent from both the
 LAX labels and the resampled volume inside that region gets ``None`` (undefined, not 1).
+Several methods are checked side by side on the same planes by :func:`methods_lax_dice` and
+:func:`compare_with_baselines` (``reconstruct`` beside the classical baselines, the demo).
 """
 
 from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,6 +59,65 @@ def format_table(rows: dict[str, dict[str, float | None]], labels=tuple(MR_LABEL
         cells = ["   n/a" if row.get(n) is None else f"{row[n]:6.3f}" for n in labels]
         lines.append(f"{key:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def methods_lax_dice(
+    stack: SliceStack, methods: Iterable[str], spacing: float, lax: dict[str, sitk.Image],
+    options: dict[str, dict] | None = None, keep: Callable[[str, object], None] | None = None,
+) -> tuple[dict[str, dict[str, dict[str, float | None]]], dict[str, float]]:
+    """Each of ``methods`` in turn reconstructs ``stack`` at ``spacing`` mm (:func:`.volume.reconstruct`, with
+    ``options[method]``) and is checked on ``lax``: ``({method: {lax name: {label: dice}}}, {method: seconds of its
+    reconstruction})``. One volume at a time: ``keep(method, reconstruction)`` sees each before it is dropped, so
+    the memory check of one method's grid covers them all. A method that makes no labels is an InputError."""
+    from .volume import reconstruct
+
+    tables, seconds = {}, {}
+    for method in methods:
+        start = time.perf_counter()
+        result = reconstruct(stack, method, spacing, **(options or {}).get(method, {}))
+        seconds[method] = round(time.perf_counter() - start, 2)
+        if result.labels is None:
+            raise InputError(f"{stack.source}: {method} made no labels (the stack has none) to check on the LAX planes")
+        tables[method] = lax_dice_table(result.labels, lax)
+        if keep is not None:
+            keep(method, result)
+        del result
+    return tables, seconds
+
+
+#: the note beside a table holding both nearest and linear (README: `linear`)
+LINEAR_IS_NEAREST = ("linear's labels are nearest's (one-hot maps between two slices, then argmax: the nearer "
+                     "slice's label), so are its Dice; linear differs in its intensities only")  # fmt: skip
+
+
+def side_by_side(method: str, table: dict[str, dict], baselines: dict[str, dict[str, dict]], sep: str = "  ") -> dict:
+    """``{"<LAX name><sep><method>": {label: dice}}``, plane by plane, ``method`` first, then each baseline."""
+    rows = {}
+    for plane, row in table.items():
+        rows[f"{plane}{sep}{method}"] = row
+        rows.update({f"{plane}{sep}{name}": other[plane] for name, other in baselines.items() if plane in other})
+    return rows
+
+
+def compare_with_baselines(method: str, table: dict[str, dict], baselines: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per LAX plane: ``method``'s mean Dice there beside the best baseline's, and whether it is ahead
+    (by more than 0.0005), level or behind. The mean is over the labels every method scores on that plane (a label
+    in neither the plane nor a volume is null for that method), named when not all of them."""
+    lines = []
+    for plane, row in table.items():
+        rows = {method: row, **{name: other[plane] for name, other in baselines.items() if plane in other}}
+        labels = [n for n in row if all(r.get(n) is not None for r in rows.values())]
+        if len(rows) < 2 or not labels:
+            lines.append(f"{plane}: no label that {method} and the baselines all score; see the table")
+            continue
+        means = {name: float(np.mean([r[n] for n in labels])) for name, r in rows.items()}
+        best = max(means[name] for name in rows if name != method)
+        names = ", ".join(name for name in rows if name != method and round(means[name], 4) == round(best, 4))
+        over = "" if len(labels) == len(row) else f" ({', '.join(labels)})"
+        diff = round(means[method] - best, 3)
+        verdict = "level" if diff == 0 else f"{'ahead' if diff > 0 else 'behind'} by {abs(diff):.3f}"
+        lines.append(f"{plane}: {method} mean Dice{over} {means[method]:.3f}, best baseline {names} {best:.3f}: {verdict}")
+    return lines
 
 
 #: LAX and SAX labels that disagree this much where they cross (LV cavity, LV myocardium) are worth a warning:

@@ -3,8 +3,10 @@
 ``ReconstructionJob(scene, sax_volume, ...)`` writes its inputs to a temporary folder, runs
 ``python -m CardiacDiffusionLib.cli.main reconstruct ...`` (``PythonSlicer`` in Slicer) and, once
 the child succeeded, adds NEW nodes: the reconstructed volume, a segmentation with named, coloured
-segments and 3D surfaces, and a table of LAX Dice. Nothing is added to the scene before that, so a
-cancelled or failed job leaves the scene as it was. A SAX volume that is a cine's proxy node is read at the
+segments and 3D surfaces, and a table of LAX Dice: the method's rows, or with ``baselines=True`` (the module's
+Logic) the classical methods' rows beside them, ``"<plane> · <method>"``, and a ``summary`` line per plane (the
+default keeps the table's layout before them, which the batch script writes). Nothing is added to the scene before
+that, so a cancelled or failed job leaves the scene as it was. A SAX volume that is a cine's proxy node is read at the
 frame its browser shows: ``frames`` says which, and the outputs' attributes keep it (``sequences``); an output
 node that is a proxy is refused. ``cine.FramesJob`` reconstructs several frames into volume sequences.
 """
@@ -21,6 +23,7 @@ from typing import Sequence
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..reconstruction.lax_check import compare_with_baselines, side_by_side
 from . import mrml, sequences
 from .job import CLIJob, checked_numbering, write_label_node
 
@@ -32,8 +35,10 @@ DEVICES = ("auto", "cpu", "cuda")
 class ReconstructionResult:
     volume: object  # vtkMRMLScalarVolumeNode
     segmentation: object | None  # vtkMRMLSegmentationNode
-    table: object | None  # vtkMRMLTableNode of LAX Dice
-    lax_dice: dict = field(default_factory=dict)
+    table: object | None  # vtkMRMLTableNode of LAX Dice (with baselines: rows "<plane> · <method>", the method first)
+    lax_dice: dict = field(default_factory=dict)  # {plane: {label: dice}} of the chosen method
+    baselines: dict = field(default_factory=dict)  # {baseline method: {plane: {label: dice}}} on the same planes
+    summary: list[str] = field(default_factory=list)  # per plane: the method's mean Dice beside the best baseline's
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # labels of maybe another cine frame, then geometry.json's
     frames: list[str] = field(default_factory=list)  # each proxy input's cine frame, e.g. "node 'cine': frame 4 of 25 ..."
@@ -66,6 +71,7 @@ class ReconstructionJob(CLIJob):
         spacing: float = 1.0, steps: int | None = None, device: str = "auto", python: str | None = None,
         output_volume=None, output_segmentation=None, keep_files: bool = False, shape_prior: float | None = None,
         label_numbering: str = "project", model: str | None = None, roughness_guard: float | str | None = None,
+        baselines: bool = False,
     ):  # fmt: skip
         if sax_volume is None:
             raise InputError("SAX volume: none selected; choose the SAX stack to reconstruct")
@@ -95,6 +101,7 @@ class ReconstructionJob(CLIJob):
         self.roughness_guard = None if roughness_guard is None else float(roughness_guard)  # dmcvr; inf: off
         self.model = (model or "").strip() or None  # dmcvr: a registered name or a .safetensors file; None: shipped
         self.output_volume, self.output_segmentation = output_volume, output_segmentation
+        self.baselines = bool(baselines)  # with LAX labels: nearest, linear and shape checked beside the method
         self.title = f"{method} reconstruction"
         self.frame_warnings: list[str] = []  # SAX or LAX labels that may be of another cine frame than the SAX volume
 
@@ -127,6 +134,8 @@ class ReconstructionJob(CLIJob):
                 paths.append(str(path))
                 self._check_lax_frame(node)
             arguments += ["--lax-labels", *paths]
+            if not self.baselines:
+                arguments.append("--no-baselines")
         return arguments
 
     def _check_label_frame(self) -> None:
@@ -169,16 +178,22 @@ class ReconstructionJob(CLIJob):
             segmentation = mrml.segmentation_from_labels(
                 self.scene, labels, f"{base} segmentation", reference_volume=volume, node=self.output_segmentation
             )
-        table, lax_dice = None, {}
+        table, lax_dice, baselines, summary = None, {}, {}, []
         dice_path = out / "lax_dice.json"
         if dice_path.exists():
-            raw = json.loads(dice_path.read_text())
             names = {path.name: name for path, name in self.exported.items()}  # lax_dice.json keys are file names
-            lax_dice = {names.get(k, k): v for k, v in raw.items()}
-            table = mrml.table_from_dict(self.scene, lax_dice, f"{base} LAX Dice", row_header="LAX")
+            lax_dice = {names.get(k, k): v for k, v in json.loads(dice_path.read_text()).items()}
+            rows, header = lax_dice, "LAX"
+            if (out / "lax_dice_baselines.json").exists():
+                raw = json.loads((out / "lax_dice_baselines.json").read_text())
+                baselines = {m: {names.get(k, k): v for k, v in t.items()} for m, t in raw["baselines"].items()}
+                rows, header = side_by_side(self.method, lax_dice, baselines, sep=" · "), "LAX · method"
+                summary = compare_with_baselines(self.method, lax_dice, baselines) + [f"note: {n}" for n in raw["notes"]]
+            table = mrml.table_from_dict(self.scene, rows, f"{base} LAX Dice", row_header=header)
         said = [self._in_module_terms(w) for w in json.loads((out / "geometry.json").read_text()).get("warnings", [])]
         frame = self.frames.get(self.sax_volume.GetID())
         for node in (volume, segmentation, table):
             sequences.record_source(node, frame)
         frames = [f"node '{f.node}': {f.describe()}" for f in self.frames.values()]
-        return ReconstructionResult(volume, segmentation, table, lax_dice, list(self.log), self.frame_warnings + said, frames)
+        return ReconstructionResult(volume, segmentation, table, lax_dice, baselines, summary, list(self.log),
+                                    self.frame_warnings + said, frames)  # fmt: skip
