@@ -214,6 +214,28 @@ def test_node_combo_boxes_receive_the_scene(module):
     assert {c for c in used if c.startswith(("qMRML", "ctk"))} <= declared
 
 
+def test_reconstruction_all_cine_frames_box_is_wired_to_the_lib():
+    """'All cine frames': a check box bound to ``allFrames``, off in the .ui until the code enables it from
+    ``cine.all_frames_offer`` (with its tooltip), and Apply passes ``cine.panel_run_options`` to ``logic.run``."""
+    from CardiacDiffusionLib.slicer_adapter.cine import ALL_FRAMES
+
+    box = _widgets(_ui("Reconstruction"))["allFramesCheckBox"]
+    assert (box.get("class"), _string_property(box, "SlicerParameterName")) == ("QCheckBox", "allFrames")
+    assert _string_property(box, "text") == ALL_FRAMES and _number_property(box, "enabled") is False
+    source = ast.unparse(_classes(_tree("Reconstruction"))["ReconstructionWidget"])
+    assert "offer = cine.all_frames_offer(" in source
+    assert "self.ui.allFramesCheckBox.enabled = offer.enabled" in source
+    assert "self.ui.allFramesCheckBox.toolTip = offer.tooltip" in source
+    apply = next(f for f in _classes(_tree("Reconstruction"))["ReconstructionWidget"].body
+                 if isinstance(f, ast.FunctionDef) and f.name == "onApplyButton")  # fmt: skip
+    call = next(n for n in ast.walk(apply) if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.run")
+    keywords = {k.arg for k in call.keywords}
+    assert None in keywords and not keywords & {"frames", "output_volume", "output_segmentation"}  # all from **chosen
+    chosen = next(n for n in ast.walk(apply) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "chosen")
+    assert ast.unparse(chosen.value.func) == "cine.panel_run_options"
+    assert [k.value.id for k in call.keywords if k.arg is None] == ["chosen"]
+
+
 def test_reconstruction_choices_match_the_cli():
     from CardiacDiffusionLib.slicer_adapter.reconstruction import METHODS
 
@@ -412,6 +434,7 @@ PANEL_CLI = {
         "laxLabels3": "lax_labels", "labelNumbering": "label_convention", "method": "method", "spacing": "spacing",
         "steps": ("steps", {0: None}), "shapePrior": ("shape_prior", {-0.05: None}), "device": "device",
         "model": ("model", {"": None}), "outputVolume": None, "outputSegmentation": None,
+        "allFrames": None,  # Slicer-only: every frame of a cine's sequence (one command per frame, cine.FramesJob)
     }, {
         "lax": "LAX images are kept for reference only; the LAX check needs their labels",
         "strength": "expert tuning of the diffusion schedule; the model's default was chosen on training patients",

@@ -24,8 +24,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CardiacDiffusionLib.slicer_adapter import dependencies, mrml
-from CardiacDiffusionLib.slicer_adapter.cine import FramesJob
+from CardiacDiffusionLib.slicer_adapter import cine, dependencies, mrml
+from CardiacDiffusionLib.slicer_adapter.cine import FramesJob, FramesResult
 from CardiacDiffusionLib.slicer_adapter.job import LABEL_NUMBERINGS
 from CardiacDiffusionLib.slicer_adapter.reconstruction import DEVICES, METHODS, ReconstructionJob
 
@@ -48,7 +48,9 @@ class Reconstruction(ScriptedLoadableModule):
             "(LAX) label planes with a Dice table. Methods: <b>dmcvr</b> (diffusion model, needs the PyTorch "
             "extension), <b>shape</b> (signed-distance shape interpolation), <b>linear</b> and <b>nearest</b>. "
             "Labels: 1 LV cavity, 2 LV myocardium, 3 RV cavity (labelmaps in ACDC numbering: set Label numbering "
-            "to acdc). The work runs in a background process: "
+            "to acdc). A SAX volume that a loaded cine shows (its sequence browser's proxy) is read at the shown "
+            "frame; <b>All cine frames</b> reconstructs every frame into new sequences that join the cine's browser. "
+            "The work runs in a background process: "
             "Slicer stays responsive and Cancel stops it. "
             'See <a href="https://github.com/CardiacDiffusion/SlicerCardiacDiffusion">the project page</a>.'
         )
@@ -66,6 +68,7 @@ class ReconstructionParameterNode:
     """Inputs, settings and optional outputs of one reconstruction (saved with the scene)."""
 
     saxVolume: vtkMRMLScalarVolumeNode
+    allFrames: bool = False  # a cine's proxy as SAX volume: every frame into new sequences (cine.panel_run_options)
     saxLabels: LabelNode
     laxLabels1: LabelNode
     laxLabels2: LabelNode
@@ -93,6 +96,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self._outputTips = []  # (output selector, its .ui tooltip)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,6 +111,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelBrowseButton.connect("clicked(bool)", self.onBrowseModel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self._outputTips = [(w, w.toolTip) for w in (self.ui.outputVolumeSelector, self.ui.outputSegmentationSelector)]
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
@@ -161,6 +166,14 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = ready and not running
         self.ui.applyButton.toolTip = _("Run the reconstruction") if ready else _("Select a SAX volume")
         self.ui.cancelButton.enabled = running
+        # "All cine frames": only for a cine's proxy node; then the output selectors do not apply (new sequences)
+        offer = cine.all_frames_offer(self._parameterNode.saxVolume if self._parameterNode else None)
+        self.ui.allFramesCheckBox.enabled = offer.enabled
+        self.ui.allFramesCheckBox.toolTip = offer.tooltip
+        several = offer.enabled and self._parameterNode.allFrames
+        for selector, tip in self._outputTips:
+            selector.enabled = not several
+            selector.toolTip = cine.OUTPUTS_NOTE if several else tip
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
@@ -176,12 +189,13 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.logTextEdit.appendPlainText(note)
                     slicer.util.showStatusMessage(note, 15000)
                     logging.warning(note)
+            lax = [p.laxLabels1, p.laxLabels2, p.laxLabels3]
+            # frames="all" (new sequences, no output nodes) or the shown frame; refused here in the panel's words
+            chosen = cine.panel_run_options(p.allFrames, p.saxVolume, p.saxLabels, lax, p.outputVolume, p.outputSegmentation)
             self._job = self.logic.run(
-                p.saxVolume, p.saxLabels, [p.laxLabels1, p.laxLabels2, p.laxLabels3], method=p.method,
-                spacing=p.spacing, steps=p.steps or None, device=device, wait=False,
-                shape_prior=p.shapePrior if p.shapePrior >= 0 else None,
-                progress_callback=self.onProgress, output_volume=p.outputVolume,
-                output_segmentation=p.outputSegmentation, label_numbering=p.labelNumbering, model=p.model or None,
+                p.saxVolume, p.saxLabels, lax, method=p.method, spacing=p.spacing, steps=p.steps or None,
+                device=device, wait=False, shape_prior=p.shapePrior if p.shapePrior >= 0 else None,
+                progress_callback=self.onProgress, label_numbering=p.labelNumbering, model=p.model or None, **chosen,
             )  # fmt: skip
             self._timer.start()
         self._updateButtons()
@@ -197,6 +211,10 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if done:
             self._stop()
             self.logic.showResult(job.result)
+            if isinstance(job.result, FramesResult):  # new sequences in the cine's browser; the outputs stay as set
+                for line in cine.frames_summary(job.result):
+                    self.ui.logTextEdit.appendPlainText(line)
+                return
             for frame in job.result.frames:  # a cine's proxy node: the frame its browser showed
                 self.ui.logTextEdit.appendPlainText(_("frame used: {frame}").format(frame=frame))
             for line in job.result.summary:  # per LAX plane: the method's mean Dice beside the best baseline's
@@ -305,7 +323,12 @@ class ReconstructionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showResult(result) -> None:
-        """Show the reconstructed volume in the slice views and the segmentation in 3D."""
+        """Show the reconstructed volume in the slice views and the segmentation in 3D (several frames: the new
+        sequences' proxies, which follow the cine's browser)."""
+        if isinstance(result, FramesResult):
+            labels = {"label": result.labels_proxy} if result.labels_proxy is not None else {}
+            slicer.util.setSliceViewerLayers(background=result.volume_proxy, fit=True, **labels)
+            return
         slicer.util.setSliceViewerLayers(background=result.volume, fit=True)
         if result.segmentation is not None:
             result.segmentation.GetDisplayNode().SetVisibility3D(True)

@@ -8,6 +8,11 @@ a label sequence in the same browser, for the frames that have an item there (e.
 NEW sequences (volumes, and labelmaps where labels were made) at the input's index values, added to the input's
 browser as synchronised sequences, empty on the frames not reconstructed. Nothing is added to the scene before the
 last frame is done; no input node, sequence item or the browser's selected frame is changed.
+
+The Reconstruction panel's "All cine frames" (``ALL_FRAMES``): :func:`all_frames_offer` says whether it applies to
+the SAX volume (a cine's proxy, and which browser) and why not; :func:`panel_run_options` turns the panel's fields
+into ``ReconstructionLogic.run``'s ``frames`` and outputs, refusing in the panel's words what a multi-frame run
+cannot take; :func:`frames_summary` says what such a run made.
 """
 
 from __future__ import annotations
@@ -36,6 +41,86 @@ class FramesResult:
     frames: list[str] = field(default_factory=list)  # what each frame was made from
     warnings: list[str] = field(default_factory=list)  # geometry.json's, each with its frame
     log: list[str] = field(default_factory=list)
+
+
+#: the panel's check box (Reconstruction.ui) and its field labels, as the panel's refusals name them
+ALL_FRAMES = "All cine frames"
+LAX_FIELDS = ("LAX labels 1", "LAX labels 2", "LAX labels 3")
+#: why the panel's output selectors are off while a multi-frame run is chosen
+OUTPUTS_NOTE = (f"Not used with {ALL_FRAMES}: each frame's result goes into new sequences ('<SAX volume> <method>' "
+                "and '... labels') that join the cine's sequence browser")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CineOffer:
+    """Whether "All cine frames" applies to a SAX volume node: its cine's browser and sequence, or why not."""
+
+    browser: object | None  # the vtkMRMLSequenceBrowserNode whose proxy the SAX volume is; None: not a cine
+    sequence: object | None
+    count: int  # frames (items) of the cine's sequence
+    tooltip: str  # what ticking it does, or why it is off
+
+    @property
+    def enabled(self) -> bool:
+        return self.browser is not None and self.count > 0
+
+
+def all_frames_offer(sax_volume) -> CineOffer:
+    """:class:`CineOffer` for the panel's SAX volume (None: none selected)."""
+    browser = sequences.browser_of(sax_volume)
+    if browser is None:
+        why = "no SAX volume is selected" if sax_volume is None else f"SAX volume '{sax_volume.GetName()}' is a plain volume"
+        return CineOffer(None, None, 0, f"Off: {why}, not a loaded cine. Load the cine as a sequence (e.g. a DICOM cine "
+                                        "loaded as a volume sequence) and choose the volume its browser shows")  # fmt: skip
+    sequence = browser.GetSequenceNode(sax_volume)
+    count = 0 if sequence is None else sequence.GetNumberOfDataNodes()
+    where = f"sequence '{sequence.GetName() if sequence else '?'}' (sequence browser '{browser.GetName()}')"
+    if count == 0:
+        return CineOffer(browser, sequence, 0, f"Off: {where} holds no frame")
+    return CineOffer(browser, sequence, count, (
+        f"Reconstruct each of the {count} frames of {where}, not only the shown one, into new sequences that join its "
+        "browser. SAX labels: none, or the labels a label sequence in the same browser shows (labels of some frames, "
+        "e.g. ED and ES, are enough). No LAX check; the outputs below are not used"))  # fmt: skip
+
+
+def panel_run_options(all_frames: bool, sax_volume, sax_labels=None, lax_label_nodes: Sequence = (),
+                      output_volume=None, output_segmentation=None) -> dict:  # fmt: skip
+    """``ReconstructionLogic.run``'s ``frames``, ``output_volume`` and ``output_segmentation`` from the panel's fields.
+
+    "All cine frames" ticked on a cine's proxy: ``frames="all"``, no output nodes (the results are new sequences);
+    SAX labels that are not the proxy of a label sequence in the cine's browser, or LAX labels, are refused here in
+    the panel's words before anything starts. Unticked, or a plain SAX volume (the box is off): the shown frame.
+    """
+    offer = all_frames_offer(sax_volume)
+    if not (all_frames and offer.enabled):
+        return {"frames": None, "output_volume": output_volume, "output_segmentation": output_segmentation}
+    browser = offer.browser.GetName()
+    if sax_labels is not None and sequences.browser_of(sax_labels) is not offer.browser:
+        other = sequences.browser_of(sax_labels)
+        what = "a plain node" if other is None else f"shown by sequence browser '{other.GetName()}', not '{browser}'"
+        raise InputError(
+            f"SAX labels '{sax_labels.GetName()}': {what}; with {ALL_FRAMES} ticked choose as SAX labels the labels a "
+            f"label sequence in sequence browser '{browser}' shows (labels of some frames, e.g. ED and ES, are enough), "
+            f"or leave SAX labels empty, or untick {ALL_FRAMES} to reconstruct the shown frame with these labels"
+        )
+    for field_name, node in zip(LAX_FIELDS, lax_label_nodes):
+        if node is not None:
+            raise InputError(
+                f"{field_name} '{node.GetName()}': the LAX Dice check is of one reconstructed frame; with {ALL_FRAMES} "
+                f"ticked leave LAX labels 1-3 empty, or untick {ALL_FRAMES} to "
+                "reconstruct the shown frame with the check"
+            )
+    return {"frames": "all", "output_volume": None, "output_segmentation": None}
+
+
+def frames_summary(result: "FramesResult") -> list[str]:
+    """The panel's log lines for a multi-frame result: the new sequences, their browser, each frame made, warnings."""
+    made = [f"'{result.volumes.GetName()}' ({result.volumes.GetNumberOfDataNodes()} frames)"]
+    if result.labels is not None:
+        made.append(f"'{result.labels.GetName()}' ({result.labels.GetNumberOfDataNodes()} frames)")
+    lines = [f"new sequence{'s' * (len(made) > 1)} {' and '.join(made)} joined sequence browser '{result.browser.GetName()}': "
+             "play or step the cine to see them"]  # fmt: skip
+    return lines + [f"made: {frame}" for frame in result.frames] + [f"warning: {w}" for w in result.warnings]
 
 
 class _FrameJob(ReconstructionJob):
@@ -149,9 +234,10 @@ class FramesJob:
             raise type(error)(f"frame {item + 1} of {self.sequence.GetNumberOfDataNodes()}: {error}") from None
 
     def cancel(self) -> None:
-        """Stop the current frame's child; nothing is added to the scene."""
-        if self.job is not None:
+        """Stop the current frame's child; nothing is added to the scene (the frames done are dropped)."""
+        if self.job is not None and self.result is None:
             self.job.cancel()
+            self._report(None, f"cancelled after {len(self._done)} of {len(self.plan)} frames: no sequence was added")
 
     @property
     def running(self) -> bool:
