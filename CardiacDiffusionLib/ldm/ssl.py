@@ -119,13 +119,23 @@ def pretrain(images: torch.Tensor, steps: int, batch: int = 2, lr: float = 2e-3,
     return net, _train(task, steps, batch, lr, seed)
 
 
+def encoder_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's weights (``conv_0``, ``down_1..4``) of a BasicUNet."""
+    return {k: v for k, v in net.state_dict().items() if k.split(".")[0] in ENCODER}
+
+
+def load_encoder(net: nn.Module, pretrained: nn.Module) -> list[str]:
+    """Copy ``pretrained``'s encoder weights into ``net`` (a shape mismatch raises RuntimeError); the encoder keys
+    of ``net`` that ``pretrained`` lacks (none when both are BasicUNets of the same features)."""
+    missing = net.load_state_dict(encoder_state(pretrained), strict=False).missing_keys
+    return [k for k in missing if k.split(".")[0] in ENCODER]
+
+
 def transfer_encoder(pretrained: nn.Module, out_channels: int, seed: int = 0, features=FEATURES) -> BasicUNet:
     """A fresh segmentation net with ``pretrained``'s encoder weights (decoder newly initialised)."""
     torch.manual_seed(seed)
     net = build_unet(out_channels, features)
-    state = {k: v for k, v in pretrained.state_dict().items() if k.split(".")[0] in ENCODER}
-    missing = net.load_state_dict(state, strict=False).missing_keys
-    assert all(k.split(".")[0] not in ENCODER for k in missing), "encoder keys must all transfer"
+    assert not load_encoder(net, pretrained), "encoder keys must all transfer"
     return net
 
 

@@ -56,10 +56,11 @@ BUILTIN_ARCHITECTURES: dict[str, str] = {
     "ldm": "CardiacDiffusionLib.ldm:build_ldm",
     "sadir": "CardiacDiffusionLib.sadir.model:build_sadir",
     "sadir_unet3d": "CardiacDiffusionLib.sadir.train:build_unet",
+    "ctseg_unet": "CardiacDiffusionLib.ldm.seg_tasks:build_seg_unet",
 }
 #: the workflow each built-in workflow architecture serves (others, e.g. user architectures, are not checked)
 ARCHITECTURE_WORKFLOW = {"dmcvr": "dmcvr", "sadir": "sadir", "sadir_unet3d": "sadir", "ldm": "ldm", "ldm_vae": "ldm",
-                         "tos_net": "lma"}  # fmt: skip
+                         "ctseg_unet": "ldm", "tos_net": "lma"}  # fmt: skip
 _ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {}
 #: module -> its provenance, for every module :func:`load_model` returned (dropped with the module)
 _PROVENANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
