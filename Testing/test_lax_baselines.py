@@ -195,3 +195,32 @@ def test_slicer_table_holds_the_baselines_and_the_log_says_who_is_ahead(mr, runs
     alone = ReconstructionJob(mrml_scene, sax, labels, lax, method="shape", spacing=1.0).start(None).wait(timeout=120)
     assert mrml.dict_from_table(alone.table) == alone.lax_dice == result.lax_dice
     assert alone.table.GetTable().GetColumnName(0) == "LAX" and alone.baselines == {} and alone.summary == []
+
+
+def test_a_run_stopped_during_the_baselines_leaves_no_earlier_runs_baselines(mr, tmp_path, monkeypatch, capsys):
+    """reconstruct writes geometry.json and lax_dice.json, then works out the baselines; stopped there (Ctrl-C), the
+    folder held this run's geometry.json beside the earlier run's lax_dice_baselines.json (shape at 2 mm, while
+    geometry.json said nearest at 3 mm)."""
+    from CardiacDiffusionLib.reconstruction import lax_check
+
+    out = tmp_path / "out"
+    argv = ["reconstruct", "--sax", str(mr / "sax_image.nii.gz"), "--sax-labels", str(mr / "sax_labels.nii.gz"),
+            "--lax-labels", str(mr / "lax_4ch_labels.nii.gz"), "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--method", "shape", "--spacing", "2"]) == 0
+    assert strict_json((out / "lax_dice_baselines.json").read_text())["method"] == "shape"
+
+    def interrupted(*args, **kwargs):  # the user's Ctrl-C while the baselines are reconstructed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lax_check, "methods_lax_dice", interrupted)
+    capsys.readouterr()
+    assert main([*argv, "--method", "nearest", "--spacing", "3"]) == 130
+    assert capsys.readouterr().err.strip() == "cancelled"
+    assert strict_json((out / "geometry.json").read_text())["method"] == "nearest"
+    assert not (out / "lax_dice_baselines.json").exists()
+
+    monkeypatch.undo()  # run again to the end: this run's baselines, nearest's own Dice beside them
+    assert main([*argv, "--method", "nearest", "--spacing", "3"]) == 0
+    written = strict_json((out / "lax_dice_baselines.json").read_text())
+    assert written["method"] == "nearest" and list(written["baselines"]) == ["linear", "shape"]
+    assert written["baselines"]["linear"] == strict_json((out / "lax_dice.json").read_text())

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(out / "lax_dice.json", table)
         written.append("lax_dice.json")
         del result  # the baselines' volumes are made one at a time: the grid's memory check covers them
-        written += _lax_baselines(stack, args, lax, table, out)
+        written += _lax_baselines(stack, args, lax, table, out, earlier_run)
     for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own
         if name not in written and (out / name).is_file():
             if earlier_run:
@@ -126,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lax_baselines(stack, args: argparse.Namespace, lax: dict, table: dict, out: Path) -> list[str]:
+def _lax_baselines(stack, args: argparse.Namespace, lax: dict, table: dict, out: Path, earlier_run: bool) -> list[str]:
     """The classical baselines' LAX Dice beside ``table`` (the chosen method's) on the same grid and planes:
-    written to lax_dice_baselines.json and printed side by side with a line per plane; the files written."""
+    written to lax_dice_baselines.json and printed side by side with a line per plane; the files written. An earlier
+    run's lax_dice_baselines.json goes before their work: a run stopped during it (Ctrl-C, an error) must not leave
+    that run's file beside this run's geometry.json and lax_dice.json."""
     from ..reconstruction.lax_check import (
         LINEAR_IS_NEAREST, compare_with_baselines, format_table, methods_lax_dice, side_by_side,
     )  # fmt: skip
@@ -140,6 +142,8 @@ def _lax_baselines(stack, args: argparse.Namespace, lax: dict, table: dict, out:
                   f"{args.method} alone")  # fmt: skip
         print(format_table(table))
         return []
+    if earlier_run:
+        (out / "lax_dice_baselines.json").unlink(missing_ok=True)
     baselines = methods_lax_dice(stack, [m for m in BASELINES if m != args.method], args.spacing, lax)[0]
     # nearest and linear are both in the table, as the method or as baselines: the note always applies
     write_json(out / "lax_dice_baselines.json", {"method": args.method, "baselines": baselines,
