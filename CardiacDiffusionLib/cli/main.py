@@ -19,8 +19,8 @@ from ..training.cli import parse
 from ..utils.device import omp_threads
 
 #: modules of this package that register sub-commands, in help order
-COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "train",
-                   "models")
+COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "segment",
+                   "train", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

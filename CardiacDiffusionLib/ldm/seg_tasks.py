@@ -155,31 +155,49 @@ def load_pair(image_path: Path, labels_path: Path, data: CTSegData, key: str) ->
     check_label_values(lab, range(N_CLASSES), name=f"data.{key} labels {labels_path}", hint=CT_HINT)
     if not lab.any():
         raise InputError(f"data.{key} labels {labels_path}: no labelled voxel; give labels of the heart ({CT_HINT})")
-    ref = _reference(image, lab, data)
+    ref = reference_grid(image, data, lab)
+    out = sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return resample_hu(image, ref), sitk.GetArrayFromImage(out)
+
+
+def resample_hu(image, ref) -> np.ndarray:
+    """HU of ``image`` on the cube ``ref`` (float32, (z, y, x)): linear after Gaussian anti-aliasing (sigma (target -
+    source spacing) / 2 per axis, scikit-image's), -1000 HU outside. Training (:func:`load_pair`) and ``segment``."""
+    import SimpleITK as sitk
+
     source = sitk.Cast(image, sitk.sitkFloat32)
-    variance = [max(0.0, (data.spacing_mm - s) / 2) ** 2 for s in image.GetSpacing()]  # scikit-image's anti-aliasing
+    variance = [max(0.0, (ref.GetSpacing()[0] - s) / 2) ** 2 for s in image.GetSpacing()]
     if max(variance) > 0:
         source = sitk.DiscreteGaussian(source, variance, 32, 0.01, True)
     hu = sitk.Resample(source, ref, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
-    out = sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(hu), sitk.GetArrayFromImage(out)
+    return sitk.GetArrayFromImage(hu)
 
 
 def _mm(values) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def _reference(image, lab: np.ndarray, data: CTSegData):
-    """The cube the pair is resampled onto: LPS axes, centred on the labels' bounding box or the image's centre."""
+def label_centre(lab: np.ndarray) -> list[float] | None:
+    """The continuous (x, y, z) index of the centre of the labelled voxels' bounding box ((z, y, x) array); None
+    when none is labelled."""
+    if not lab.any():
+        return None
+    z, y, x = (np.flatnonzero(lab.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+    return [float(v.min() + v.max()) / 2 for v in (x, y, z)]
+
+
+def reference_grid(image, data: CTSegData, lab: np.ndarray | None = None, centre_mm=None):
+    """The cube a CT is resampled onto: ``data.size`` voxels of ``data.spacing_mm``, LPS axes, centred on
+    ``centre_mm`` (LPS) when given, else on the labels' bounding box (``data.centre`` labels) or the image's centre;
+    snapped onto the image's voxels when it has LPS axes at that spacing. Training (:func:`load_pair`) and
+    ``segment``."""
     import SimpleITK as sitk
 
-    if data.centre == "labels":
-        z, y, x = (np.flatnonzero(lab.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
-        index = [float(v.min() + v.max()) / 2 for v in (x, y, z)]
-    else:
-        index = [(n - 1) / 2 for n in image.GetSize()]
+    if centre_mm is None:
+        index = label_centre(lab) if data.centre == "labels" else [(n - 1) / 2 for n in image.GetSize()]
+        centre_mm = image.TransformContinuousIndexToPhysicalPoint(index)
     n, s = data.size, data.spacing_mm
-    origin = np.array(image.TransformContinuousIndexToPhysicalPoint(index)) - (n - 1) / 2 * s
+    origin = np.array(centre_mm, float) - (n - 1) / 2 * s
     if np.allclose(image.GetDirection(), np.eye(3).ravel()) and np.allclose(image.GetSpacing(), s, rtol=1e-4):
         origin = image.GetOrigin() + np.round((origin - image.GetOrigin()) / s) * s  # on its voxels: no interpolation
     ref = sitk.Image([n] * 3, sitk.sitkFloat32)
