@@ -201,7 +201,9 @@ def train(
         info = D.init_distributed(device)
         device = D.local_device(device, info)
         with _StopOnSignal() as stop:
-            return _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
+            result = _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
+        D.barrier(info)  # every rank done (rank 0 exports) before any tears the group down: see dist.barrier
+        return result
     except Exception as error:
         report.event("error", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
         error.reported = True  # the CLI does not say it again
