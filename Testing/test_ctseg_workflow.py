@@ -119,6 +119,34 @@ def test_each_epoch_mixes_in_the_synthetic_fraction():
         assert all(int(d["labels"].max()) == (2 if f else 1) for d, f in zip(items, flags))  # flagged = synthetic
 
 
+def test_without_flips_no_item_is_mirrored_and_only_that_differs():
+    image, labels, _ = make_ct_phantom(0, size=32)  # LV left of RV (+x, LPS), LA posterior to LV (+y)
+    pair = Pairs(["p"], [sitk.GetArrayFromImage(image).astype(np.float32)], [sitk.GetArrayFromImage(labels)])
+
+    def draws(flips: bool) -> list[dict]:
+        np.random.seed(0)  # as the runner seeds it
+        data = MixedPairs(pair, None, 0.0, True, flips)
+        return [data[0] for _ in range(200)]
+
+    def side(lab: np.ndarray, a: int, b: int, axis: int) -> float:  # centroid of label a minus label b along axis
+        return float(np.nonzero(lab == a)[axis].mean() - np.nonzero(lab == b)[axis].mean())
+
+    assert side(pair.labels[0], 2, 4, 2) > 5 and side(pair.labels[0], 1, 2, 1) > 5  # the source's chirality
+    on, off = draws(True), draws(False)
+    mirrored = {"x": 0, "y": 0}
+    for a, b in zip(on, off):
+        y_on, y_off = a["labels"].numpy(), b["labels"].numpy()
+        assert side(y_off, 2, 4, 2) > 0 and side(y_off, 1, 2, 1) > 0  # flips off: never mirrored
+        dims = [d for d, (p, q, axis) in ((-1, (2, 4, 2)), (-2, (1, 2, 1))) if side(y_on, p, q, axis) < 0]
+        mirrored["x"] += -1 in dims
+        mirrored["y"] += -2 in dims
+        # the same draw otherwise (crop, boost): the flips-on item is the flips-off one mirrored on those axes
+        assert torch.equal(a["labels"], b["labels"].flip(dims) if dims else b["labels"])
+        assert torch.equal(a["image"], b["image"].flip(dims) if dims else b["image"])
+    assert 20 <= mirrored["x"] <= 60 and 20 <= mirrored["y"] <= 60, mirrored  # p 0.2 each of 200: ~40
+    assert not CTSegData().flips and CTSegData(flips=True).flips  # the default: no mirrors (left/right labels)
+
+
 def test_pairs_are_resampled_in_physical_space_onto_the_model_grid(tmp_path):
     image32, labels32, _ = make_ct_phantom(5, size=32)  # 5 mm: the model's grid when centred on the image
     image64, labels64, _ = make_ct_phantom(5, size=64)  # the same anatomy at 2.5 mm

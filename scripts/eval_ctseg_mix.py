@@ -6,6 +6,10 @@ steps) are the synthetic folder, and 8 held-out phantoms (the LDM's test seeds) 
 process; arm c reuses arm b's SSL stage. The table in docs/TRAINING.md came from
 
     OMP_NUM_THREADS=1 python scripts/eval_ctseg_mix.py --seeds 0 1 --steps 300 --out ctseg_mix
+
+``--set KEY=VALUE`` (repeatable) adds a config override to every run's both stages (e.g. ``data.flips=false``); its
+runs and results then go to ``s<seed>/<overrides>/`` and ``results_<overrides>.json``. ``--arms`` runs only those arms
+(arm c needs arm b's run of the same seed and overrides).
 """
 
 from __future__ import annotations
@@ -49,8 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (one run of each arm per seed)")
     p.add_argument("--steps", type=int, default=300, help="training steps of each stage")
     p.add_argument("--out", default="ctseg_mix", help="work folder (phantoms, samples, runs) and results.json")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both stages of every run, e.g. data.flips=false (repeatable)")  # fmt: skip
     a = p.parse_args(argv)
     root = Path(a.out)
+    variant = "_".join(o.replace("=", "-") for o in a.overrides)  # "": the default runs' paths
     if not (root / "real").exists():
         for s in range(4):
             write_phantom(root / "real", f"r{s}", s)
@@ -67,12 +75,13 @@ def main(argv=None) -> int:
     for seed in a.seeds:
         common = [f"data.real={root / 'real'}", f"data.synthetic={root / 'syn'}", "data.val_fraction=0",
                   f"train.steps={a.steps}", f"train.seed={seed}", "train.validate_every=0", "--progress", "none",
-                  "--device", "cpu"]  # fmt: skip
-        for arm, extra in ARMS.items():
-            out = root / f"s{seed}" / arm
+                  "--device", "cpu", *a.overrides]  # fmt: skip
+        runs = root / f"s{seed}" / variant
+        for arm in a.arms:
+            out, extra = runs / arm, ARMS[arm]
             if arm == "c_ssl_then_real_only":  # arm b's SSL stage
                 (out / "ssl").mkdir(parents=True, exist_ok=True)
-                ssl = root / f"s{seed}" / "b_ssl_then_real_plus_syn" / "ssl" / "model.safetensors"
+                ssl = runs / "b_ssl_then_real_plus_syn" / "ssl" / "model.safetensors"
                 extra = [*extra, "--stage", "finetune", f"finetune:model.encoder_from={ssl}"]
             start = time.time()
             subprocess.run([*CLI, "train", "ctseg", "--out", str(out), *common, *extra], check=True)
@@ -82,8 +91,9 @@ def main(argv=None) -> int:
             per = {n: float(np.nanmean([dice(q == k, y == k) for q, (_, y) in zip(pred, test)])) for k, n in CT_LABELS.items()}
             per["mean"] = float(np.mean(list(per.values())))
             results.setdefault(arm, {})[f"seed{seed}"] = {"dice": per, "seconds": round(time.time() - start, 1)}
-            print(arm, seed, f"mean Dice {per['mean']:.3f}", flush=True)
-    write_json(root / "results.json", {"seeds": a.seeds, "steps": a.steps, "arms": results})
+            print(arm, seed, *a.overrides, f"mean Dice {per['mean']:.3f}", flush=True)
+    out = root / (f"results_{variant}.json" if variant else "results.json")
+    write_json(out, {"seeds": a.seeds, "steps": a.steps, "overrides": a.overrides, "arms": results})
     return 0
 
 

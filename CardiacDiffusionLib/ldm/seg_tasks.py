@@ -66,6 +66,7 @@ class CTSegData:
     synthetic_fraction: float = 0.5  # finetune: share of each epoch's items that are synthetic pairs
     ssl_images: str = "synthetic"  # ssl: synthetic | both
     augment: bool = True
+    flips: bool = False  # augment's left-right (x) and antero-posterior (y) mirrors, p 0.2 each (LA/RA, LV/RV: off)
     root: str | None = None  # --data: refused, said how to give the folders
 
     def check(self, stage: str) -> None:
@@ -250,31 +251,31 @@ def split_real(data: CTSegData) -> tuple[Pairs, Pairs]:
     return real.subset(sorted(order[n_val:])), real.subset(sorted(order[:n_val]))
 
 
-def _item(hu: np.ndarray, lab: np.ndarray, augmented: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if augmented:  # ldm/data.py's augmentations, drawn from numpy's global generator (the runner seeds it)
-        hu, lab = augment(hu, lab)
+def _item(hu: np.ndarray, lab: np.ndarray, augmented: bool, flips: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    if augmented:  # ldm/data.py's augmentations, drawn from numpy's global generator (the runner seeds it); without
+        hu, lab = augment(hu, lab) if flips else augment(hu, lab, p_flip=0.0)  # flips: the same draws, none mirrored
     return torch.from_numpy(hu_to_unit(hu))[None].float(), torch.from_numpy(lab.astype(np.int64))
 
 
 class ImageSet(Dataset):
     """SSL items ``{"image": (1, n, n, n)}`` in [-1, 1]."""
 
-    def __init__(self, pairs: Pairs, augmented: bool):
-        self.pairs, self.augmented = pairs, augmented
+    def __init__(self, pairs: Pairs, augmented: bool, flips: bool = False):
+        self.pairs, self.augmented, self.flips = pairs, augmented, flips
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": _item(self.pairs.hu[i], self.pairs.labels[i], self.augmented)[0]}
+        return {"image": _item(self.pairs.hu[i], self.pairs.labels[i], self.augmented, self.flips)[0]}
 
 
 class MixedPairs(Dataset):
     """An epoch: every real pair once and ``round(R f / (1 - f))`` synthetic items (at least 1 when f > 0), each a
     synthetic pair drawn at random: a share ``f`` of the items synthetic. Items ``{"image", "labels", "synthetic"}``."""
 
-    def __init__(self, real: Pairs, synthetic: Pairs | None, fraction: float, augmented: bool):
-        self.real, self.synthetic, self.augmented = real, synthetic, augmented
+    def __init__(self, real: Pairs, synthetic: Pairs | None, fraction: float, augmented: bool, flips: bool = False):
+        self.real, self.synthetic, self.augmented, self.flips = real, synthetic, augmented, flips
         self.n_synthetic = max(1, round(len(real) * fraction / (1 - fraction))) if fraction > 0 else 0
 
     def __len__(self) -> int:
@@ -282,7 +283,7 @@ class MixedPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         pairs, j = (self.real, i) if i < len(self.real) else (self.synthetic, np.random.randint(len(self.synthetic)))
-        image, labels = _item(pairs.hu[j], pairs.labels[j], self.augmented)
+        image, labels = _item(pairs.hu[j], pairs.labels[j], self.augmented, self.flips)
         return {"image": image, "labels": labels, "synthetic": torch.tensor(float(i >= len(self.real)))}
 
 
@@ -333,7 +334,7 @@ class SSLTask(_CTSegTask):
             synthetic.names + train.names, synthetic.hu + train.hu, synthetic.labels + train.labels)  # fmt: skip
         self._held_out(val)
         self.mask = masker(data.size)
-        return ImageSet(images, data.augment)
+        return ImageSet(images, data.augment, data.flips)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         self.mask.set_random_state(seed=int(np.random.randint(2**31)))  # a resumed run draws the same masks
@@ -383,7 +384,7 @@ class FinetuneTask(_CTSegTask):
         synthetic = read_folder(data, "synthetic") if data.synthetic_fraction > 0 else None
         self._held_out(val)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        return MixedPairs(train, synthetic, data.synthetic_fraction, data.augment)
+        return MixedPairs(train, synthetic, data.synthetic_fraction, data.augment, data.flips)
 
     def loss(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         loss = self.loss_fn(model(batch["image"]), batch["labels"][:, None])
