@@ -42,6 +42,18 @@ def _ras_markup(scene, name: str, ras):
     return node
 
 
+def _refused_in_panel(scene, labels, tos, **points) -> tuple[str, object]:
+    """(the panel's words, the job) of an ActivationJob whose child refuses ``points``; nothing added to the scene."""
+    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
+
+    before = _state(scene)
+    job = ActivationJob(scene, labels, tos_file=str(tos), **points)
+    with pytest.raises(ProcessFailed) as refused:
+        job.start().wait(timeout=120)
+    assert _state(scene) == before  # nothing added
+    return in_panel_terms(str(refused.value), job), job
+
+
 # ---- ActivationMap ------------------------------------------------------------------------------------------------
 def test_rv_insertion_outside_the_image_is_said_as_placed_in_ras(mrml_scene, case, tmp_path):
     """The command says a point outside the image in LPS with 'Slicer shows RAS: negate x and y'; the panel's user
@@ -59,17 +71,11 @@ def test_rv_insertion_outside_the_image_is_said_as_placed_in_ras(mrml_scene, cas
     ras_outside = (centre + 150.0 * stack.row_dir) * [-1, -1, 1]  # 75 columns beyond the middle of 96
     inside = _ras_markup(mrml_scene, "RV inside", ras_inside)
     outside = _ras_markup(mrml_scene, "RV outside", ras_outside)
-    before = _state(mrml_scene)
-
-    job = ActivationJob(mrml_scene, labels, tos_file=str(tos), rv_insertion=outside)
-    with pytest.raises(ProcessFailed) as refused:
-        job.start().wait(timeout=120)
-    said = in_panel_terms(str(refused.value), job)
+    said, _ = _refused_in_panel(mrml_scene, labels, tos, rv_insertion=outside)
     where = ", ".join(f"{v:.1f}" for v in ras_outside)
     assert f"RV insertion 'RV outside' point 1 at RAS ({where}) mm: lies outside the SAX image (at column 123, row 48 " \
            "of a 96 x 96 image); place the anterior RV insertion on a slice of the SAX image" in said, said
     assert "LPS" not in said and "negate" not in said, said
-    assert _state(mrml_scene) == before  # nothing added
     # the point placed inside, in RAS, reaches the command inside the image (the job converts RAS -> LPS itself)
     arguments = ActivationJob(mrml_scene, labels, tos_file=str(tos), rv_insertion=inside)._export(tmp_path)
     point = np.array(arguments[arguments.index("--rv-insertion") + 1].split(","), float)
@@ -81,22 +87,16 @@ def test_apex_outside_the_image_is_said_as_placed_in_ras(mrml_scene, case):
     """An LV apex point far beyond the stack: the command refuses it in LPS words; the panel says the markup as
     placed in RAS and what to do on the panel (no option, no LPS 'negate' advice)."""
     from CardiacDiffusionLib.slicer_adapter import mrml
-    from CardiacDiffusionLib.slicer_adapter.activation import ActivationJob
 
     stack, tos = case
     labels = mrml.volume_node_from_image(mrml_scene, stack.to_image(labels=True), "SAX labels", labelmap=True)
     far = (stack.origins[-1] + 1000.0 * stack.normal) * [-1, -1, 1]  # 1 m beyond the last slice, in RAS
     apex = _ras_markup(mrml_scene, "Apex far", far)
-    before = _state(mrml_scene)
-    job = ActivationJob(mrml_scene, labels, tos_file=str(tos), apex=apex)
-    with pytest.raises(ProcessFailed) as refused:
-        job.start().wait(timeout=120)
-    said = in_panel_terms(str(refused.value), job)
+    said, _ = _refused_in_panel(mrml_scene, labels, tos, apex=apex)
     where = ", ".join(f"{v:.1f}" for v in far)
     assert f"'Apex far' point 1 at RAS ({where}) mm: lies outside the SAX image" in said, said
     assert "give the LV apex (the tip of the LV) on the SAX image, or leave the LV apex point empty" in said, said
     assert "LPS" not in said and "negate" not in said, said
-    assert _state(mrml_scene) == before  # nothing added
 
 
 def test_sadir_spacing_beyond_the_commands_limit_is_refused_before_the_child(mrml_scene, case, tmp_path, capsys):
