@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, scene=None) -> dict[str, Path]:
     lax_labels = [load_labels(scene, path, "--lax-labels") for path in args.lax_labels]
 
     def report(fraction, text):
-        if text:
+        if text and not text.startswith("error: "):  # the child's refusal: said once, by main(), on stderr
             print(text if fraction is None else f"{100 * fraction:3.0f}% {text}", flush=True)
 
     device = args.device
@@ -188,6 +188,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return EXIT_INPUT
     except ProcessFailed as error:
+        if error.returncode == EXIT_INPUT:  # the command refused an input (e.g. labels on another grid)
+            print(f"error: {error.detail}", file=sys.stderr, flush=True)
+            return EXIT_INPUT
         print(f"error: reconstruction failed: {error}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return EXIT_OK

@@ -107,9 +107,17 @@ def ras_words(node, index: int) -> str:
     return f"'{node.GetName()}' point {index + 1} at RAS ({', '.join(f'{v:.1f}' for v in ras)}) mm"
 
 
+def checked_markups(node, what: str):
+    """``node`` if it is None or a markups node (control points), else an InputError naming the field ``what``."""
+    if node is not None and not node.IsA("vtkMRMLMarkupsNode"):
+        raise InputError(f"{what} '{node.GetName()}': is a {node.GetClassName()}, not a point list; "
+                         "place the point(s) in a markups point list")  # fmt: skip
+    return node
+
+
 def _one_point(node, what: str):
     """The LPS point of a markups node holding exactly one control point; None for no node."""
-    if node is None:
+    if checked_markups(node, f"{what} point") is None:
         return None
     count = node.GetNumberOfControlPoints()
     if count != 1:
@@ -239,7 +247,8 @@ class ActivationJob(CLIJob):
         # --slices is the SAX image when one is given, else the labels (read as image and labels)
         slices = "SAX image" if sax_volume is not None else "SAX labels"
         self.options = {**self.options, "--slices (labels)": "SAX labels", "--slices": slices}
-        self.sax_labels, self.sax_volume, self.rv_insertion = sax_labels, sax_volume, rv_insertion
+        self.sax_labels, self.sax_volume = sax_labels, sax_volume
+        self.rv_insertion = checked_markups(rv_insertion, "RV insertion")
         self.strain_file, self.tos_file = strain_file or None, tos_file or None
         self.method, self.spacing, self.frame_ms, self.tos_method = method, float(spacing), float(frame_ms), tos_method
         self.late_percentile, self.scar = float(late_percentile), checked_segments(scar)

@@ -53,6 +53,8 @@ MODULE_HINTS = {
     " inside the image's field of view in LPS mm (Slicer shows RAS: negate x and y), or leave --apex out":
         " on the SAX image, or leave the LV apex point empty",
 }
+#: output nodes a job may be given to fill (its ``output_<kind>`` attribute) -> the class they must be
+OUTPUT_CLASSES = {"volume": "vtkMRMLScalarVolumeNode", "segmentation": "vtkMRMLSegmentationNode"}
 #: a command to type in a terminal (``cardiac-diffusion models add ...``): quoted as it is, never translated
 TERMINAL_COMMAND = re.compile(r"cardiac-diffusion [^;()']*")
 
@@ -99,6 +101,7 @@ class CLIJob:
         self.result = None
         self.log: list[str] = []
         self.exported: dict[Path, str] = {}  # input file written for the child -> the node it came from
+        self.input_ids: set[str] = set()  # IDs of the exported input nodes
         self.frames: dict[str, sequences.Frame] = {}  # exported proxy node's ID -> the cine frame it showed
         self._callback: ProgressCallback | None = None
         self._cancelled = False
@@ -120,6 +123,7 @@ class CLIJob:
         try:
             self._report(0.0, "exporting inputs")  # to a temporary folder the panel's user never deals with
             arguments = self._export(self.folder)
+            self._check_outputs()
             command = [self.python, "-m", self.cli_module, self.command, *arguments, "--out", str(self.folder / "out")]
             self._report(CHILD_START, f"running {self.title}")
             self.child = ChildProcess(command, env=child_environment(), name=self.title)
@@ -163,7 +167,8 @@ class CLIJob:
             try:
                 self.child.check()
             except ProcessFailed as error:  # the child names its input files: say which nodes they are
-                raise ProcessFailed(self._in_module_terms(str(error))) from None
+                said = self._in_module_terms
+                raise ProcessFailed(said(str(error)), error.returncode, said(error.detail)) from None
             self._report(CHILD_END, "loading results")
             before = _node_ids(self.scene)
             try:
@@ -185,6 +190,7 @@ class CLIJob:
     def _exported(self, path: Path, node) -> Path:
         """Record that ``path`` holds ``node`` (for messages) and, for a proxy node, its frame; returns ``path``."""
         self.exported[Path(path)] = node.GetName()
+        self.input_ids.add(node.GetID())
         frame = sequences.proxy_frame(node)
         if frame is not None and not frame.exact:  # e.g. labels of ED and ES only, the browser on another frame
             raise InputError(
@@ -198,6 +204,20 @@ class CLIJob:
             self.log.append(said)
             self._report(None, said)
         return Path(path)
+
+    def _check_outputs(self) -> None:
+        """Before the child starts: each node given to be filled (a subclass's ``output_volume`` /
+        ``output_segmentation``) is of that class and none of the inputs, which are never changed."""
+        for kind, node_class in OUTPUT_CLASSES.items():
+            node = getattr(self, f"output_{kind}", None)
+            if node is None:
+                continue
+            if not node.IsA(node_class) or node.IsA("vtkMRMLLabelMapVolumeNode"):
+                raise InputError(f"output {kind} '{node.GetName()}': is a {node.GetClassName()}, not a {node_class}; "
+                                 f"choose a {kind} node, or none for a new one")  # fmt: skip
+            if node.GetID() in self.input_ids:
+                raise InputError(f"output {kind} '{node.GetName()}': is also an input of this {self.title}, which is "
+                                 "never changed; choose another output node, or none for a new one")  # fmt: skip
 
     def _in_module_terms(self, text: str) -> str:
         """The child's message in the panel's terms: node names for the files it was given, the panel's field
@@ -261,6 +281,7 @@ def write_label_node(node, path: Path, reference=None, numbering: str = "project
     not by the command's ``--label-convention``, which would also renumber the segmentations written beside it.
     """
     if node.IsA("vtkMRMLSegmentationNode"):
+        mrml._segment_values(node.GetSegmentation(), f"segmentation {node.GetName()!r}", None)  # before its grid
         grid = reference if reference is not None else reference_image_of_segmentation(node)
         sitk.WriteImage(mrml.labels_from_segmentation(node, grid), str(path), True)
     elif node.IsA("vtkMRMLVolumeNode") and checked_numbering(numbering) != "project":
@@ -273,12 +294,13 @@ def write_label_node(node, path: Path, reference=None, numbering: str = "project
     elif node.IsA("vtkMRMLVolumeNode"):
         mrml.save_volume(node, path)
     else:
-        raise InputError(f"{node.GetName()}: give a labelmap volume or a segmentation, not a {node.GetClassName()}")
+        raise InputError(f"node '{node.GetName()}': is a {node.GetClassName()}; give a labelmap volume or a segmentation")
     return Path(path)
 
 
 def reference_image_of_segmentation(node) -> sitk.Image:
-    """An empty image on a segmentation's reference geometry (e.g. the LAX plane it was drawn on)."""
+    """An empty image on a segmentation's reference geometry (e.g. the LAX plane it was drawn on), in world
+    coordinates: moved by the node's linear parent transform, as its segments are."""
     import slicer
 
     converter = slicer.vtkSegmentationConverter
@@ -296,7 +318,7 @@ def reference_image_of_segmentation(node) -> sitk.Image:
     oriented.GetImageToWorldMatrix(matrix)
     extent = oriented.GetExtent()
     size = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
-    ras = mrml._numpy_matrix(matrix)
+    ras = mrml._to_world(node, f"segmentation {node.GetName()!r}") @ mrml._numpy_matrix(matrix)
     ras[:, 3] = ras @ [extent[0], extent[2], extent[4], 1.0]
     origin, spacing, direction = mrml.geometry_from_ijk_to_ras(ras, node.GetName())
     image = sitk.Image(size, sitk.sitkUInt8)

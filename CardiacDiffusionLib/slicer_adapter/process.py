@@ -27,7 +27,13 @@ from ..utils.jsonfile import dumps
 
 
 class ProcessFailed(RuntimeError):
-    """The child exited with a non-zero code; the message is its last stderr line."""
+    """The child exited with a non-zero code; the message is its last stderr line.
+
+    ``returncode``: the child's (2: it refused its input); ``detail``: that line without the ``error:`` prefix."""
+
+    def __init__(self, message: str, returncode: int | None = None, detail: str = ""):
+        super().__init__(message)
+        self.returncode, self.detail = returncode, detail or message
 
 
 @dataclass
@@ -120,17 +126,18 @@ class ChildProcess:
 
     def error_message(self) -> str:
         code = self.process.poll()
-        last = self._stderr_tail[-1].strip() if self._stderr_tail else ""
-        if last.startswith("error: "):
-            last = last[len("error: ") :]
-        detail = f": {last}" if last else " (no error output)"
+        detail = f": {self._last_error()}" if self._last_error() else " (no error output)"
         return f"{self.name} failed with exit code {code}{detail}"
+
+    def _last_error(self) -> str:
+        last = self._stderr_tail[-1].strip() if self._stderr_tail else ""
+        return last[len("error: ") :] if last.startswith("error: ") else last
 
     def check(self) -> None:
         """Raise :class:`ProcessFailed` if the child exited non-zero (not when cancelled)."""
         code = self.process.poll()
         if code not in (0, None) and not self.cancelled:
-            raise ProcessFailed(self.error_message())
+            raise ProcessFailed(self.error_message(), code, self._last_error())
 
     # ---- messages -------------------------------------------------------------------------------
     def poll(self, callback: Callable[[Message], None] | None = None) -> list[Message]:
