@@ -434,7 +434,7 @@ PANEL_CLI = {
         "laxLabels3": "lax_labels", "labelNumbering": "label_convention", "method": "method", "spacing": "spacing",
         "steps": ("steps", {0: None}), "shapePrior": ("shape_prior", {-0.05: None}), "device": "device",
         "model": ("model", {"": None}), "outputVolume": None, "outputSegmentation": None,
-        "allFrames": None,  # Slicer-only: every frame of a cine's sequence (one command per frame, cine.FramesJob)
+        "allFrames": None,  # Slicer-only: every frame of a cine's sequence (one command for all, cine.FramesJob)
     }, {
         "lax": "LAX images are kept for reference only; the LAX check needs their labels",
         "strength": "expert tuning of the diffusion schedule; the model's default was chosen on training patients",
@@ -442,6 +442,7 @@ PANEL_CLI = {
         "no_baselines": "the panel always shows the classical baselines beside the method (under a second); "
                         "ReconstructionLogic.run(baselines=False)",
         "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
+        "frame_labels": "All cine frames: each frame's labels go into the frames manifest the job writes",
         "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
         "progress": "the job always asks for JSON progress (the progress bar)",
         "out": "the job's temporary folder; results become nodes",

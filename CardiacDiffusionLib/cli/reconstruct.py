@@ -38,9 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape-prior", type=float,
                    help="dmcvr: weight 0..<1 of the shape-interpolated acquired labels in generated slices (default 0.4; 0 = network alone)")  # fmt: skip
     add_roughness_guard(p)
-    p.add_argument("--phase", type=int,
+    p.add_argument("--phase", type=_phase,
                    help="cine input: cardiac phase index, 0-based (default 0: the first stored, not always ED; "
-                        "`inspect` lists them)")  # fmt: skip
+                        "`inspect` lists them); all, or a list such as 0,5,12: those phases in one run, one "
+                        "sub-folder each (phase_00, ...) and reconstruct_frames.json")  # fmt: skip
+    p.add_argument("--frame-labels", nargs="+", metavar="PHASE=FILE", default=[],
+                   help="several phases: SAX labels of some of them, e.g. 0=ed_labels.nii.gz 9=es_labels.nii.gz")
     p.add_argument("--h5-spacing", type=float, nargs=2, metavar=("IN_PLANE", "GAP"),
                    help="ACDC HDF5 input: pixel size and slice gap in mm (the files carry none)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
@@ -49,12 +52,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..io.volumes import read_labels, read_stack, write_image
-    from ..reconstruction.lax_check import lax_dice_table, lax_overview
-    from ..reconstruction.volume import planned_targets, reconstruct
-    from ..utils.jsonfile import write_json
+def _phase(text: str) -> int | str:
+    """``--phase``: a number is one phase (as before); any other text (all, 0,5,12) is read by ``reconstruct_frames``."""
+    try:
+        return int(text)
+    except ValueError:
+        return text.strip()
 
+
+def run(args: argparse.Namespace) -> int:
+    if isinstance(args.phase, str) or getattr(args, "frame_labels", None):  # several phases in one run
+        from .reconstruct_frames import run_frames
+
+        return run_frames(args)
+    check_options(args)
+    out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
+    return reconstruct_into(args, out, args.phase, json_progress(args))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The options refused before any input is read (dmcvr's numbers: ``_check_dmcvr_numbers``)."""
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
     dmcvr_only = [f"--{k.replace('_', '-')}" for k in ("steps", "strength", "model", "shape_prior", "roughness_guard")
@@ -65,9 +82,21 @@ def run(args: argparse.Namespace) -> int:
     for path in args.lax:
         if not Path(path).exists():
             raise InputError(f"--lax {path}: file not found")
-    out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
+
+
+def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, progress=None, step=None,
+                     shown: Path | None = None) -> int:  # fmt: skip
+    """Read ``args.sax`` at ``phase``, reconstruct it and write the outputs into ``out`` (checked by the caller).
+    ``progress(fraction, text)``: dmcvr's steps; ``step(fraction, text)``: the stages (read, reconstruct, write) of
+    a multi-phase run; ``shown``: the folder named in the closing line (default ``out``)."""
+    from ..io.volumes import read_labels, read_stack, write_image
+    from ..reconstruction.lax_check import lax_dice_table, lax_overview
+    from ..reconstruction.volume import planned_targets, reconstruct
+    from ..utils.jsonfile import write_json
+
+    step = step or (lambda fraction, text: None)
     stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
-                       phase=args.phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+                       phase=phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     if stack.labels is not None and not stack.labels.any():
         raise InputError(f"--sax-labels {args.sax_labels}: no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV "
                          "cavity); label the stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip
@@ -89,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "dmcvr":
         options = {"steps": args.steps, "device": args.device, "strength": args.strength, "model": args.model,
                    "shape_prior": args.shape_prior, "guard": args.roughness_guard}  # fmt: skip
-    progress = json_progress(args)
     if progress is not None and args.method == "dmcvr":  # the other methods take a fraction of a second
         options["progress"] = _dmcvr_progress(progress)
+    step(0.1, f"{stack.n} slices read; reconstructing with {args.method}")
     with quality_warnings() as said:  # a result that may be wrong: said, and kept in geometry.json
         result = reconstruct(stack, args.method, args.spacing, **{k: v for k, v in options.items() if v is not None})
     if lax and result.labels is None:
@@ -100,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     report["warnings"] += said
     report.update(_provenance(stack, result, args, options))
+    step(0.9, "writing the outputs")
     make_folder(out)
     earlier_run = (out / "geometry.json").is_file()  # the other outputs there are that run's, not the user's own
     write_image(result.image, out / "reconstruction_image.nii.gz")
@@ -122,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"removed {name} of an earlier run in {out} (this run does not make it)")
             else:  # no geometry.json: not a reconstruct run's folder, so the file is the user's
                 print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
-    print(f"{args.method}: wrote {', '.join(written)} to {out}")
+    print(f"{args.method}: wrote {', '.join(written)} to {shown or out}")
     return 0
 
 

@@ -3,8 +3,10 @@
 ``FramesJob(scene, sax_proxy, frames, sax_labels=None, **options)``: ``sax_proxy`` is the proxy volume node of a
 sequence browser (a loaded cine), ``frames`` ``"all"`` or 0-based item numbers of its sequence, ``options`` those
 of ``ReconstructionJob`` (method, spacing, ...). Each frame's sequence item (not the proxy: the browser's selected
-frame is never moved) is reconstructed in its own child process; its labels come from ``sax_labels``, the proxy of
-a label sequence in the same browser, for the frames that have an item there (e.g. ED and ES). The results become
+frame is never moved) is exported with its labels, from ``sax_labels``, the proxy of a label sequence in the same
+browser, for the frames that have an item there (e.g. ED and ES), and one child process reconstructs them all
+(``reconstruct --sax frames.json --phase all``: torch and dmcvr's model load once); each frame's outputs are read
+back, one per ``poll``, as the child finishes it. The results become
 NEW sequences (volumes, and labelmaps where labels were made) at the input's index values, added to the input's
 browser as synchronised sequences, empty on the frames not reconstructed. Nothing is added to the scene before the
 last frame is done; no input node, sequence item or the browser's selected frame is changed.
@@ -18,6 +20,7 @@ cannot take; :func:`frames_summary` says what such a run made.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +29,8 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from . import mrml, sequences
-from .job import ProgressCallback
+from ..utils.jsonfile import write_json
+from .job import ProgressCallback, write_label_node
 from .process import ProcessFailed
 from .reconstruction import ReconstructionJob
 
@@ -123,18 +127,53 @@ def frames_summary(result: "FramesResult") -> list[str]:
     return lines + [f"made: {frame}" for frame in result.frames] + [f"warning: {w}" for w in result.warnings]
 
 
-class _FrameJob(ReconstructionJob):
-    """One frame: the child's outputs as images (they go into sequences, not into the scene)."""
+class _CineChild(ReconstructionJob):
+    """The one child of a :class:`FramesJob`: its planned frames exported with a frames manifest, then
+    ``reconstruct --phase all``; each frame's outputs are read by the owner as the child finishes them."""
 
-    def _load(self, out: Path):
-        labels = out / "reconstruction_labels.nii.gz"
-        said = [self._in_module_terms(w) for w in json.loads((out / "geometry.json").read_text()).get("warnings", [])]
-        image = sitk.ReadImage(str(out / "reconstruction_image.nii.gz"))
-        return image, sitk.ReadImage(str(labels)) if labels.exists() else None, said
+    def __init__(self, owner: "FramesJob", scene, sax_volume, **options):
+        super().__init__(scene, sax_volume, **options)
+        self.owner = owner
+
+    def _export(self, folder: Path) -> list[str]:
+        owner, entries = self.owner, []
+        for n, (item, _, label_item) in enumerate(owner.plan):
+            image = sequences.frame_node(owner.sax_volume, item)
+            path = self._exported(folder / f"frame_{n:03d}.nrrd", image)
+            mrml.save_volume(image, path)
+            entry = {"sax": path.name}
+            if label_item is not None:
+                labels = sequences.frame_node(owner.sax_labels, label_item)
+                label_path = self._exported(folder / f"frame_{n:03d}_labels.nrrd", labels)
+                write_label_node(labels, label_path, mrml.image_from_volume_node(image), self.label_numbering)
+                entry["sax_labels"] = label_path.name
+            entries.append(entry)
+        write_json(folder / MANIFEST, {"frames": entries})
+        return ["--method", self.method, "--sax", str(folder / MANIFEST), *self._method_arguments(), "--phase", "all"]
+
+    def _on_message(self, message) -> None:
+        self.owner._child_message(message)
+
+    def _load(self, out: Path) -> Path:
+        while self.owner._load_next(out):  # the frames the owner has not read yet, before the folder goes
+            pass
+        return out
+
+    @property
+    def running(self) -> bool:
+        """Until every frame is read back (the child may have exited before the last ones are)."""
+        child = self.child
+        return not self._cancelled and self.result is None and child is not None and (
+            not child.finished or child.process.returncode == 0)  # fmt: skip
+
+
+#: the child's frames manifest (``reconstruct --sax frames.json --phase all``) and how it names a frame
+MANIFEST = "frames.json"
+_CHILD_FRAME = re.compile(r"phase \d+ \((\d+) of \d+ in this run\): ")
 
 
 class FramesJob:
-    """Frames of a cine, one child process each; see the module docstring. ``start`` -> ``poll``/``wait``."""
+    """Frames of a cine, one child process for all; see the module docstring. ``start`` -> ``poll``/``wait``."""
 
     def __init__(self, scene, sax_volume, frames: str | Sequence[int] = "all", sax_labels=None, **options):
         for key in ("output_volume", "output_segmentation", "lax_label_nodes"):
@@ -166,12 +205,14 @@ class FramesJob:
             value = self.sequence.GetNthIndexValue(k)
             j = label_sequence.GetItemNumberFromIndexValue(value, True) if label_sequence is not None else -1
             self.plan.append((k, value, j if j >= 0 else None))
-        ReconstructionJob(scene, sax_volume, **options)  # the options are checked now, before any child starts
+        ReconstructionJob(scene, sax_volume, **options)  # the options are checked now, before the child starts
         self.method = options.get("method", "shape")
-        self.job: _FrameJob | None = None
+        self.job: _CineChild | None = None
         self.result: FramesResult | None = None
         self.log: list[str] = []
-        self._done: list = []  # (item, value, label item, image, labels, warnings)
+        self._done: list = []  # (item, value, label item, image, labels, warnings), read back one per poll
+        self._finished: list[str] = []  # the child's frame folders complete, in plan order
+        self._current: int | None = None  # the plan position the child works on
         self._callback: ProgressCallback | None = None
 
     def _frame(self, item: int) -> sequences.Frame:
@@ -182,47 +223,66 @@ class FramesJob:
 
     # ---- steps ----------------------------------------------------------------------------------
     def start(self, progress_callback: ProgressCallback | None = None) -> "FramesJob":
+        """Export every planned frame and start the one child (returns at once)."""
         self._callback = progress_callback
-        self._start_next()
+        self.job = _CineChild(self, self.scene, self.sax_volume, **self.options)
+        self.job.start(lambda fraction, text: self._report(None, text))  # the bar goes by the frames
         return self
 
-    def _start_next(self) -> None:
-        n = len(self._done)
-        item, _, label_item = self.plan[n]
-        image = sequences.frame_node(self.sax_volume, item)
-        labels = None if label_item is None else sequences.frame_node(self.sax_labels, label_item)
-        said = f"{self._frame(item).describe()}: {'with' if labels is not None else 'without'} SAX labels"
-        self.log.append(said)
-        self._report(n / len(self.plan), said)
+    def _child_message(self, message) -> None:
+        """The child's progress lines as the frames' (each frame 1/n of the bar); its log lines, naming the frame."""
+        text = self.job._in_module_terms(message.text) if message.text else message.text
+        n = message.data.get("frame") if message.kind == "progress" else None
+        if n is None:
+            if text:
+                said = _CHILD_FRAME.match(text)
+                where = self.plan[int(said[1]) - 1][0] if said else self.plan[self._current or 0][0]
+                self.log.append(f"frame {where + 1}: {text[said.end():] if said else text}")
+                self._report(None, self.log[-1])
+            return
+        n, item = int(n), self.plan[int(n)][0]
+        if n != self._current:  # the child started this frame
+            self._current = n
+            said = f"{self._frame(item).describe()}: {'with' if self.plan[n][2] is not None else 'without'} SAX labels"
+            self.log.append(said)
+            self._report(n / len(self.plan), said)
+        within = float(message.data.get("frame_progress") or 0.0)
+        said = _CHILD_FRAME.match(text or "")
+        self._report((n + within) / len(self.plan), f"frame {item + 1}: {text[said.end():] if said else text}")
+        if message.data.get("folder"):
+            self._finished.append(str(message.data["folder"]))
 
-        def progress(fraction, text):
-            self._report(None if fraction is None else (n + fraction) / len(self.plan), f"frame {item + 1}: {text}")
-
-        self.job = _FrameJob(self.scene, image, labels, **self.options)
-        self.job.start(progress)
+    def _load_next(self, out: Path) -> bool:
+        """Read the next frame the child has finished into ``_done``; False when there is none."""
+        if len(self._done) >= len(self._finished):
+            return False
+        folder = out / self._finished[len(self._done)]
+        labels = folder / "reconstruction_labels.nii.gz"
+        said = [self.job._in_module_terms(w) for w in json.loads((folder / "geometry.json").read_text()).get("warnings", [])]
+        image = sitk.ReadImage(str(folder / "reconstruction_image.nii.gz"))
+        self._done.append((*self.plan[len(self._done)], image, sitk.ReadImage(str(labels)) if labels.exists() else None, said))
+        return True
 
     def poll(self) -> bool:
-        """Forward the current frame's progress; start the next frame, or build the sequences. True when done."""
+        """Forward the child's progress; read back one finished frame, or build the sequences. True when done."""
         if self.result is not None:
             return True
-        item = self.plan[len(self._done)][0]
+        if not self.job._cancelled:
+            self._said(lambda: self.job.child.poll(self.job._on_message))
+            if self.job.result is None and self._load_next(self.job.folder / "out"):  # one frame per tick
+                return False
         if not self._said(self.job.poll):
-            return False
-        image, labels, said = self.job.result
-        self.log += [f"frame {item + 1}: {line}" for line in self.job.log]
-        self._done.append((*self.plan[len(self._done)], image, labels, said))
-        if len(self._done) < len(self.plan):
-            self._start_next()
             return False
         self.result = self._sequences()
         self._report(1.0, "done")
         return True
 
     def wait(self, timeout: float | None = None):
-        """Block until every frame is done (``timeout`` per frame; ``None`` when it ran out)."""
+        """Block until every frame is done (``None`` when ``timeout`` s, for the whole run, ran out)."""
+        if self.result is None and self.job.result is None and self._said(lambda: self.job.wait(timeout)) is None:
+            return None
         while not self.poll():
-            if self.job.result is None and self._said(lambda: self.job.wait(timeout)) is None:
-                return None
+            pass
         return self.result
 
     def _said(self, call):
@@ -230,11 +290,16 @@ class FramesJob:
         try:
             return call()
         except (InputError, ProcessFailed) as error:
-            item = self.plan[len(self._done)][0]
-            raise type(error)(f"frame {item + 1} of {self.sequence.GetNumberOfDataNodes()}: {error}") from None
+            text, said = str(error), _CHILD_FRAME.search(str(error))
+            if said:  # the child's error names the frame of its run
+                n, text = int(said[1]) - 1, text[: said.start()] + text[said.end():]
+            else:  # cancelled: the first frame not read back; else the one the child was on
+                n = len(self._done) if self.job._cancelled or self._current is None else self._current
+            item = self.plan[min(n, len(self.plan) - 1)][0]
+            raise type(error)(f"frame {item + 1} of {self.sequence.GetNumberOfDataNodes()}: {text}") from None
 
     def cancel(self) -> None:
-        """Stop the current frame's child; nothing is added to the scene (the frames done are dropped)."""
+        """Stop the child; nothing is added to the scene (the frames done are dropped)."""
         if self.job is not None and self.result is None:
             self.job.cancel()
             self._report(None, f"cancelled after {len(self._done)} of {len(self.plan)} frames: no sequence was added")

@@ -110,17 +110,7 @@ class ReconstructionJob(CLIJob):
         # NRRD keeps the geometry in full double precision (NIfTI's sform is float32)
         sax_path = self._exported(folder / "sax.nrrd", self.sax_volume)
         mrml.save_volume(self.sax_volume, sax_path)
-        arguments = ["--method", self.method, "--sax", str(sax_path), "--spacing", repr(self.spacing)]
-        arguments += ["--device", self.device, "--progress", "json"]
-        if self.steps is not None and self.method == "dmcvr":  # the command refuses it for the other methods
-            arguments += ["--steps", str(int(self.steps))]
-        if self.shape_prior is not None and self.method == "dmcvr":
-            arguments += ["--shape-prior", repr(float(self.shape_prior))]
-        if self.roughness_guard is not None and self.method == "dmcvr":
-            guard = self.roughness_guard
-            arguments += ["--roughness-guard", "off" if math.isinf(guard) else repr(guard)]
-        if self.model is not None and self.method == "dmcvr":  # the command refuses it for the other methods
-            arguments += ["--model", self.model]
+        arguments = ["--method", self.method, "--sax", str(sax_path), *self._method_arguments()]
         if self.sax_labels is not None:
             path = self._exported(folder / "sax_labels.nrrd", self.sax_labels)
             write_label_node(self.sax_labels, path, mrml.image_from_volume_node(self.sax_volume), self.label_numbering)
@@ -136,6 +126,20 @@ class ReconstructionJob(CLIJob):
             arguments += ["--lax-labels", *paths]
             if not self.baselines:
                 arguments.append("--no-baselines")
+        return arguments
+
+    def _method_arguments(self) -> list[str]:
+        """The command's options after ``--method`` and ``--sax``: spacing, device, progress and dmcvr's settings."""
+        arguments = ["--spacing", repr(self.spacing), "--device", self.device, "--progress", "json"]
+        if self.steps is not None and self.method == "dmcvr":  # the command refuses it for the other methods
+            arguments += ["--steps", str(int(self.steps))]
+        if self.shape_prior is not None and self.method == "dmcvr":
+            arguments += ["--shape-prior", repr(float(self.shape_prior))]
+        if self.roughness_guard is not None and self.method == "dmcvr":
+            guard = self.roughness_guard
+            arguments += ["--roughness-guard", "off" if math.isinf(guard) else repr(guard)]
+        if self.model is not None and self.method == "dmcvr":  # the command refuses it for the other methods
+            arguments += ["--model", self.model]
         return arguments
 
     def _check_label_frame(self) -> None:

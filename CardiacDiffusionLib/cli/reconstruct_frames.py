@@ -1,0 +1,238 @@
+"""``reconstruct --phase all|0,5,12``: several phases of a cine in one run (torch, MONAI and dmcvr's model load once).
+
+The cine is a DICOM cine folder, a 4D NIfTI/NRRD/MHA file or a frames manifest (``--sax frames.json``:
+``{"frames": [{"sax": FILE, "sax_labels": FILE}, ...]}``, one 3D file per frame, labels optional, paths relative to
+the manifest; the Slicer job writes one). Each phase's usual outputs go to ``OUT/phase_KK/`` (``geometry.json``
+records the phase), first written to a hidden ``OUT/.phase_KK.partial/`` and renamed when complete, so a cancelled
+or failed run leaves no half-written frame folder; ``OUT/reconstruct_frames.json`` lists the frames done and the
+run's status (running, complete, cancelled, failed). SAX labels: ``--frame-labels PHASE=FILE ...`` (some phases,
+e.g. ED and ES), a 4D ``--sax-labels`` file (every phase) or the manifest's. ``--progress json``: fractions over
+all frames, rising, each line naming its phase (``frame``, ``phase`` and ``frame_progress`` keys beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from .common import json_progress, make_folder, output_folder
+
+SUMMARY = "reconstruct_frames.json"
+#: how the error of one frame starts (the Slicer job reads it back to name its own frame)
+FRAME_PREFIX = "phase {phase} ({number} of {count} in this run)"
+
+
+@dataclass(frozen=True)
+class CineFrame:
+    phase: int  # the cine's phase (DICOM phase, 4D index, manifest position), as geometry.json records it
+    sax: str  # the file read
+    read_phase: int | None  # the phase asked of that file (None: a 3D file of the manifest)
+    sax_labels: str | None
+    trigger_time_ms: float | None = None
+
+
+def run_frames(args: argparse.Namespace) -> int:
+    from ..utils.jsonfile import write_json
+    from .reconstruct import check_options, reconstruct_into
+
+    if not isinstance(args.phase, str):
+        raise InputError("--frame-labels: for several phases (--phase all or a list such as 0,9); with one --phase "
+                         "give its labels as --sax-labels")  # fmt: skip
+    if not Path(args.sax).expanduser().exists():
+        raise InputError(f"--sax: file not found: {args.sax}")
+    check_options(args)
+    frames = cine_frames(args)
+    inputs = [args.sax, args.sax_labels, *args.lax, *args.lax_labels, *(f.sax for f in frames)]
+    out = output_folder(args.out, [*inputs, *(f.sax_labels for f in frames)], [SUMMARY])
+    width = max(2, len(str(max(f.phase for f in frames))))
+    folders = [f"phase_{f.phase:0{width}d}" for f in frames]
+    for folder in folders:  # a folder of the user's own is not replaced
+        target = out / folder
+        if target.exists() and not (target / "geometry.json").is_file() and (not target.is_dir() or any(target.iterdir())):
+            raise InputError(f"--out {out}: {target} is not an earlier reconstruct run's frame folder (no geometry.json); "
+                             "choose another --out, or move it away")  # fmt: skip
+    emit, count = json_progress(args), len(frames)
+    summary = {"input": str(args.sax), "method": args.method, "phases": [f.phase for f in frames], "status": "running",
+               "frames": []}  # fmt: skip
+    make_folder(out)
+    partial = None
+    handler = _on_sigterm_cancel()
+    try:
+        for n, (frame, folder) in enumerate(zip(frames, folders)):
+            name = FRAME_PREFIX.format(phase=frame.phase, number=n + 1, count=count)
+            say = _frame_progress(emit, n, count, name, frame.phase)
+            labels = f", SAX labels {frame.sax_labels}" if frame.sax_labels else ", no SAX labels"
+            print(f"{name}: reconstructing with {args.method}{labels}", flush=True)
+            say(0.0, f"reading{labels}")
+            frame_args = argparse.Namespace(**vars(args))
+            frame_args.sax, frame_args.sax_labels, frame_args.phase = frame.sax, frame.sax_labels, frame.phase
+            partial = out / f".{folder}.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # a killed run's leftover
+            try:
+                reconstruct_into(frame_args, partial, frame.read_phase, _dmcvr_within(say) if emit else None, say,
+                                 shown=out / folder)  # fmt: skip
+            except InputError as error:
+                raise InputError(f"{name}: {error}") from None
+            shutil.rmtree(out / folder, ignore_errors=True)  # an earlier run's (checked above)
+            partial.rename(out / folder)
+            partial = None
+            geometry = json.loads((out / folder / "geometry.json").read_text())
+            summary["frames"].append({
+                "phase": frame.phase, "folder": folder, "sax": frame.sax, "sax_labels": frame.sax_labels,
+                **({"trigger_time_ms": frame.trigger_time_ms} if frame.trigger_time_ms is not None else {}),
+                "labels_made": (out / folder / "reconstruction_labels.nii.gz").is_file(),
+                "warnings": geometry.get("warnings", []),
+            })  # fmt: skip
+            write_json(out / SUMMARY, summary)
+            say(1.0, f"done: {folder}", folder=folder)
+        summary["status"] = "complete"
+        print(f"{args.method}: {count} phases written to {out} ({', '.join(folders)}; {SUMMARY})")
+    except KeyboardInterrupt:
+        summary["status"] = "cancelled"
+        raise
+    except BaseException as error:
+        summary.update(status="failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        write_json(out / SUMMARY, summary)
+    return 0
+
+
+def cine_frames(args: argparse.Namespace) -> list[CineFrame]:
+    """The frames ``--phase`` selects of ``--sax``, each with its SAX labels; bad selections and labels refused."""
+    sax, text = str(args.sax), args.phase
+    manifest = sax.lower().endswith(".json")
+    if manifest:
+        entries = _manifest(Path(sax))
+        if args.sax_labels or args.frame_labels:
+            raise InputError(f"--sax {sax}: a frames manifest names each frame's labels (\"sax_labels\"); leave "
+                             "--sax-labels and --frame-labels out")  # fmt: skip
+        count, times = len(entries), [None] * len(entries)
+    else:
+        count, times = _phase_count(sax)
+    phases = _selection(text, count, sax)
+    given = _frame_labels(args.frame_labels, phases, text)
+    if args.sax_labels:
+        from ..io.volumes import volume_phases
+
+        if args.frame_labels:
+            raise InputError("--sax-labels and --frame-labels: give the labels one way (--frame-labels PHASE=FILE for "
+                             "some phases, or a 4D --sax-labels file with every phase)")  # fmt: skip
+        if volume_phases(args.sax_labels, "--sax-labels") < 2:
+            raise InputError(f"--sax-labels {args.sax_labels}: one 3D label volume for several phases; give the labels "
+                             "of the phases they were drawn on as --frame-labels PHASE=FILE (e.g. 0=ed.nii.gz "
+                             "9=es.nii.gz), or a 4D label file with every phase")  # fmt: skip
+    frames = []
+    for k in phases:
+        if manifest:
+            entry = entries[k]
+            frames.append(CineFrame(k, entry["sax"], None, entry.get("sax_labels")))
+        else:
+            frames.append(CineFrame(k, sax, k, given.get(k, args.sax_labels), times[k]))
+    return frames
+
+
+def _phase_count(sax: str) -> tuple[int, list]:
+    """Phases of a DICOM cine (with trigger times), a 4D file or (one) a 3D file or ACDC HDF5 file."""
+    from ..io.volumes import DICOM_SUFFIXES, volume_phases
+
+    path = Path(sax).expanduser()
+    if path.is_dir() or path.name.lower().endswith(DICOM_SUFFIXES):
+        from ..io.dicom import dicom_phases
+
+        times = [p["trigger_time_ms"] for p in dicom_phases(path, "--sax")]
+        return len(times), times
+    count = volume_phases(path, "--sax")
+    return count, [None] * count
+
+
+def _selection(text: str, count: int, sax: str) -> list[int]:
+    has = f"--sax {sax} has phases 0..{count - 1}" if count > 1 else f"--sax {sax} holds one phase (0)"
+    if text.lower() == "all":
+        return list(range(count))
+    try:
+        phases = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"--phase {text}: give one phase number, all, or a comma list such as 0,5,12; {has}") from None
+    missing = sorted({k for k in phases if not 0 <= k < count})
+    twice = sorted({k for k in phases if phases.count(k) > 1})
+    if missing or twice:
+        why = f"phase {', '.join(map(str, missing))} does not exist" if missing else \
+            f"phase {', '.join(map(str, twice))} is given twice"  # fmt: skip
+        raise InputError(f"--phase {text}: {why}; {has} (0-based; `inspect` lists them): give each once, or all")
+    return phases
+
+
+def _frame_labels(pairs: list[str], phases: list[int], text: str) -> dict[int, str]:
+    given: dict[int, str] = {}
+    for pair in pairs:
+        phase, _, path = pair.partition("=")
+        try:
+            k = int(phase)
+        except ValueError:
+            k = None
+        if k is None or not path:
+            raise InputError(f"--frame-labels {pair}: give PHASE=FILE, e.g. 0=ed_labels.nii.gz")
+        if k not in phases or k in given:
+            raise InputError(f"--frame-labels {pair}: phase {k} is {'given twice' if k in given else 'not among'} "
+                             f"--phase {text} ({', '.join(map(str, phases))}); label each reconstructed phase once")  # fmt: skip
+        if not Path(path).exists():
+            raise InputError(f"--frame-labels {pair}: file not found: {path}")
+        given[k] = path
+    return given
+
+
+def _manifest(path: Path) -> list[dict]:
+    form = '{"frames": [{"sax": FILE, "sax_labels": FILE (optional)}, ...]} (paths relative to the manifest)'
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"--sax {path}: cannot read it as a frames manifest ({error}); give {form}") from None
+    entries = data.get("frames") if isinstance(data, dict) else None
+    good = isinstance(entries, list) and entries and all(
+        isinstance(e, dict) and isinstance(e.get("sax"), str) and isinstance(e.get("sax_labels", ""), (str, type(None)))
+        for e in entries)  # fmt: skip
+    if not good:
+        raise InputError(f"--sax {path}: not a frames manifest; give {form}")
+    here = path.parent
+    return [{"sax": str(here / e["sax"]), "sax_labels": str(here / e["sax_labels"]) if e.get("sax_labels") else None}
+            for e in entries]  # fmt: skip
+
+
+def _frame_progress(emit, n: int, count: int, name: str, phase: int):
+    """``say(fraction_of_this_frame, text, **extra)``: a JSON progress line over all frames, never going back."""
+    last = [0.0]
+
+    def say(fraction: float, text: str, **extra) -> None:
+        last[0] = max(last[0], min(max(float(fraction), 0.0), 1.0))
+        if emit is not None:
+            emit((n + last[0]) / count, f"{name}: {text}", frame=n, phase=phase, frame_progress=round(last[0], 4),
+                 **extra)  # fmt: skip
+
+    return say
+
+
+def _dmcvr_within(say):
+    """dmcvr's step fractions into 0.1-0.9 of the frame (the stages take the rest)."""
+    return lambda fraction, text: say(0.1 + 0.8 * fraction, text)
+
+
+def _on_sigterm_cancel():
+    """SIGTERM (the Slicer job's cancel) stops the run as Ctrl-C does; the previous handler (None: not set here)."""
+    try:
+        return signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (a script calling run_frames): Ctrl-C only
+        return None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
