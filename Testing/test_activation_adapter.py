@@ -411,7 +411,7 @@ def test_lma_refusals_read_in_the_panels_terms(mrml_scene, case, tmp_path, capsy
         ({"tos_file": str(bad)}, "physiological range"),  # bad.csv is the user's own file: named as it is
         ({"strain_file": strain_file}, "name the slices in the Strain slices field"),
         ({"sax_volume": mrml.volume_node_from_image(mrml_scene, sitk.Shrink(stack.to_image(), [2, 2, 1]), "coarse")},
-         "SAX image"),
+         "SAX labels: node 'SAX labels' is not on the image's grid"),  # the panel's field, as Reconstruction names it
         ({"strain_file": strain_file, "strain_slices": [1, 4, 99]}, "TOS slices [99]: no LV myocardium"),
         ({"tos_file": str(good), "base": swapped[0], "apex": swapped[1]}, "check LV base point/LV apex point"),
     ]

@@ -175,5 +175,5 @@ def test_batch_input_the_command_refuses_is_exit_code_2_said_once(tmp_path):
     assert done.returncode == 2, done
     assert "error" not in done.stdout
     said = done.stderr.splitlines()
-    assert len(said) == 1 and said[0].startswith("error: ") and "node 'heart' is not on the image's grid" in said[0], said
+    assert len(said) == 1 and said[0].startswith("error: ") and f"{HEART_CT} is not on the image's grid" in said[0], said
     assert not (tmp_path / "out").exists()

@@ -128,7 +128,29 @@ def _check_packages() -> None:
 
 
 def run(args: argparse.Namespace, scene=None) -> dict[str, Path]:
-    """Load, reconstruct (blocking) and save; returns the written files by kind."""
+    """Load, reconstruct (blocking) and save; returns the written files by kind. Messages name the files given
+    (the module's job names the nodes they were loaded into, which a batch user never sees)."""
+    from CardiacDiffusionLib.errors import InputError
+    from CardiacDiffusionLib.slicer_adapter.process import ProcessFailed
+
+    files: dict[str, str] = {}  # node name -> the file it was loaded from
+    try:
+        return _run(args, scene, files)
+    except InputError as error:
+        raise InputError(in_batch_terms(str(error), files)) from None
+    except ProcessFailed as error:
+        said = in_batch_terms(str(error), files)
+        raise ProcessFailed(said, error.returncode, in_batch_terms(error.detail, files)) from None
+
+
+def in_batch_terms(text: str, files: dict[str, str]) -> str:
+    """``text`` with each node the batch loaded (``node 'NAME'``) named by its file, as the user gave it."""
+    for name in sorted(files, key=len, reverse=True):
+        text = text.replace(f"node '{name}'", files[name])
+    return text
+
+
+def _run(args: argparse.Namespace, scene, files: dict[str, str]) -> dict[str, Path]:
     import slicer
     from CardiacDiffusionLib.errors import InputError
     from CardiacDiffusionLib.slicer_adapter import mrml
@@ -138,13 +160,19 @@ def run(args: argparse.Namespace, scene=None) -> dict[str, Path]:
     scene = scene or batch_scene()
     if args.lax and args.lax_labels and len(args.lax) != len(args.lax_labels):
         raise InputError(f"--lax: {len(args.lax)} images but {len(args.lax_labels)} --lax-labels; give one per view")
-    sax = load_volume(scene, args.sax, "--sax")
-    sax_labels = load_labels(scene, args.sax_labels, "--sax-labels") if args.sax_labels else None
+
+    def loaded(node, path: str):
+        files[node.GetName()] = path
+        return node
+
+    sax = loaded(load_volume(scene, args.sax, "--sax"), args.sax)
+    sax_labels = loaded(load_labels(scene, args.sax_labels, "--sax-labels"), args.sax_labels) if args.sax_labels else None
     for path in args.lax:
-        load_volume(scene, path, "--lax")
-    lax_labels = [load_labels(scene, path, "--lax-labels") for path in args.lax_labels]
+        loaded(load_volume(scene, path, "--lax"), path)
+    lax_labels = [loaded(load_labels(scene, path, "--lax-labels"), path) for path in args.lax_labels]
 
     def report(fraction, text):
+        text = in_batch_terms(text, files) if text else text
         if text and not text.startswith("error: "):  # the child's refusal: said once, by main(), on stderr
             print(text if fraction is None else f"{100 * fraction:3.0f}% {text}", flush=True)
 

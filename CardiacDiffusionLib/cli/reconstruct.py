@@ -85,18 +85,19 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, progress=None, step=None,
-                     shown: Path | None = None) -> int:  # fmt: skip
+                     shown: Path | None = None, reader=None) -> int:  # fmt: skip
     """Read ``args.sax`` at ``phase``, reconstruct it and write the outputs into ``out`` (checked by the caller).
     ``progress(fraction, text)``: dmcvr's steps; ``step(fraction, text)``: the stages (read, reconstruct, write) of
-    a multi-phase run; ``shown``: the folder named in the closing line (default ``out``)."""
-    from ..io.volumes import read_labels, read_stack, write_image
+    a multi-phase run; ``shown``: the folder named in the closing line (default ``out``); ``reader``: the
+    ``io.volumes.StackReader`` of ``args.sax`` that a multi-phase run keeps (the cine read once)."""
+    from ..io.volumes import StackReader, read_labels, write_image
     from ..reconstruction.lax_check import lax_dice_table, lax_overview
     from ..reconstruction.volume import planned_targets, reconstruct
     from ..utils.jsonfile import write_json
 
     step = step or (lambda fraction, text: None)
-    stack = read_stack(args.sax, labels_path=args.sax_labels, convention=args.label_convention, name="--sax",
-                       phase=phase, spacing=tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
+    reader = reader or StackReader(args.sax, "--sax", tuple(args.h5_spacing) if args.h5_spacing else None)
+    stack = reader(phase, labels_path=args.sax_labels, convention=args.label_convention)
     if stack.labels is not None and not stack.labels.any():
         raise InputError(f"--sax-labels {args.sax_labels}: no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV "
                          "cavity); label the stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip

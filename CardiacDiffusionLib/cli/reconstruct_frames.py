@@ -1,4 +1,5 @@
-"""``reconstruct --phase all|0,5,12``: several phases of a cine in one run (torch, MONAI and dmcvr's model load once).
+"""``reconstruct --phase all|0,5,12``: several phases of a cine in one run (torch, MONAI and dmcvr's model load once; the
+cine is read once: ``io.volumes.StackReader``).
 
 The cine is a DICOM cine folder, a 4D NIfTI/NRRD/MHA file or a frames manifest (``--sax frames.json``:
 ``{"frames": [{"sax": FILE, "sax_labels": FILE}, ...]}``, one 3D file per frame, labels optional, paths relative to
@@ -46,7 +47,7 @@ def run_frames(args: argparse.Namespace) -> int:
     if not Path(args.sax).expanduser().exists():
         raise InputError(f"--sax: file not found: {args.sax}")
     check_options(args)
-    frames = cine_frames(args)
+    frames, reader = cine_frames(args)
     inputs = [args.sax, args.sax_labels, *args.lax, *args.lax_labels, *(f.sax for f in frames)]
     out = output_folder(args.out, [*inputs, *(f.sax_labels for f in frames)], [SUMMARY])
     width = max(2, len(str(max(f.phase for f in frames))))
@@ -75,7 +76,7 @@ def run_frames(args: argparse.Namespace) -> int:
             shutil.rmtree(partial, ignore_errors=True)  # a killed run's leftover
             try:
                 reconstruct_into(frame_args, partial, frame.read_phase, _dmcvr_within(say) if emit else None, say,
-                                 shown=out / folder)  # fmt: skip
+                                 shown=out / folder, reader=reader)  # fmt: skip
             except InputError as error:
                 raise InputError(f"{name}: {error}") from None
             shutil.rmtree(out / folder, ignore_errors=True)  # an earlier run's (checked above)
@@ -107,8 +108,9 @@ def run_frames(args: argparse.Namespace) -> int:
     return 0
 
 
-def cine_frames(args: argparse.Namespace) -> list[CineFrame]:
-    """The frames ``--phase`` selects of ``--sax``, each with its SAX labels; bad selections and labels refused."""
+def cine_frames(args: argparse.Namespace):
+    """The frames ``--phase`` selects of ``--sax``, each with its SAX labels (bad selections and labels refused), and
+    the ``StackReader`` that reads their stacks, the cine read once (None: a manifest, one file per frame)."""
     sax, text = str(args.sax), args.phase
     manifest = sax.lower().endswith(".json")
     if manifest:
@@ -116,9 +118,9 @@ def cine_frames(args: argparse.Namespace) -> list[CineFrame]:
         if args.sax_labels or args.frame_labels:
             raise InputError(f"--sax {sax}: a frames manifest names each frame's labels (\"sax_labels\"); leave "
                              "--sax-labels and --frame-labels out")  # fmt: skip
-        count, times = len(entries), [None] * len(entries)
+        count, times, reader = len(entries), [None] * len(entries), None
     else:
-        count, times = _phase_count(sax)
+        count, times, reader = _phase_count(args)
     phases = _selection(text, count, sax)
     given = _frame_labels(args.frame_labels, phases, text)
     if args.sax_labels:
@@ -138,21 +140,20 @@ def cine_frames(args: argparse.Namespace) -> list[CineFrame]:
             frames.append(CineFrame(k, entry["sax"], None, entry.get("sax_labels")))
         else:
             frames.append(CineFrame(k, sax, k, given.get(k, args.sax_labels), times[k]))
-    return frames
+    return frames, reader
 
 
-def _phase_count(sax: str) -> tuple[int, list]:
-    """Phases of a DICOM cine (with trigger times), a 4D file or (one) a 3D file or ACDC HDF5 file."""
-    from ..io.volumes import DICOM_SUFFIXES, volume_phases
+def _phase_count(args: argparse.Namespace) -> tuple[int, list, object]:
+    """Phases of a DICOM cine (with trigger times), a 4D file or (one) a 3D file or ACDC HDF5 file, and the
+    ``StackReader`` of ``--sax`` (a DICOM folder is scanned once, here; a 4D file read on the first phase)."""
+    from ..io.volumes import StackReader, volume_phases
 
-    path = Path(sax).expanduser()
-    if path.is_dir() or path.name.lower().endswith(DICOM_SUFFIXES):
-        from ..io.dicom import dicom_phases
-
-        times = [p["trigger_time_ms"] for p in dicom_phases(path, "--sax")]
-        return len(times), times
-    count = volume_phases(path, "--sax")
-    return count, [None] * count
+    reader = StackReader(args.sax, "--sax", tuple(args.h5_spacing) if args.h5_spacing else None)
+    if reader.series is not None:
+        times = reader.series.trigger_times()
+        return len(times), times, reader
+    count = volume_phases(reader.path, "--sax")
+    return count, [None] * count, reader
 
 
 def _selection(text: str, count: int, sax: str) -> list[int]:

@@ -177,19 +177,22 @@ def dicom_phases(source, name: str = "DICOM series") -> list[dict]:
 
 
 def read_dicom_stack(
-    source, phase: int | None = None, trigger_time: float | None = None, name: str = "DICOM series"
-) -> SliceStack:
+    source, phase: int | None = None, trigger_time: float | None = None, name: str = "DICOM series",
+    series: CineSeries | None = None, decoded: dict | None = None,
+) -> SliceStack:  # fmt: skip
     """One phase of a cine series as a :class:`SliceStack` (rescale slope/intercept applied).
 
     ``phase`` is a 0-based index, ``trigger_time`` (ms) picks the nearest phase; default phase 0.
     ``stack.meta`` holds ``slice_meta`` (instance number, SOP instance UID, path, trigger time per slice),
     ``phase``, ``phases``, ``trigger_times_ms`` and ``warnings`` about the series.
+    Several phases of one series: pass ``scan_dicom(source, name)`` as ``series`` (the folder is then not scanned
+    again) and one dict as ``decoded`` (multi-frame files decoded once for all phases).
     """
-    series = scan_dicom(source, name)
+    series = series if series is not None else scan_dicom(source, name)
     k = series.phase_index(phase, trigger_time)
     chosen = [s[k] for s in series.slices]
-    decoded: dict[Path, tuple] = {}  # a multi-frame file is decoded once for all its frames
-    pixels = np.stack([_pixels(f, name, decoded) for f in chosen])
+    decoded = {} if decoded is None else decoded  # a multi-frame file is decoded once for all its frames
+    pixels = np.stack([_pixels(f, name, decoded if f.frame is not None else None) for f in chosen])
     first = chosen[0]
     warnings_ = []
     if len(set(series.phase_counts)) > 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,17 +30,44 @@ def read_image(path, name: str = "image", phase: int | None = None, one_phase_ok
     4D files need ``phase`` (0-based); 2D files are refused because they carry no position in the patient.
     A ``phase`` other than 0 of a 3D file is refused unless ``one_phase_ok`` (labels of the chosen phase).
     """
+    return image_reader(path, name, one_phase_ok)(phase)
+
+
+def image_reader(path, name: str = "image", one_phase_ok: bool = False) -> Callable[[int | None], sitk.Image]:
+    """``read(phase)``: :func:`read_image` for several phases of one input, which is read once (a DICOM folder
+    scanned, a 4D file decoded and checked on the first call), each phase checked as ``read_image`` checks it."""
     path = _existing(path, name)
     if path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
-        from .dicom import read_dicom_stack
-
-        return read_dicom_stack(path, phase=phase, name=name).to_image()
+        stack_of = _dicom_reader(path, name)
+        return lambda phase: stack_of(phase).to_image()
     if _suffix(path) not in VOLUME_SUFFIXES:
         raise InputError(
             f"{name}: unsupported file type {path.name!r}; give NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), "
             "MHA (.mha/.mhd), a DICOM folder or, for a SAX stack, an ACDC HDF5 file (.h5)"
         )
     nifti = _suffix(path) in (".nii", ".nii.gz")
+    read: dict = {}  # the file's image and (NIfTI) stored voxels, once read
+
+    def phase_image(phase: int | None) -> sitk.Image:
+        if "image" not in read:
+            read["image"] = _read_file(path, name, nifti)
+        image = read["image"]
+        if image.GetDimension() == 4:
+            image = _pick_phase(image, phase, name, path)
+        elif phase not in (None, 0) and not one_phase_ok:  # labels: a 3D file may hold the chosen phase's labels
+            raise InputError(f"{name}: {path} is one 3D volume (one phase); phase {phase} does not exist in it")
+        if nifti and "stored" not in read:
+            read["stored"] = _nifti_voxels(path, name)
+        if nifti:
+            _check_nifti_geometry(image, path, name)
+        _check_finite(image, name, path, read.get("stored"))
+        return image
+
+    return phase_image
+
+
+def _read_file(path: Path, name: str, nifti: bool) -> sitk.Image:
+    """The file as ITK reads it: a 3D or 4D scalar image, else an InputError."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     try:
         if nifti:  # ITK's NIfTI geometry warnings go to stderr; _check_nifti_geometry says what they mean, once
@@ -55,21 +83,13 @@ def read_image(path, name: str = "image", phase: int | None = None, one_phase_ok
             f"{name}: {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
             "give a scalar (grey-level or label) image"
         )
-    if image.GetDimension() == 4:
-        image = _pick_phase(image, phase, name, path)
-    elif image.GetDimension() == 2:
+    if image.GetDimension() == 2:
         raise InputError(
             f"{name}: {path} is a 2D image with no position in the patient; save it as a 3D image with one "
             "slice (size X x Y x 1, with origin and direction) or give the DICOM file"
         )
-    elif image.GetDimension() != 3:
+    if image.GetDimension() not in (3, 4):
         raise InputError(f"{name}: {path} has {image.GetDimension()} dimensions; expected a 3D image")
-    elif phase not in (None, 0) and not one_phase_ok:  # labels: a 3D file may hold the chosen phase's labels
-        raise InputError(f"{name}: {path} is one 3D volume (one phase); phase {phase} does not exist in it")
-    stored = _nifti_voxels(path, name) if nifti else None
-    if nifti:
-        _check_nifti_geometry(image, path, name)
-    _check_finite(image, name, path, stored)
     return image
 
 
@@ -78,14 +98,24 @@ def read_labels(path, convention: str = "project", name: str = "labels", phase: 
 
     Project-convention labels whose LV and RV look swapped (ACDC numbering) are refused.
     """
-    image = read_image(path, name=name, phase=phase, one_phase_ok=True)
-    array = sitk.GetArrayFromImage(image)
-    converted = convert_labels(array, convention, "project", name=f"{name} ({path})")
-    if convention != "acdc":
-        check_not_acdc_numbering(converted, name=f"{name} ({path})")
-    out = sitk.GetImageFromArray(converted.astype(np.uint8))
-    out.CopyInformation(image)
-    return out
+    return labels_reader(path, convention, name)(phase)
+
+
+def labels_reader(path, convention: str = "project", name: str = "labels") -> Callable[[int | None], sitk.Image]:
+    """``read(phase)``: :func:`read_labels` for several phases of one file, read once (:func:`image_reader`)."""
+    image_of = image_reader(path, name=name, one_phase_ok=True)
+
+    def read(phase: int | None) -> sitk.Image:
+        image = image_of(phase)
+        array = sitk.GetArrayFromImage(image)
+        converted = convert_labels(array, convention, "project", name=f"{name} ({path})")
+        if convention != "acdc":
+            check_not_acdc_numbering(converted, name=f"{name} ({path})")
+        out = sitk.GetImageFromArray(converted.astype(np.uint8))
+        out.CopyInformation(image)
+        return out
+
+    return read
 
 
 def read_stack(
@@ -102,28 +132,65 @@ def read_stack(
     ``stack.geometry_report()``). Labels from ``labels_path`` must lie on the stack's grid.
     ``spacing`` (in-plane mm, slice gap mm) is for ACDC HDF5 files, which carry none.
     """
-    path = _existing(path, name)
-    if _suffix(path) in (".h5", ".hdf5"):
+    return StackReader(path, name, spacing)(phase, labels_path, convention)
+
+
+class StackReader:
+    """``read(phase, labels_path, convention)``: :func:`read_stack` for several phases of one input, which is read
+    once (a DICOM cine scanned, a 4D file and a 4D label file decoded on first use), each phase's stack the same."""
+
+    def __init__(self, path, name: str = "SAX stack", spacing: tuple[float, float] | None = None):
+        self.path, self.name, self.spacing = _existing(path, name), name, spacing
+        self.series = None  # a DICOM input's scan (``dicom.CineSeries``: its phases and trigger times)
+        self._labels: dict[tuple, Callable] = {}
+        if _suffix(self.path) in (".h5", ".hdf5"):
+            self._stack = self._acdc
+        elif self.path.is_dir() or _suffix(self.path) in DICOM_SUFFIXES:
+            self._stack = _dicom_reader(self.path, name)
+            self.series = self._stack.series
+        else:
+            image_of = image_reader(self.path, name)
+            self._stack = lambda phase: self._volume(image_of(phase))
+
+    def __call__(self, phase: int | None = None, labels_path=None, convention: str = "project") -> SliceStack:
+        stack = self._stack(phase)
+        _need_slices(stack.n, self.name, self.path)
+        if labels_path is not None:
+            key = (str(labels_path), convention)
+            if key not in self._labels:
+                self._labels[key] = labels_reader(labels_path, convention=convention, name=f"{self.name} labels")
+            labels = self._labels[key](phase)
+            stack = stack.with_labels(_labels_on_stack(labels, stack, self.name, labels_path))
+        return stack
+
+    def _acdc(self, phase: int | None) -> SliceStack:
         from .acdc import read_acdc
 
         if phase not in (None, 0):
-            raise InputError(f"{name}: an ACDC HDF5 file holds one phase (ED or ES); phase {phase} does not exist in it")
-        stack = read_acdc(path, spacing=spacing, name=name)
-    elif path.is_dir() or _suffix(path) in DICOM_SUFFIXES:
-        from .dicom import read_dicom_stack
+            raise InputError(f"{self.name}: an ACDC HDF5 file holds one phase (ED or ES); phase {phase} does not "
+                             "exist in it")  # fmt: skip
+        return read_acdc(self.path, spacing=self.spacing, name=self.name)
 
-        stack = read_dicom_stack(path, phase=phase, name=name)
-    else:
-        image = read_image(path, name=name, phase=phase)
-        _need_slices(image.GetSize()[slice_axis(image)], name, path)
-        stack = SliceStack.from_image(image, source=name, file=str(path))
-        stack.meta["path"] = str(path)
-        note_missing_orientation(stack, path, name)
-    _need_slices(stack.n, name, path)
-    if labels_path is not None:
-        labels = read_labels(labels_path, convention=convention, name=f"{name} labels", phase=phase)
-        stack = stack.with_labels(_labels_on_stack(labels, stack, name, labels_path))
-    return stack
+    def _volume(self, image: sitk.Image) -> SliceStack:
+        _need_slices(image.GetSize()[slice_axis(image)], self.name, self.path)
+        stack = SliceStack.from_image(image, source=self.name, file=str(self.path))
+        stack.meta["path"] = str(self.path)
+        note_missing_orientation(stack, self.path, self.name)
+        return stack
+
+
+def _dicom_reader(path: Path, name: str) -> Callable[[int | None], SliceStack]:
+    """``read_dicom_stack`` for several phases of one DICOM folder or file: scanned once, a multi-frame file decoded
+    once."""
+    from .dicom import read_dicom_stack, scan_dicom
+
+    series, decoded = scan_dicom(path, name), {}
+
+    def read(phase: int | None) -> SliceStack:
+        return read_dicom_stack(path, phase=phase, name=name, series=series, decoded=decoded)
+
+    read.series = series
+    return read
 
 
 def volume_phases(path, name: str = "SAX stack") -> int:

@@ -246,7 +246,9 @@ class ActivationJob(CLIJob):
         self.label_numbering = checked_numbering(label_numbering)  # of a labelmap; a segmentation goes by name
         # --slices is the SAX image when one is given, else the labels (read as image and labels)
         slices = "SAX image" if sax_volume is not None else "SAX labels"
-        self.options = {**self.options, "--slices (labels)": "SAX labels", "--slices": slices}
+        # the command names the labels it reads with --slices "--slices labels": the panel's SAX labels field
+        self.options = {**self.options, "--slices (labels)": "SAX labels", "--slices labels": "SAX labels",
+                        "--slices": slices}  # fmt: skip
         self.sax_labels, self.sax_volume = sax_labels, sax_volume
         self.rv_insertion = checked_markups(rv_insertion, "RV insertion")
         self.strain_file, self.tos_file = strain_file or None, tos_file or None

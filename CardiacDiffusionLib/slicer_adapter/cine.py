@@ -170,6 +170,9 @@ class _CineChild(ReconstructionJob):
 #: the child's frames manifest (``reconstruct --sax frames.json --phase all``) and how it names a frame
 MANIFEST = "frames.json"
 _CHILD_FRAME = re.compile(r"phase \d+ \((\d+) of \d+ in this run\): ")
+#: the child's lines saying where it wrote a frame and the run (its temporary folder, read back into the sequences,
+#: which the log's summary names): not logged
+_CHILD_WROTE = re.compile(r"\w+: (wrote .+ to |\d+ phases written to )")
 
 
 class FramesJob:
@@ -234,7 +237,7 @@ class FramesJob:
         text = self.job._in_module_terms(message.text) if message.text else message.text
         n = message.data.get("frame") if message.kind == "progress" else None
         if n is None:
-            if text:
+            if text and not _CHILD_WROTE.match(message.text):
                 said = _CHILD_FRAME.match(text)
                 where = self.plan[int(said[1]) - 1][0] if said else self.plan[self._current or 0][0]
                 self.log.append(f"frame {where + 1}: {text[said.end():] if said else text}")

@@ -62,6 +62,7 @@ class ReconstructionJob(CLIJob):
     command = "reconstruct"
     options = {
         "--sax": "SAX volume", "--sax-labels": "SAX labels", "--lax-labels": "LAX labels", "--method": "Method",
+        "--sax labels": "SAX labels",  # how the command names the labels it reads with --sax (ActivationMap's too)
         "--spacing": "Target spacing", "--steps": "DDIM steps", "--shape-prior": "Shape prior", "--device": "Device",
         "--model": "DMCVR model", "--label-convention": "Label numbering",
     }  # fmt: skip
