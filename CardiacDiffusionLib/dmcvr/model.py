@@ -138,6 +138,11 @@ class DMCVRModel(nn.Module):
         """Predicted noise for x_t (diffusion range) at timesteps t (B,)."""
         return self.denoiser(x_t, t, z_sem, morph)
 
+    def eps_fn(self, z_sem: torch.Tensor, morph: torch.Tensor):
+        """``eps(x_t, t)`` with the conditioning fixed, as a DDIM loop calls it (``ConditionalDenoiser.bind``: equal to
+        :meth:`eps`, the per-loop constants computed once)."""
+        return self.denoiser.bind(z_sem, morph)
+
     # -- inference
     def encode(
         self, images, steps: int | None = None, progress: Progress | None = None, cancel: CancelCheck | None = None
@@ -147,7 +152,7 @@ class DMCVRModel(nn.Module):
         with torch.inference_mode():
             z, m = self.semantic(x), self.morph_net.encode(x)
             x_T = ddim_encode(
-                lambda xt, t: self.eps(xt, t, z, m), to_diffusion_range(x), self.alphas_cumprod,
+                self.eps_fn(z, m), to_diffusion_range(x), self.alphas_cumprod,
                 steps or self.config["steps"], progress, cancel,
             )
         return Latents(z, m, x_T)
@@ -164,7 +169,7 @@ class DMCVRModel(nn.Module):
         z, m, x_T = (t.to(self.device) for t in latents)
         with torch.inference_mode():
             x0 = ddim_decode(
-                lambda xt, t: self.eps(xt, t, z, m), x_T, self.alphas_cumprod,
+                self.eps_fn(z, m), x_T, self.alphas_cumprod,
                 steps or self.config["steps"], progress, cancel, clip_x0,
             )
         return from_diffusion_range(x0)

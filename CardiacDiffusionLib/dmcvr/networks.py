@@ -15,7 +15,7 @@ morphology net sees the [0, 1] image (as a stand-alone segmenter would). :mod:`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +71,11 @@ class MorphologyNet(nn.Module):
 
 
 class _StyleSlot:
-    """Holds the current z_sem while the wrapped MONAI UNet runs (its forward has no argument for it)."""
+    """Holds the current z_sem while the wrapped MONAI UNet runs (its forward has no argument for it), and
+    each StyleGroupNorm's (1 + s, b) when they were computed once for a whole DDIM loop (``bind``)."""
 
     value: torch.Tensor | None = None
+    styles: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class StyleGroupNorm(nn.Module):
@@ -89,13 +91,18 @@ class StyleGroupNorm(nn.Module):
         self.style = nn.Sequential(nn.SiLU(), nn.Linear(z_dim, 2 * norm.num_channels))
         self._slot = slot
 
+    def modulation(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 + s, b) of z_sem (B, z_dim), each (B, C, 1, 1)."""
+        scale, shift = self.style(z)[:, :, None, None].chunk(2, dim=1)
+        return 1 + scale, shift
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
-        z = self._slot.value
-        if z is None:
+        styles, z = self._slot.styles, self._slot.value
+        if styles is None and z is None:
             raise RuntimeError("StyleGroupNorm called without z_sem; call ConditionalDenoiser.forward")
-        scale, shift = self.style(z)[:, :, None, None].chunk(2, dim=1)
-        return h * (1 + scale) + shift
+        gain, shift = styles[id(self)] if styles is not None else self.modulation(z)
+        return torch.addcmul(shift, h, gain)  # h * (1 + s) + b in one pass (fused multiply-add: rounding differs ~1e-7)
 
 
 class ConditionalDenoiser(nn.Module):
@@ -144,9 +151,28 @@ class ConditionalDenoiser(nn.Module):
         self.size_multiple = 2 ** (len(channels) - 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z_sem: torch.Tensor, morph: torch.Tensor) -> torch.Tensor:
-        m = F.interpolate(self.morph_proj(morph), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        self._slot.value = z_sem
+        return self._unet(x, t, self._morph_input(morph, x.shape[-2:]), z_sem, None)
+
+    def bind(self, z_sem: torch.Tensor, morph: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``eps(x_t, t)`` = ``forward(x_t, t, z_sem, morph)`` for a DDIM loop, whose conditioning is fixed: the
+        morphology channels and every block's AdaGN scale and shift are computed once, not at each step."""
+        styles = {id(norm): norm.modulation(z_sem) for norm in self.modules() if isinstance(norm, StyleGroupNorm)}
+        upsampled: dict[tuple[int, int], torch.Tensor] = {}
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            size = tuple(x.shape[-2:])
+            if size not in upsampled:
+                upsampled[size] = self._morph_input(morph, size)
+            return self._unet(x, t, upsampled[size], z_sem, styles)
+
+        return eps
+
+    def _morph_input(self, morph: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(self.morph_proj(morph), size=size, mode="bilinear", align_corners=False)
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, m: torch.Tensor, z_sem: torch.Tensor, styles) -> torch.Tensor:
+        self._slot.value, self._slot.styles = z_sem, styles
         try:
             return self.unet(torch.cat([x, m], dim=1), t)
         finally:
-            self._slot.value = None
+            self._slot.value = self._slot.styles = None

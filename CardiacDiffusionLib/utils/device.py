@@ -4,6 +4,7 @@
 Inference runs batches of slices/volumes through :func:`run_batched`, which halves the batch on
 an out-of-memory error down to 1 and then stops with an :class:`InputError` saying what to do.
 :func:`available_memory` is what a command may allocate on this machine (checked before a large output).
+:func:`keep_freed_memory` stops glibc from paging CPU tensors in afresh at every network call (dmcvr's DDIM loops).
 torch is imported where used, so the memory check costs the classical methods no torch import.
 """
 
@@ -234,3 +235,29 @@ def available_memory() -> int | None:
         except (OSError, ValueError):
             continue
     return min(found) if found else None
+
+
+#: glibc malloc settings of :func:`keep_freed_memory`: blocks up to MMAP from the heap, and freed heap kept up to TRIM
+KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD = 256 << 20, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next tensor instead of giving it back to the OS (Linux; True
+    when set). By default it maps large blocks (over 128 KiB, the threshold rising up to 32 MiB) afresh and trims
+    the heap's free top, so a network's CPU activations (a DDIM loop: the same sizes at every step) are paged in and
+    zeroed by the kernel again at each call. Peak memory stays about the same; the process keeps it until it exits.
+    Process-wide, set once; elsewhere (macOS, Windows, musl) nothing is done."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl has a mallopt that does nothing
+            return False
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        mapped = libc.mallopt(m_mmap_threshold, KEEP_MMAP_THRESHOLD)
+        return bool(mapped) & bool(libc.mallopt(m_trim_threshold, KEEP_TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
