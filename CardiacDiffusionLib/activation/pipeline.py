@@ -248,7 +248,7 @@ def run_lma(
     if lead["segment"] is None:
         flags.append(qa.flag("no_lead_segment", "no free-wall segment without scar has TOS values"))
     lma = {
-        "workflow": "late mechanical activation (LMA)",
+        "workflow": WORKFLOW,
         "label": "decision support",
         "disclaimer": DISCLAIMER,
         "coordinates": "LPS mm (mesh points and all 3D points)",
@@ -336,6 +336,8 @@ def _array(mesh: vtkPolyData, name: str) -> np.ndarray:
     return vtk_to_numpy(mesh.GetPointData().GetArray(name)).astype(float)
 
 
+#: lma.json's "workflow" (an --out holding an lma.json with it is an earlier run's: replaced)
+WORKFLOW = "late mechanical activation (LMA)"
 OUTPUTS = {
     "labels": "myocardium_labels.nii.gz", "vtp": "myocardium_tos.vtp", "stl": "myocardium.stl",
     "bullseye": "bullseye.png", "segments": "segments.csv", "sector_tos": "sector_tos.csv",

@@ -67,8 +67,7 @@ def check_strain(strain, n_slices: int | None = None, name: str = "strain") -> n
 def load_strain(path, name: str = "--strain") -> np.ndarray:
     """The strain array in a NumPy ``.npy`` file, or in an ``.npz`` file holding that one array."""
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{name}: file not found: {file}")
+    _require_file(file, name, "the strain .npy file")
     try:
         loaded = np.load(file, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -120,6 +119,9 @@ def tos_from_strain(strain, frame_ms: float = 17.0, method: str = "detector", mo
     if not (np.isfinite(frame_ms) and frame_ms > 0):
         raise InputError(f"frame_ms (--frame-ms): must be a positive number of ms, got {frame_ms}")
     s = check_strain(strain)
+    if not np.isfinite(frame_ms * s.shape[-1]):  # the frame times overflow: NaN TOS, not a range to check
+        raise InputError(f"frame_ms (--frame-ms): {frame_ms:g} ms puts the last of {s.shape[-1]} frames beyond any "
+                         "time; give the strain frame interval in ms, e.g. 17 for cine DENSE")  # fmt: skip
     if method == "detector":
         return detect_tos(s, frame_ms)
     if method == "regressor":
@@ -159,8 +161,7 @@ def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
     rows are ignored; a decimal comma (``120,5``) is read as ``120.5``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{name}: file not found: {path}")
+    _require_file(path, name, "the TOS table's .csv file")
     table: dict[int, np.ndarray] = {}
     lines: dict[tuple[int, int], int] = {}
     for i, row in _tos_rows(path, name):
@@ -178,6 +179,13 @@ def read_tos_csv(path, name: str = "--tos-csv") -> dict[int, np.ndarray]:
             raise InputError(f"{name}: slice {k} lacks sectors {missing}; give all {N_SECTORS} sectors per slice")
         check_tos_range(values, f"{name} slice {k}")
     return dict(sorted(table.items()))
+
+
+def _require_file(path: Path, name: str, what: str) -> None:
+    if path.is_dir():
+        raise InputError(f"{name}: {path} is a folder; give {what} itself")
+    if not path.is_file():
+        raise InputError(f"{name}: file not found: {path}")
 
 
 def _tos_rows(path: Path, name: str) -> Iterator[tuple[int, dict[str, str]]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..utils.jsonfile import write_json
-from .common import output_folder
+from .common import output_folder, say_runs_on_cpu
 from .reconstruct import BASELINES, METHODS
 
 
@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         from ..utils.device import resolve_device
 
         resolve_device(args.device)
+    else:  # an unknown --device refused, an accelerator the CPU-only workflows leave unused said
+        say_runs_on_cpu(args.device, f"this demo (--methods {' '.join(methods)}, synthetic skipped)",
+                        "dmcvr or the synthetic workflow")
     reconstruction_demo(Path(args.out), args.seed, methods, args.device)
     if "lma" not in args.skip:
         lma_demo(Path(args.out) / "lma", args.seed)

@@ -122,8 +122,9 @@ def read_volumes(folders: list[Path], patients: str | None, limit: int | None) -
 def run_gap(args: argparse.Namespace) -> int:
     from ..reconstruction.gap import evaluate_gap, volume_names
 
+    volumes = [str(f) for d in args.data for f in sorted(Path(d).glob("*.h5"))]  # the inputs --out must not replace
     if args.out:
-        output_file(args.out)  # checked before the long run
+        output_file(args.out, volumes)  # checked before the long run
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: give at least 1 volume (or leave it out for all)")
     dmcvr = check_methods(args.methods, args)
@@ -153,7 +154,7 @@ def run_gap(args: argparse.Namespace) -> int:
         for note in row["notes"]:
             print(f"note: {method}: {note}", file=sys.stderr)
     if args.out:
-        write_json_file(args.out, table)
+        write_json_file(args.out, table, inputs=volumes)
     return 0
 
 
@@ -227,7 +228,7 @@ def run_ldm(args: argparse.Namespace) -> int:
     from ..models.store import model_provenance
 
     if args.out:
-        output_file(args.out)
+        output_file(args.out, [args.model])
     for name in ("test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
@@ -240,6 +241,7 @@ def run_ldm(args: argparse.Namespace) -> int:
     model = load_ldm(args.model or DEFAULT_MODEL, command="evaluate ldm")
     if args.ddim_steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--ddim-steps {args.ddim_steps}: at most {model.scheduler.num_train_timesteps}")
+    check_ldm_memory(args, int(model.config["image_size"]))
     runs = []
     for seed in range(args.seed, args.seed + args.repeats):
         runs.append(evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,
@@ -251,5 +253,21 @@ def run_ldm(args: argparse.Namespace) -> int:
         print(format_repeats(result["repeats"]))
     result["model"] = model_provenance(model)  # name, version, sha256 of the LDM evaluated
     if args.out:
-        write_json_file(args.out, result)
+        write_json_file(args.out, result, inputs=[args.model])
     return 0
+
+
+#: bytes per voxel of each volume evaluate ldm holds at once: image, labels and a prediction (a generous bound)
+LDM_BYTES_PER_VOXEL = 48
+
+
+def check_ldm_memory(args: argparse.Namespace, size: int) -> None:
+    """Refuse --real/--generated/--test counts whose volumes (all held in memory together) would not fit."""
+    from ..utils.device import available_memory
+
+    volumes, free = args.real + args.generated + args.test, available_memory()
+    need = volumes * size**3 * LDM_BYTES_PER_VOXEL
+    if free is not None and need > free:
+        raise InputError(f"--real {args.real} --generated {args.generated} --test {args.test}: {volumes} volumes of "
+                         f"{size}^3 voxels would need about {need / 1e9:.3g} GB of memory and this machine has "
+                         f"{free / 1e9:.3g} GB available; give fewer (defaults 8, 24, 8)")  # fmt: skip

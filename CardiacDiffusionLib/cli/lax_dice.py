@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InputError
 from .common import add_label_convention, lax_inputs, output_file, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lax-dice", help="Dice per label of a 3D label volume on LAX label images")
-    p.add_argument("--labels", required=True, help="3D label volume (e.g. reconstruction_labels.nii.gz)")
+    p.add_argument("--labels", required=True, help="3D label volume, 1 LV cavity, 2 myocardium, 3 RV cavity "
+                   "(e.g. reconstruction_labels.nii.gz; --label-convention is that of --lax-labels)")
     p.add_argument("--lax-labels", nargs="+", required=True, help="LAX label images")
     p.add_argument("--out", help="write the table as JSON here")
     add_label_convention(p)
@@ -22,7 +24,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:  # refused before the work: a folder, an input, a place that cannot be written
         output_file(args.out, [args.labels, *args.lax_labels])
-    volume = read_labels(args.labels, convention="project", name="--labels")
+    try:
+        volume = read_labels(args.labels, convention="project", name="--labels")
+    except InputError as error:  # its hint, "pass --label-convention acdc", is for --lax-labels here
+        if args.label_convention != "acdc" or "ACDC numbering" not in str(error):
+            raise
+        raise InputError(f"--labels {args.labels}: looks ACDC-numbered (3 = LV cavity), but the volume is read as 1 = "
+                         "LV cavity, 2 = LV myocardium, 3 = RV cavity, as `reconstruct` writes it; --label-convention "
+                         "applies to --lax-labels only: swap labels 1 and 3 of the volume") from None  # fmt: skip
     table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
     print(format_table(table))
     if args.out:

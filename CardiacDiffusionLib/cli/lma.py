@@ -10,6 +10,9 @@ import numpy as np
 from ..errors import InputError
 from .common import add_label_convention, add_progress_argument, json_progress, output_folder, say_runs_on_cpu
 
+#: --sadir-refine at most this many steps (the library's default: 20; each a forward and backward pass, no progress)
+MAX_REFINE = 1000
+
 
 def _point(text: str) -> np.ndarray:
     try:
@@ -110,18 +113,39 @@ def _labels_alone(slices: str, convention: str, phase: int | None):
     return stack
 
 
+def keep_users_files(out: Path, names: list[str]) -> None:
+    """Refuse an --out holding files named as lma's outputs without the lma.json of an lma run beside them: they are
+    the user's (an earlier run's are replaced)."""
+    import json
+
+    from ..activation.pipeline import WORKFLOW
+
+    present = [name for name in names if (out / name).exists()]
+    if not present:
+        return
+    try:
+        ours = json.loads((out / "lma.json").read_text()).get("workflow") == WORKFLOW
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise InputError(f"--out {out}: holds {', '.join(present)}, not written by `lma` (no lma.json of an lma run "
+                         "beside them); they are kept: choose a new or empty folder")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from ..activation.bullseye import near_ties_text
     from ..activation.pipeline import OUTPUTS, check_in_view, run_lma, write_outputs
     from ..reconstruction.volume import planned_targets
     from ..activation.tos import load_strain
 
-    if args.sadir_refine is not None and args.sadir_refine < 0:
-        raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) or a positive number of steps")
+    if args.sadir_refine is not None and not 0 <= args.sadir_refine <= MAX_REFINE:  # more: hours with no progress
+        raise InputError(f"--sadir-refine {args.sadir_refine}: give 0 (off) to {MAX_REFINE} test-time fit steps "
+                         "(default 20)")  # fmt: skip
     if args.late_threshold is None and not 0 < args.late_percentile < 100:  # was said, unnamed, after the work
         raise InputError(f"--late-percentile {args.late_percentile}: give a percentile above 0 and below 100 "
                          "(default 75), or --late-threshold MS")  # fmt: skip
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
+    keep_users_files(Path(args.out), list(OUTPUTS.values()))
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
                                 tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     for option, point in (("--rv-insertion", args.rv_insertion), ("--base", args.base), ("--apex", args.apex)):

@@ -235,9 +235,11 @@ def covered_region(ref, image) -> list[tuple[int, int]] | None:
     corners = [ref.TransformContinuousIndexToPhysicalPoint([c * n - 0.5 for c in (i, j, k)])
                for i in (0, 1) for j in (0, 1) for k in (0, 1)]  # fmt: skip
     index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
-    low = np.maximum(np.floor(index.min(0)) - 1, 0).astype(int)
-    high = np.minimum(np.ceil(index.max(0)) + 2, image.GetSize()).astype(int)
-    return None if np.any(high <= low) else [(int(a), int(b)) for a, b in zip(low, high)]
+    low = np.maximum(np.floor(index.min(0)) - 1, 0)  # compared as floats: a far --centre overflows an int cast
+    high = np.minimum(np.ceil(index.max(0)) + 2, image.GetSize())
+    if not np.all(np.isfinite(index)) or np.any(high <= low):
+        return None
+    return [(int(a), int(b)) for a, b in zip(low, high)]
 
 
 def to_input_grid(probs: np.ndarray, ref, image, region) -> np.ndarray:

@@ -494,7 +494,7 @@ def _read_card(card: str | Path) -> dict:
         raise InputError(f"--card {path}: file not found")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):  # not YAML, or not text at all
         data = None
     if not isinstance(data, dict):
         raise InputError(f"--card {path}: expected a YAML/JSON mapping with keys among {CARD_KEYS}")

@@ -133,6 +133,9 @@ def read_config_file(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except yaml.YAMLError as error:
         raise InputError(f"--config {path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"--config {path}: not a text file ({error}); give the config as YAML or JSON text "
+                         "(UTF-8)") from None
     if not isinstance(data, dict):
         raise InputError(f"--config {path}: expected a mapping of sections (task, model, data, optim, train)")
     return data

@@ -10,6 +10,7 @@ A stage refers to an earlier stage's exported model as ``{stage:<name>}`` (e.g. 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,14 @@ def load_recipe(name: str) -> list[Stage]:
     stages = data.get("stages") or [dict(data, name="main")]
     if any(not isinstance(s, dict) or not s.get("name") for s in stages):
         raise InputError(f"train {name}: every entry of stages: needs a name")
+    names = [s["name"] for s in stages]
+    for stage in names:  # each names its folder under --out
+        if not isinstance(stage, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stage):
+            raise InputError(f"train {name}: stage name {stage!r}: use letters, digits, '.', '_' and '-' (it names "
+                             "the stage's folder under --out)")  # fmt: skip
+        if names.count(stage) > 1:
+            raise InputError(f"train {name}: {names.count(stage)} stages are named {stage!r}; give each stage its own "
+                             "name (it names the stage's folder under --out)")  # fmt: skip
     return [Stage(s["name"], {k: v for k, v in s.items() if k != "name"}) for s in stages]
 
 
