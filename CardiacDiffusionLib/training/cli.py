@@ -63,7 +63,7 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
     """Train one config into ``out``; 130 when cancelled (resumable), else 0. ``stage``: name for messages."""
     from .runner import train
 
-    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = getattr(args, "training_command", None) or _command(Path(sys.argv[0]).name, sys.argv[1:])
     result = train(None, config, out, progress=args.progress, resume=not args.no_resume, command=command)
     where = f" in stage {stage}" if stage else ""
     said = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 speaks for all
@@ -74,6 +74,14 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
     if args.progress != "json" and said:
         print(_done_message(result, f"stage {stage}" if stage else ""), file=sys.stderr)
     return 0
+
+
+def _command(program: str, argv: list[str]) -> str:
+    """The command line to record in the model, as it can be typed again (``python -m`` for this module, whose
+    ``sys.argv[0]`` is ``__main__.py``)."""
+    if program == "__main__.py":
+        program = "python -m CardiacDiffusionLib.training"
+    return " ".join([program, *map(shlex.quote, argv)])
 
 
 def _done_message(result: TrainResult, who: str) -> str:
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m CardiacDiffusionLib.training", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parse(parser, argv)
+    args.training_command = _command("__main__.py", sys.argv[1:] if argv is None else list(argv))
     try:
         return run(args)
     except InputError as error:

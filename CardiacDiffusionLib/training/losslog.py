@@ -32,10 +32,32 @@ class LossLog:
         return records
 
     def truncate(self, step: int) -> None:
-        """Keep the records of steps <= ``step`` (the checkpoint resumed from)."""
-        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        """Keep the records of steps <= ``step`` (the checkpoint resumed from; records are in step order): the file
+        is cut after the last of them in place, never rewritten (a rewrite cut short by a full disk or a kill would
+        lose the records before the checkpoint too)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(_line(r) for r in kept))
+        with self.path.open("a+b") as f:
+            f.seek(0)
+            lines, keep, newline = f.read().splitlines(keepends=True), 0, True
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    keep += len(line)
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    if i < len(lines) - 1:
+                        raise InputError(f"{self.path}: line {i + 1} is not a JSON record; not a training log of this "
+                                         "run (move it away, or choose another --out)")  # fmt: skip
+                    break  # the last line, half written by a killed process: dropped
+                if record.get("step", 0) > step:
+                    break
+                keep, newline = keep + len(line), line.endswith(b"\n")
+            f.truncate(keep)
+            if not newline:  # a whole record whose newline the kill cut off
+                f.write(b"\n")
 
     def append(self, record: dict) -> None:
         """One record; a NaN or infinite value (a validation Dice of a label in neither image) is logged null."""

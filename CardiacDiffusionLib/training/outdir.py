@@ -31,7 +31,7 @@ def _flat(config: dict, where: str = "") -> dict[str, Any]:
     out = {}
     for key, value in config.items():
         path = f"{where}.{key}" if where else str(key)
-        out.update(_flat(value, path) if isinstance(value, dict) and value else {path: value})
+        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})  # {}: no key (said by its keys)
     return out
 
 
@@ -40,6 +40,7 @@ def changed_settings(saved: dict, cfg: dict) -> list[str]:
     old, new = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(cfg)))
     # a train/optim/schedule key on one side only is a default a newer version added, not the user's change
     keys = [k for k in sorted(set(old) | set(new)) if (k in old and k in new) or k.split(".")[0] in ("model", "data")]
+    keys.sort(key=lambda k: k != "task")  # another task (another workflow's folder) is said first
     return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if k not in RESUMABLE and old.get(k) != new.get(k)]
 
 

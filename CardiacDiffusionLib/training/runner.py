@@ -204,10 +204,13 @@ def train(
             result = _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
         D.barrier(info)  # every rank done (rank 0 exports) before any tears the group down: see dist.barrier
         return result
-    except Exception as error:
+    except Exception as caught:
+        error = _out_of_memory(caught, Path(out_dir)) or caught
         report.event("error", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
         error.reported = True  # the CLI does not say it again
-        raise
+        if error is caught:
+            raise
+        raise error from None
     finally:
         report.close()
         D.cleanup(info)
@@ -344,6 +347,7 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
                 model.train()
             cancelled = D.any_flag(stop.requested, info, device)  # every rank stops at the same step
             if step % t["checkpoint_every"] == 0 or step == t["steps"] or cancelled:
+                _check_weights(model, ema, step, loss_value, ckpt_dir, dtype)  # every rank: DDP keeps them equal
                 saved = save() or saved
             if cancelled:
                 break
@@ -447,14 +451,40 @@ def _init_weights(task: Task, cfg: dict) -> dict:
     return loaded.module.state_dict()
 
 
-def _diverged(value: float, step: int, ckpt_dir: Path, dtype: torch.dtype | None) -> str:
-    """What to say when the loss of ``step`` is NaN or infinite."""
+def _diverged(value: float, step: int, ckpt_dir: Path, dtype: torch.dtype | None, what: str = "") -> str:
+    """What to say when the loss of ``step`` is NaN or infinite (``what``: another thing that was)."""
     last = latest_checkpoint(ckpt_dir)
     fp = ", train.precision=fp32" if dtype is not None else ""
     start = f", from the last good checkpoint (kept): train.init_from={last}" if last else \
         " (no checkpoint was saved before it)"  # fmt: skip
-    return (f"training: loss is {value} at step {step}; stopped before the update. The same settings diverge again: "
+    what = what or f"loss is {value} at step {step}; stopped before the update"
+    return (f"training: {what}. The same settings diverge again: "
             f"try a lower optim.lr, optim.grad_clip=1.0 or schedule.warmup_steps{fp} in a new --out{start}")
+
+
+def _out_of_memory(error: Exception, out: Path) -> InputError | None:
+    """An allocation that failed (the model, a batch, the optimiser's state), said with what to lower."""
+    text = str(error)
+    if not (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (isinstance(error, RuntimeError) and (
+            "out of memory" in text or "allocate memory" in text))):  # fmt: skip
+        return None
+    last = latest_checkpoint(out / "checkpoints")
+    kept = f"; the newest checkpoint, {last}, is kept (train.init_from={last} in a new --out)" if last else ""
+    said = text.splitlines()[0][:160] if text else type(error).__name__
+    return InputError(f"training: out of memory ({said}): lower train.batch_size or the model's size (model.*), "
+                      f"or train where there is more memory{kept}")  # fmt: skip
+
+
+def _check_weights(model: nn.Module, ema: nn.Module | None, step: int, loss: float, ckpt_dir: Path,
+                   dtype: torch.dtype | None) -> None:  # fmt: skip
+    """Before a checkpoint or the model is written: a finite loss can still give a NaN/infinite gradient (a sqrt or
+    norm at 0), whose update poisons the weights; they are refused, not saved as the 'last good' checkpoint."""
+    for prefix, module in (("", model), ("EMA ", ema.module if ema is not None else None)):
+        for name, p in module.named_parameters() if module is not None else ():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise InputError(_diverged(loss, step, ckpt_dir, dtype, f"{prefix}weight {name} is not finite after "
+                                           f"the update of step {step} (its loss, {loss:.4g}, was finite: a NaN or "
+                                           "infinite gradient); stopped before saving it"))  # fmt: skip
 
 
 def _validate(task: Task, module: nn.Module, step: int, log: LossLog, report: Progress) -> None:
