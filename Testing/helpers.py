@@ -12,6 +12,18 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.color import rgb2lab
 
+#: a tiny DMCVR network configuration (seconds on a CPU)
+DMCVR_TINY = {
+    "z_dim": 16,
+    "semantic_channels": [8, 8, 16, 16],
+    "morph_features": [8, 8, 16, 16, 32, 8],
+    "morph_channels": 4,
+    "unet_channels": [16, 32, 32],
+    "unet_attention_levels": [False, False, True],
+    "num_head_channels": 16,
+    "steps": 10,
+}
+
 #: Machado, Oliveira & Fernandes (2009) colour-vision-deficiency matrices (severity 1.0), on linear RGB
 CVD = {
     "normal": np.eye(3),

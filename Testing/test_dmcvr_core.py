@@ -28,18 +28,10 @@ from CardiacDiffusionLib.dmcvr import (
 )
 from CardiacDiffusionLib.errors import InputError
 from CardiacDiffusionLib.labels import convert_labels
+from helpers import DMCVR_TINY
 
 ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc"
-TINY = {
-    "z_dim": 16,
-    "semantic_channels": [8, 8, 16, 16],
-    "morph_features": [8, 8, 16, 16, 32, 8],
-    "morph_channels": 4,
-    "unet_channels": [16, 32, 32],
-    "unet_attention_levels": [False, False, True],
-    "num_head_channels": 16,
-    "steps": 10,
-}
+TINY = DMCVR_TINY
 ALPHAS = DDIMScheduler(num_train_timesteps=1000).alphas_cumprod.float()
 
 

@@ -13,16 +13,8 @@ import torch
 
 from CardiacDiffusionLib.dmcvr import DMCVRModel, ddim_decode, ddim_encode
 from CardiacDiffusionLib.dmcvr.networks import StyleGroupNorm
+from helpers import DMCVR_TINY as TINY
 
-TINY = {
-    "z_dim": 16,
-    "semantic_channels": [8, 8, 16, 16],
-    "morph_features": [8, 8, 16, 16, 32, 8],
-    "morph_channels": 4,
-    "unet_channels": [16, 32, 32],
-    "unet_attention_levels": [False, False, True],
-    "num_head_channels": 16,
-}
 
 
 def _model() -> DMCVRModel:
