@@ -335,7 +335,7 @@ def test_a_file_checked_by_no_hash_is_said(tmp_path, home, capsys):
 
 def test_a_copy_of_a_shipped_file_is_checked_by_its_registry_entry(tmp_path, monkeypatch, capsys):
     """A byte-for-byte copy of a shipped model given by path is that model: its sha256 is the registry's, so it
-    loads without a warning and its results name it; one changed byte makes it an unchecked file again."""
+    loads without a warning and its results name it; one changed byte makes it a damaged copy, refused."""
     monkeypatch.setenv("CARDIAC_DIFFUSION_HOME", str(tmp_path / "home"))
     shipped = next(e for e in list_models() if e["name"] == "tos-regressor")
     copy = tmp_path / "mine.safetensors"
@@ -351,8 +351,8 @@ def test_a_copy_of_a_shipped_file_is_checked_by_its_registry_entry(tmp_path, mon
     assert cli("verify", str(copy)) == 0
     assert "registry sha256 of tos-regressor ok" in capsys.readouterr().out
     changed = _flip(copy, tmp_path / "changed.safetensors", len(copy.read_bytes()) - 1)  # the last weight byte
-    with pytest.warns(QualityWarning, match="not registered and saved without a content hash"):
-        assert load_model(changed).checked == ""
+    with pytest.raises(InputError, match="has the header of the shipped model tos-regressor but not its bytes"):
+        load_model(changed)  # a damaged copy (test_cli_polish.py); it loaded with the "not registered" warning
     assert store.model_provenance(changed)["name"] is None
 
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from ..errors import InputError, QualityWarning
-from ..training.cli import parse
+from ..training.cli import Parser, command_line, parse
 from ..utils.device import omp_threads
 
 #: modules of this package that register sub-commands, in help order
@@ -24,7 +24,7 @@ COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cardiac-diffusion", description=__doc__.splitlines()[0])
+    parser = Parser(prog="cardiac-diffusion", description=__doc__.splitlines()[0])  # errors: one line, exit 2
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
@@ -44,7 +44,9 @@ def _values_not_options(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(build_parser(), _values_not_options(sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse(build_parser(), _values_not_options(argv))
+    args.training_command = command_line("cardiac-diffusion", argv)  # what `train` records in its model: this command
     omp_threads()  # a bad OMP_NUM_THREADS said in one line, before torch loads (and OpenMP says it its way)
     with warnings.catch_warnings():  # restores the process's warning display on return
         warnings.showwarning = _quality_warnings_as_lines(warnings.showwarning)

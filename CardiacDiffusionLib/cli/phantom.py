@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import InputError
 from ..utils.jsonfile import write_json
@@ -53,11 +54,43 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--size {args.size}: give the CT voxels per side, from 8 to {MAX_CT_SIZE}")
 
 
+def output_names(args: argparse.Namespace) -> list[str]:
+    """The files ``phantom`` writes in --out for these options (a pattern for the SAX DICOM series)."""
+    if args.kind == "ct":
+        return ["ct_image.nii.gz", "ct_labels.nii.gz", "truth.json"]
+    lax = [f"lax_{view}_{what}" for view in ("2ch", "3ch", "4ch") for what in ("image", "labels")]
+    names = [f"{name}.nii.gz" for name in ("sax_image", "sax_labels", "truth_labels", *lax)] + ["truth.json"]
+    return names + ([] if args.no_dicom else ["dicom/sax/IM_*.dcm"])
+
+
+def _phantom_truth(path: Path) -> bool:
+    """``path`` is the truth.json of an earlier ``phantom`` run (MR or CT), by the keys only it writes together."""
+    import json
+
+    try:
+        truth = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(truth, dict) or not isinstance(truth.get("seed"), int):
+        return False
+    return {"modality", "size_xyz", "contrast"} <= truth.keys() or {"sax", "lax", "harmonics", "ef_target"} <= truth.keys()
+
+
+def keep_users_files(out: Path, names: list[str]) -> None:
+    """Refuse an --out holding files named as this run's outputs without an earlier phantom's truth.json beside
+    them: they are the user's (an earlier run's are replaced)."""
+    present = [name for name in names if any(out.glob(name)) or (out / name).exists()]
+    if present and not _phantom_truth(out / "truth.json"):
+        raise InputError(f"--out {out}: holds {', '.join(present)}, not written by `phantom` (no phantom's "
+                         "truth.json there); they are kept: choose a new or empty folder")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     check_options(args)
     out = output_folder(args.out)
+    keep_users_files(out, output_names(args))
     if args.kind == "mr":
         from ..phantoms.scanner import make_subject, write_subject
 

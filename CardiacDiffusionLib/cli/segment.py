@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     model, data, window = load_ctseg(args.model, prepare_device(args.device))
     image = read_image(args.image, name="--image")
     refuse_label_map(image, args.image)
+    refuse_non_ct(image, args.image)
     progress(0.1, "read")
     with quality_warnings() as said:
         labels, info = segment(model.module, image, data, window, centre, progress)
@@ -151,6 +152,25 @@ def refuse_label_map(image, path: str) -> None:
     if low >= 0 and high <= 8 and np.array_equal(values, np.round(values)):
         raise InputError(f"--image {path}: holds only the values {low:g}..{high:g} (a label map or mask?); give the "
                          "CT image in Hounsfield units")  # fmt: skip
+
+
+#: the lowest value a CT in HU reaches at least: air is -1000 HU, lung -900..-500, fat -190..-30, and a heart CT's
+#: field of view holds lung or fat. Measured lowest values: the shared real CTs -1064 and -1207, the CT phantoms
+#: -793..-905 (also a 60 mm crop inside the heart), `sample`'s pairs -200 (the HU window's floor); an MR image has
+#: no negative values (the MR phantom, ACDC, Sunnybrook: 0) or a few (z-scored: about -5)
+CT_LOWEST_HU = -100.0
+
+
+def refuse_non_ct(image, path: str) -> None:
+    """An image whose lowest value is above :data:`CT_LOWEST_HU` (an MR image, or a CT not in HU) is refused."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(values.min()), float(values.max())
+    if low > CT_LOWEST_HU:
+        raise InputError(f"--image {path}: values {low:.4g}..{high:.4g}, no air, lung or fat (a CT in HU reaches "
+                         f"{CT_LOWEST_HU:g} HU or less: an MR image, or a CT without its rescale to HU?); give the CT "
+                         "image in Hounsfield units")  # fmt: skip
 
 
 def segment(net, image, data, window, centre="auto", progress=None) -> tuple:

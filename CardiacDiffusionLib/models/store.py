@@ -271,6 +271,27 @@ def _registered_copy(sha: str) -> dict | None:
     return next((e for e in list_models() if str(e.get("sha256", "")).lower() == sha.lower()), None)
 
 
+def _header(path: Path | str) -> dict | None:
+    """A safetensors file's JSON header (metadata and tensor layout), None when unreadable."""
+    try:
+        with Path(path).open("rb") as f:
+            return _parse_header(f.read(8), f.read, os.fstat(f.fileno()).st_size, str(path))[0]
+    except (OSError, InputError):
+        return None
+
+
+def _refuse_changed_copy(path: Path, label: str) -> None:
+    """A file without a content hash whose header (architecture, config, meta and tensor layout) is a registered
+    model's but whose sha256 is not (the shipped files predate the content hash): a damaged or changed copy of it."""
+    header = _header(path)
+    for entry in list_models():
+        if header is not None and _header(entry["path"]) == header:
+            name, source = entry["name"], entry.get("source", "registered")
+            raise InputError(f"{_subject(label, path)} has the header of the {source} model {name} but not its bytes "
+                             f"(its sha256 is not the registry's): a damaged or changed copy; use the name {name} "
+                             "(the checked file) instead, or copy/re-download it again")  # fmt: skip
+
+
 def _check_sha256(path: Path, expected: str, label: str, entry: dict | None = None) -> str:
     """The file's sha256, checked against ``expected``."""
     actual = sha256_file(path)
@@ -316,6 +337,8 @@ def load_model(
     content = _check_content(path, label)
     if content:
         checked.append("content sha256")
+    elif not entry:
+        _refuse_changed_copy(path, label)
     if entry and entry.get("architecture") not in (None, architecture):
         raise InputError(f"model {label}: registry says architecture {entry['architecture']}, the file {architecture}")
     module = build_architecture(architecture, config, builders)

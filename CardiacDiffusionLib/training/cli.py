@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import InputError
 from .config import did_you_mean, load_config
@@ -63,7 +63,7 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
     """Train one config into ``out``; 130 when cancelled (resumable), else 0. ``stage``: name for messages."""
     from .runner import train
 
-    command = getattr(args, "training_command", None) or _command(Path(sys.argv[0]).name, sys.argv[1:])
+    command = getattr(args, "training_command", None) or command_line(Path(sys.argv[0]).name, sys.argv[1:])
     result = train(None, config, out, progress=args.progress, resume=not args.no_resume, command=command)
     where = f" in stage {stage}" if stage else ""
     said = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 speaks for all
@@ -76,7 +76,7 @@ def _train_and_report(args: argparse.Namespace, config: dict, out: Path, stage: 
     return 0
 
 
-def _command(program: str, argv: list[str]) -> str:
+def command_line(program: str, argv: list[str]) -> str:
     """The command line to record in the model, as it can be typed again (``python -m`` for this module, whose
     ``sys.argv[0]`` is ``__main__.py``)."""
     if program == "__main__.py":
@@ -133,6 +133,15 @@ def _check_earlier_stage(args: argparse.Namespace, stage, names: set[str]) -> No
                          f"yet ({path}); train stage {path.parent.name} first (--stage {path.parent.name}, or no --stage)")  # fmt: skip
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser (and its sub-parsers) whose own errors (a bad value or choice, a missing or unknown option)
+    end in the project's one line ``error: ...``, exit code 2: the Slicer panels show the last stderr line."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ").replace("' -", "'-")  # the number lists' leading space: main.py
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse, letting ``key=value`` overrides of commands that take them come after the options too."""
     args, extra = parser.parse_known_args(argv)
@@ -140,17 +149,29 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides += extra
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)sub-parser of the command that ``args`` ran, e.g. ``cardiac-diffusion evaluate gap``'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m CardiacDiffusionLib.training", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m CardiacDiffusionLib.training", description=__doc__.splitlines()[0])
     add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(parser, argv)
-    args.training_command = _command("__main__.py", sys.argv[1:] if argv is None else list(argv))
+    args.training_command = command_line("__main__.py", argv)
     try:
         return run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: the runner stops at once (the checkpoint of the last save stays)
+        print("cancelled", file=sys.stderr)
+        return 130
