@@ -6,8 +6,9 @@ The cine is a DICOM cine folder, a 4D NIfTI/NRRD/MHA file or a frames manifest (
 the manifest; the Slicer job writes one). Each phase's usual outputs go to ``OUT/phase_KK/`` (``geometry.json``
 records the phase), first written to a hidden ``OUT/.phase_KK.partial/`` and renamed when complete, so a cancelled
 or failed run leaves no half-written frame folder; ``OUT/reconstruct_frames.json`` lists the frames done and the
-run's status (running, complete, cancelled, failed). SAX labels: ``--frame-labels PHASE=FILE ...`` (some phases,
-e.g. ED and ES), a 4D ``--sax-labels`` file (every phase) or the manifest's. ``--progress json``: fractions over
+run's status (running, complete, cancelled, failed), from the start (an earlier run's never speaks for this one); a
+complete run removes an earlier run's frame folders of phases it did not make. SAX labels: ``--frame-labels
+PHASE=FILE ...`` (some phases, e.g. ED and ES), a 4D ``--sax-labels`` file (every phase) or the manifest's. ``--progress json``: fractions over
 all frames, rising, each line naming its phase (``frame``, ``phase`` and ``frame_progress`` keys beside them).
 """
 
@@ -61,6 +62,7 @@ def run_frames(args: argparse.Namespace) -> int:
     summary = {"input": str(args.sax), "method": args.method, "phases": [f.phase for f in frames], "status": "running",
                "frames": []}  # fmt: skip
     make_folder(out)
+    write_json(out / SUMMARY, summary)  # an earlier run's summary must not speak for this run while it works
     partial = None
     handler = _on_sigterm_cancel()
     try:
@@ -92,6 +94,7 @@ def run_frames(args: argparse.Namespace) -> int:
             write_json(out / SUMMARY, summary)
             say(1.0, f"done: {folder}", folder=folder)
         summary["status"] = "complete"
+        _remove_earlier_frames(out, folders)
         print(f"{args.method}: {count} phases written to {out} ({', '.join(folders)}; {SUMMARY})")
     except KeyboardInterrupt:
         summary["status"] = "cancelled"
@@ -106,6 +109,15 @@ def run_frames(args: argparse.Namespace) -> int:
             shutil.rmtree(partial, ignore_errors=True)
         write_json(out / SUMMARY, summary)
     return 0
+
+
+def _remove_earlier_frames(out: Path, folders: list[str]) -> None:
+    """An earlier run's frame folders (``phase_KK`` with its geometry.json) of phases this run did not make would
+    pass for its own: removed, as ``reconstruct`` removes an earlier run's outputs it does not make."""
+    for folder in sorted(out.glob("phase_*")):
+        if folder.name not in folders and folder.name[6:].isdigit() and (folder / "geometry.json").is_file():
+            shutil.rmtree(folder)
+            print(f"removed {folder.name} of an earlier run in {out} (this run does not make it)")
 
 
 def cine_frames(args: argparse.Namespace):
@@ -129,10 +141,15 @@ def cine_frames(args: argparse.Namespace):
         if args.frame_labels:
             raise InputError("--sax-labels and --frame-labels: give the labels one way (--frame-labels PHASE=FILE for "
                              "some phases, or a 4D --sax-labels file with every phase)")  # fmt: skip
-        if volume_phases(args.sax_labels, "--sax-labels") < 2:
+        labelled = volume_phases(args.sax_labels, "--sax-labels")
+        if labelled < 2 and len(phases) > 1:  # one phase (a 3D --sax and --phase all): its labels, as with --phase 0
             raise InputError(f"--sax-labels {args.sax_labels}: one 3D label volume for several phases; give the labels "
                              "of the phases they were drawn on as --frame-labels PHASE=FILE (e.g. 0=ed.nii.gz "
                              "9=es.nii.gz), or a 4D label file with every phase")  # fmt: skip
+        if labelled > 1 and labelled != count:  # now, not at the first phase it lacks (after the others' work)
+            raise InputError(f"--sax-labels {args.sax_labels}: {labelled} phases, but --sax {sax} has {count}; give "
+                             "the 4D label file of this cine (one label volume per phase), or the labels of some "
+                             "phases as --frame-labels PHASE=FILE")  # fmt: skip
     frames = []
     for k in phases:
         if manifest:

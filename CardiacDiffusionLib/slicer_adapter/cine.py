@@ -238,9 +238,9 @@ class FramesJob:
         n = message.data.get("frame") if message.kind == "progress" else None
         if n is None:
             if text and not _CHILD_WROTE.match(message.text):
-                said = _CHILD_FRAME.match(text)
+                said = _CHILD_FRAME.search(text)  # also in its error line ("error: phase 1 (2 of 3 ...): ...")
                 where = self.plan[int(said[1]) - 1][0] if said else self.plan[self._current or 0][0]
-                self.log.append(f"frame {where + 1}: {text[said.end():] if said else text}")
+                self.log.append(f"frame {where + 1}: {text[:said.start()] + text[said.end():] if said else text}")
                 self._report(None, self.log[-1])
             return
         n, item = int(n), self.plan[int(n)][0]
@@ -298,8 +298,11 @@ class FramesJob:
                 n, text = int(said[1]) - 1, text[: said.start()] + text[said.end():]
             else:  # cancelled: the first frame not read back; else the one the child was on
                 n = len(self._done) if self.job._cancelled or self._current is None else self._current
-            item = self.plan[min(n, len(self.plan) - 1)][0]
-            raise type(error)(f"frame {item + 1} of {self.sequence.GetNumberOfDataNodes()}: {text}") from None
+            where = f"frame {self.plan[min(n, len(self.plan) - 1)][0] + 1} of {self.sequence.GetNumberOfDataNodes()}"
+            if isinstance(error, ProcessFailed):  # its exit code (2: an input refused) and detail kept
+                detail = _CHILD_FRAME.sub("", error.detail, count=1)
+                raise ProcessFailed(f"{where}: {text}", error.returncode, f"{where}: {detail}") from None
+            raise InputError(f"{where}: {text}") from None
 
     def cancel(self) -> None:
         """Stop the child; nothing is added to the scene (the frames done are dropped)."""
@@ -309,7 +312,8 @@ class FramesJob:
 
     @property
     def running(self) -> bool:
-        return self.result is None and self.job is not None and not self.job._cancelled
+        """Until every frame is read back; False once cancelled or the child failed."""
+        return self.result is None and self.job is not None and self.job.running
 
     def _report(self, fraction: float | None, text: str) -> None:
         if self._callback is not None:

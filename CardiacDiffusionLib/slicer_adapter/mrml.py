@@ -350,12 +350,15 @@ def labels_from_segmentation(
     slicer = _slicer()
     name = f"segmentation {segmentation_node.GetName()!r}"
     values = _segment_values(segmentation_node.GetSegmentation(), name, label_values)
-    source = segmentation_node
+    source, world = segmentation_node, _to_world(segmentation_node, name)
     if not segmentation_node.GetSegmentation().ContainsRepresentation(BINARY_LABELMAP):
-        # convert a detached copy: the input node is never modified
+        # convert a detached copy: the input node is never modified; on the reference grid in the node's own
+        # coordinates (``reference`` is in world ones: a parent transform moves the result back onto it)
         source = slicer.vtkMRMLSegmentationNode()
         source.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
-        geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(_oriented_image(reference, False))
+        grid = _oriented_image(reference, False)
+        grid.SetImageToWorldMatrix(_vtk_matrix(np.linalg.inv(world) @ ijk_to_ras(reference)))
+        geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(grid)
         source.GetSegmentation().SetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry
         )
@@ -363,7 +366,6 @@ def labels_from_segmentation(
             raise InputError(f"{name}: could not be converted to a binary labelmap")
     import vtk
 
-    world = _to_world(segmentation_node, name)
     out = np.zeros(sitk.GetArrayFromImage(reference).shape, dtype=np.uint8)
     for segment_id, value in values.items():
         oriented = slicer.vtkOrientedImageData()
