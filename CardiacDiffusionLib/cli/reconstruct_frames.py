@@ -95,7 +95,7 @@ def run_frames(args: argparse.Namespace) -> int:
             say(1.0, f"done: {folder}", folder=folder)
         summary["status"] = "complete"
         _remove_earlier_frames(out, folders)
-        print(f"{args.method}: {count} phases written to {out} ({', '.join(folders)}; {SUMMARY})")
+        print(f"{args.method}: {count} phase{'s' * (count != 1)} written to {out} ({', '.join(folders)}; {SUMMARY})")
     except KeyboardInterrupt:
         summary["status"] = "cancelled"
         raise

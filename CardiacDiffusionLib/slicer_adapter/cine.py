@@ -172,7 +172,7 @@ MANIFEST = "frames.json"
 _CHILD_FRAME = re.compile(r"phase \d+ \((\d+) of \d+ in this run\): ")
 #: the child's lines saying where it wrote a frame and the run (its temporary folder, read back into the sequences,
 #: which the log's summary names): not logged
-_CHILD_WROTE = re.compile(r"\w+: (wrote .+ to |\d+ phases written to )")
+_CHILD_WROTE = re.compile(r"\w+: (wrote .+ to |\d+ phases? written to )")
 
 
 class FramesJob:
