@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from .device import release_freed_memory
 from .jsonfile import write_json
 
 
@@ -66,6 +67,7 @@ def measure(
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gc.collect()  # garbage freed during the timed runs would lower RSS under the mark and hide their peak
+    release_freed_memory()  # memory the warm-up freed but glibc kept (dmcvr, LDM) would be reused unseen
     rss_before = _proc_status_mib("VmRSS")
     reset = _reset_peak_rss()
     times = []

@@ -4,7 +4,7 @@
 Inference runs batches of slices/volumes through :func:`run_batched`, which halves the batch on
 an out-of-memory error down to 1 and then stops with an :class:`InputError` saying what to do.
 :func:`available_memory` is what a command may allocate on this machine (checked before a large output).
-:func:`keep_freed_memory` stops glibc from paging CPU tensors in afresh at every network call (dmcvr's DDIM loops).
+:func:`keep_freed_memory` stops glibc from paging CPU tensors in afresh at every network call (DDIM loops: dmcvr, LDM).
 torch is imported where used, so the memory check costs the classical methods no torch import.
 """
 
@@ -245,19 +245,34 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for the next tensor instead of giving it back to the OS (Linux; True
     when set). By default it maps large blocks (over 128 KiB, the threshold rising up to 32 MiB) afresh and trims
     the heap's free top, so a network's CPU activations (a DDIM loop: the same sizes at every step) are paged in and
-    zeroed by the kernel again at each call. Peak memory stays about the same; the process keeps it until it exits.
+    zeroed by the kernel again at each call. Peak RSS about the same or up to ~20 % more (LDM 64^3); the process
+    keeps it until it exits (or :func:`release_freed_memory`).
     Process-wide, set once; elsewhere (macOS, Windows, musl) nothing is done."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mapped = libc.mallopt(m_mmap_threshold, KEEP_MMAP_THRESHOLD)
+    return bool(mapped) & bool(libc.mallopt(m_trim_threshold, KEEP_TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> bool:
+    """Give the freed memory glibc keeps (:func:`keep_freed_memory`) back to the OS (``malloc_trim``; True when
+    done): a benchmark measuring the peak memory of its timed runs calls it first, or memory an earlier run left
+    in the heap would be reused unseen and the peak read as no increase."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+def _glibc():
+    """The C library when it is glibc (Linux), else None (musl has a mallopt that does nothing)."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # musl has a mallopt that does nothing
-            return False
-        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        mapped = libc.mallopt(m_mmap_threshold, KEEP_MMAP_THRESHOLD)
-        return bool(mapped) & bool(libc.mallopt(m_trim_threshold, KEEP_TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+        return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
