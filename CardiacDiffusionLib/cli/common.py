@@ -77,6 +77,17 @@ def output_folder(path: str, inputs: Iterable[str | None] = (), writes: Iterable
     return out
 
 
+def keep_users_files(out: Path, names: Iterable[str], earlier_run: Callable[[Path], bool], command: str,
+                     marker: str) -> None:  # fmt: skip
+    """Refuse an --out holding files named as ``command``'s outputs (``names``: file names or glob patterns) unless
+    ``earlier_run(out)`` finds what ``marker`` names (e.g. "lma.json of an lma run") there: they are the user's,
+    kept (an earlier run's are replaced)."""
+    present = [name for name in names if any(out.glob(name))]
+    if present and not earlier_run(out):
+        raise InputError(f"--out {out}: holds {', '.join(present)}, not written by `{command}` (no {marker} beside "
+                         "them); they are kept: choose a new or empty folder")  # fmt: skip
+
+
 def make_folder(out: Path, option: str = "--out") -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)

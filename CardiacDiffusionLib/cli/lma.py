@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import add_label_convention, add_progress_argument, json_progress, output_folder, say_runs_on_cpu
+from .common import (
+    add_label_convention, add_progress_argument, json_progress, keep_users_files, output_folder, say_runs_on_cpu,
+)  # fmt: skip
 
 #: --sadir-refine at most this many steps (the library's default: 20; each a forward and backward pass, no progress)
 MAX_REFINE = 1000
@@ -113,23 +115,16 @@ def _labels_alone(slices: str, convention: str, phase: int | None):
     return stack
 
 
-def keep_users_files(out: Path, names: list[str]) -> None:
-    """Refuse an --out holding files named as lma's outputs without the lma.json of an lma run beside them: they are
-    the user's (an earlier run's are replaced)."""
+def _earlier_lma_run(out: Path) -> bool:
+    """``out`` holds the lma.json of an earlier ``lma`` run."""
     import json
 
     from ..activation.pipeline import WORKFLOW
 
-    present = [name for name in names if (out / name).exists()]
-    if not present:
-        return
     try:
-        ours = json.loads((out / "lma.json").read_text()).get("workflow") == WORKFLOW
+        return json.loads((out / "lma.json").read_text()).get("workflow") == WORKFLOW
     except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise InputError(f"--out {out}: holds {', '.join(present)}, not written by `lma` (no lma.json of an lma run "
-                         "beside them); they are kept: choose a new or empty folder")  # fmt: skip
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--late-percentile {args.late_percentile}: give a percentile above 0 and below 100 "
                          "(default 75), or --late-threshold MS")  # fmt: skip
     output_folder(args.out, [args.slices, args.slice_labels, args.strain, args.tos_csv], OUTPUTS.values())
-    keep_users_files(Path(args.out), list(OUTPUTS.values()))
+    keep_users_files(Path(args.out), OUTPUTS.values(), _earlier_lma_run, "lma", "lma.json of an lma run")
     stack = read_labelled_stack(args.slices, args.slice_labels, args.label_convention, args.phase,
                                 tuple(args.h5_spacing) if args.h5_spacing else None)  # fmt: skip
     for option, point in (("--rv-insertion", args.rv_insertion), ("--base", args.base), ("--apex", args.apex)):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..utils.jsonfile import write_json
-from .common import make_folder, output_folder
+from .common import keep_users_files, make_folder, output_folder
 
 
 #: options of one kind of phantom only, with their defaults (given for the other kind: refused, not ignored)
@@ -63,12 +63,12 @@ def output_names(args: argparse.Namespace) -> list[str]:
     return names + ([] if args.no_dicom else ["dicom/sax/IM_*.dcm"])
 
 
-def _phantom_truth(path: Path) -> bool:
-    """``path`` is the truth.json of an earlier ``phantom`` run (MR or CT), by the keys only it writes together."""
+def _earlier_phantom_run(out: Path) -> bool:
+    """``out`` holds the truth.json of an earlier ``phantom`` run (MR or CT), by the keys only it writes together."""
     import json
 
     try:
-        truth = json.loads(path.read_text())
+        truth = json.loads((out / "truth.json").read_text())
     except (OSError, ValueError):
         return False
     if not isinstance(truth, dict) or not isinstance(truth.get("seed"), int):
@@ -76,21 +76,12 @@ def _phantom_truth(path: Path) -> bool:
     return {"modality", "size_xyz", "contrast"} <= truth.keys() or {"sax", "lax", "harmonics", "ef_target"} <= truth.keys()
 
 
-def keep_users_files(out: Path, names: list[str]) -> None:
-    """Refuse an --out holding files named as this run's outputs without an earlier phantom's truth.json beside
-    them: they are the user's (an earlier run's are replaced)."""
-    present = [name for name in names if any(out.glob(name)) or (out / name).exists()]
-    if present and not _phantom_truth(out / "truth.json"):
-        raise InputError(f"--out {out}: holds {', '.join(present)}, not written by `phantom` (no phantom's "
-                         "truth.json there); they are kept: choose a new or empty folder")  # fmt: skip
-
-
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     check_options(args)
     out = output_folder(args.out)
-    keep_users_files(out, output_names(args))
+    keep_users_files(out, output_names(args), _earlier_phantom_run, "phantom", "truth.json of a phantom run")
     if args.kind == "mr":
         from ..phantoms.scanner import make_subject, write_subject
 
