@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from CardiacDiffusionLib.cli.main import main
-from CardiacDiffusionLib.cli.segment import covered_region, load_ctseg, segment, to_input_grid
+from CardiacDiffusionLib.cli.segment import covered_region, covered_voxels, load_ctseg, segment, to_input_grid
 from CardiacDiffusionLib.labels import CT_LABELS
 from CardiacDiffusionLib.ldm.seg_tasks import N_CLASSES, CTSegData, build_seg_unet, label_centre, reference_grid
 from CardiacDiffusionLib.metrics import dice
@@ -207,3 +207,26 @@ def test_outputs_never_replace_inputs_or_the_users_files(model, tmp_path, capsys
     assert main(["segment", "--model", str(model), "--image", str(other), "--out", str(samples), "--device", "cpu"]) == 2
     assert "holds a labels.json that `segment` did not write" in capsys.readouterr().err
     assert json.loads((samples / "labels.json").read_text())["samples"] == [] and not (samples / "labels.nii.gz").exists()
+
+
+def test_the_voxels_outside_an_oblique_cube_are_counted_exactly():
+    """labels.json's input_voxels_outside_cube: the image's voxels the model's cube does not reach, counted one by one
+    (by their centres in the cube's continuous index); a cube turned 45 degrees about z leaves corners of its bounding
+    box uncovered, which the count once took for covered."""
+    image = sitk.Image([40, 40, 24], sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 1.5))
+    ref = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    ref.SetSpacing((1.2, 1.2, 1.2))
+    c, s = math.cos(math.pi / 4), math.sin(math.pi / 4)
+    ref.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+    centre = image.TransformContinuousIndexToPhysicalPoint([19.5, 19.5, 11.5])
+    corner = np.array(ref.GetDirection()).reshape(3, 3) @ np.full(3, -9.5 * 1.2)
+    ref.SetOrigin(tuple(np.add(centre, corner)))
+    region = covered_region(ref, image)
+    z, y, x = np.indices(image.GetSize()[::-1]).reshape(3, -1)
+    points = np.stack([x, y, z], 1) * np.array(image.GetSpacing()) + np.array(image.GetOrigin())
+    index = (points - np.array(ref.GetOrigin())) @ np.array(ref.GetDirection()).reshape(3, 3) / 1.2
+    inside = int(np.all((index >= -0.5) & (index <= 19.5), axis=1).sum())
+    box = math.prod(b - a for a, b in region)
+    assert covered_voxels(ref, image, region) == inside == 8704  # no voxel centre lies on the cube's faces here
+    assert box == 28880  # the bounding box with its margin (the old count of covered voxels): 3.3x as many

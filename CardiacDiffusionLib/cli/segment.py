@@ -221,7 +221,7 @@ def segment(net, image, data, window, centre="auto", progress=None) -> tuple:
             "model_grid": {"size": data.size, "spacing_mm": data.spacing_mm, "trained_centre": data.centre,
                            "hu_window": list(window), "origin": list(ref.GetOrigin())},
             "centring": {"option": centre if isinstance(centre, str) else list(centre), "centres_mm": centres},
-            "input_voxels_outside_cube": int(labels.size - np.prod([b - a for a, b in region])),
+            "input_voxels_outside_cube": int(labels.size - covered_voxels(ref, image, region)),
             "volumes_ml": {name: round(float(np.sum(labels == k)) * voxel_ml, 3) for k, name in CT_LABELS.items()}}  # fmt: skip
     progress(0.95, "labels on the input grid")
     return out, info
@@ -262,9 +262,19 @@ def covered_region(ref, image) -> list[tuple[int, int]] | None:
     return [(int(a), int(b)) for a, b in zip(low, high)]
 
 
-def to_input_grid(probs: np.ndarray, ref, image, region) -> np.ndarray:
-    """Labels (z, y, x) on ``image``'s grid: each class's probability resampled linearly from the cube onto the part
-    of the grid the cube covers (outside it: background), then argmax; one class at a time (memory)."""
+def covered_voxels(ref, image, region) -> int:
+    """How many of ``image``'s voxels the model's cube ``ref`` reaches, as :func:`to_input_grid` resamples it
+    (``region``'s bounding box holds them all, but on an oblique cube also corners it does not reach)."""
+    import SimpleITK as sitk
+
+    ones = sitk.Image(ref.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(ref)
+    reached = sitk.Resample(ones, _region_grid(image, region), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return int(np.count_nonzero(sitk.GetArrayFromImage(reached) > 0.5))  # 1 inside the cube, 0 outside
+
+
+def _region_grid(image, region):
+    """An empty image on the part ``region`` (index ranges x, y, z) of ``image``'s grid."""
     import SimpleITK as sitk
 
     start, size = [a for a, _ in region], [b - a for a, b in region]
@@ -272,6 +282,15 @@ def to_input_grid(probs: np.ndarray, ref, image, region) -> np.ndarray:
     target.SetSpacing(image.GetSpacing())
     target.SetDirection(image.GetDirection())
     target.SetOrigin(image.TransformIndexToPhysicalPoint(start))
+    return target
+
+
+def to_input_grid(probs: np.ndarray, ref, image, region) -> np.ndarray:
+    """Labels (z, y, x) on ``image``'s grid: each class's probability resampled linearly from the cube onto the part
+    of the grid the cube covers (outside it: background), then argmax; one class at a time (memory)."""
+    import SimpleITK as sitk
+
+    target = _region_grid(image, region)
     best = label = None
     for k, p in enumerate(probs):
         source = sitk.GetImageFromArray(p)
