@@ -16,7 +16,7 @@ import warnings
 
 from ..errors import InputError, QualityWarning
 from ..training.cli import Parser, command_line, parse
-from ..utils.device import omp_threads
+from ..utils.device import auto_cpu_threads, omp_threads
 
 #: modules of this package that register sub-commands, in help order
 COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "segment",
@@ -43,11 +43,21 @@ def _values_not_options(argv: list[str]) -> list[str]:
     return [f" {a}" if _NUMBER_LIST.match(a) else a for a in argv]
 
 
+#: commands that never import torch (and `reconstruct` with a classical method): their CPU threads do not matter
+NO_TORCH = ("phantom", "inspect", "lax-dice", "models")
+
+
+def _loads_torch(args: argparse.Namespace) -> bool:
+    return args.command not in NO_TORCH and not (args.command == "reconstruct" and args.method != "dmcvr")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(build_parser(), _values_not_options(argv))
     args.training_command = command_line("cardiac-diffusion", argv)  # what `train` records in its model: this command
     omp_threads()  # a bad OMP_NUM_THREADS said in one line, before torch loads (and OpenMP says it its way)
+    if _loads_torch(args):  # the load is sampled for 0.1 s: not for the commands that never load torch
+        auto_cpu_threads()  # fewer CPU threads when other work keeps cores busy, before torch's OpenMP starts
     with warnings.catch_warnings():  # restores the process's warning display on return
         warnings.showwarning = _quality_warnings_as_lines(warnings.showwarning)
         return _run(args)

@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(parser, argv)
     args.training_command = command_line("__main__.py", argv)
+    from ..utils.device import auto_cpu_threads, omp_threads
+
+    omp_threads()
+    auto_cpu_threads()  # as `cardiac-diffusion train`: fewer CPU threads when other work keeps cores busy
     try:
         return run(args)
     except InputError as error:

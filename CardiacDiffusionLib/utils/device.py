@@ -1,5 +1,8 @@
 """Device policy, in one place: which device to use, how many CPU threads, and what to do on out-of-memory.
 
+CPU threads: the user's OMP_NUM_THREADS, else the physical cores less those other processes keep busy when the
+command starts (:func:`auto_cpu_threads`, :func:`thread_policy`).
+
 ``--device auto|cpu|cuda|mps`` (or ``cuda:N``) everywhere; ``auto`` picks CUDA, then MPS, then CPU.
 Inference runs batches of slices/volumes through :func:`run_batched`, which halves the batch on
 an out-of-memory error down to 1 and then stops with an :class:`InputError` saying what to do.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 
 from ..errors import InputError
 
@@ -101,9 +104,80 @@ def omp_threads() -> int | None:
     return None
 
 
+#: what :func:`auto_cpu_threads` chose in this process, in words (None: not run, or torch was already loaded)
+THREAD_CHOICE: str | None = None
+
+
+def busy_cpus(interval: float = 0.1) -> float | None:
+    """CPUs (of those this process may run on) that other processes keep busy now: /proc/stat sampled over
+    ``interval`` seconds, while this process sleeps; None where /proc/stat cannot be read (macOS, Windows).
+    Instantaneous, unlike the load average (a 1-minute mean that lags a minute behind a job's start and end)."""
+    import time
+
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def ticks() -> tuple[int, int]:
+        busy = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if not name[3:].isdigit():
+                    break
+                if allowed is not None and int(name[3:]) not in allowed:
+                    continue
+                values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                total += sum(values)
+                busy += sum(values) - values[3] - values[4]
+        return busy, total
+
+    try:
+        busy0, total0 = ticks()
+        time.sleep(interval)
+        busy1, total1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = len(allowed) if allowed is not None else (os.cpu_count() or 1)
+    return cpus * (busy1 - busy0) / (total1 - total0) if total1 > total0 else None
+
+
+def thread_policy(busy: float | None, cores: int, env: Mapping[str, str]) -> tuple[int, dict[str, str], str]:
+    """CPU threads for torch given ``busy`` CPUs taken by other processes (:func:`busy_cpus`), this machine's
+    physical ``cores`` and the user's environment: (threads, environment variables to set, the choice in words).
+
+    A user's OMP_NUM_THREADS is kept. Else all cores, less those other work takes (a half-busy CPU counts as
+    taken), at least 1: libgomp's threads spin while waiting, and on a core another process needs they stall
+    each other (an LDM sample 10-20x slower on 2 threads than on 1, 2 cores under load; README). OMP_WAIT_POLICY
+    is left alone: PASSIVE ends the stall but is up to 1.5x slower than 1 thread under load, 1.6-2x slower than 2
+    threads on a quiet machine."""
+    user = env.get("OMP_NUM_THREADS", "").strip().split(",")[0].strip()
+    if user.isdigit() and int(user) > 0:
+        return int(user), {}, f"{int(user)} CPU threads (OMP_NUM_THREADS)"
+    if busy is None:
+        return cores, {}, f"{cores} CPU threads (physical cores; the load could not be read)"
+    threads = max(1, min(cores, cores - int(busy + 0.5)))
+    said = f"{threads} CPU threads ({cores} physical cores, {busy:.1f} CPUs busy with other work)"
+    return threads, ({"OMP_NUM_THREADS": str(threads)} if threads < cores else {}), said
+
+
+def auto_cpu_threads() -> str | None:
+    """Apply :func:`thread_policy` before torch loads (the CLI calls it first): fewer threads when other work
+    keeps cores busy, set as OMP_NUM_THREADS so that torch's OpenMP and child processes start with it. Nothing is
+    done (None) once torch is loaded: an in-process caller (a test, Slicer's Python) keeps its own threads."""
+    import sys
+
+    global THREAD_CHOICE
+    if "torch" in sys.modules:
+        return None
+    _, env, THREAD_CHOICE = thread_policy(busy_cpus(), physical_cores(), os.environ)
+    os.environ.update(env)
+    return THREAD_CHOICE
+
+
 def configure_cpu_threads() -> int:
-    """Set torch's intra-op threads: OMP_NUM_THREADS when the user set it (:func:`omp_threads`), else the physical
-    cores."""
+    """Set torch's intra-op threads: OMP_NUM_THREADS when set (by the user, or by :func:`auto_cpu_threads` on a
+    busy machine; :func:`omp_threads`), else the physical cores."""
     threads = omp_threads() or physical_cores()
     import torch
 
