@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(parser, argv)
-    args.training_command = command_line("__main__.py", argv)
+    args.training_command = command_line(parser.prog, argv)
     from ..utils.device import auto_cpu_threads, omp_threads
 
     omp_threads()

@@ -93,9 +93,9 @@ def omp_threads() -> int | None:
     raw = os.environ.get("OMP_NUM_THREADS")
     if raw is None:
         return None
-    text = raw.strip().split(",")[0].strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
+    count = thread_count(raw)
+    if count is not None:
+        return count
     del os.environ["OMP_NUM_THREADS"]  # child processes (data loaders, the Slicer job's command) inherit the fix
     if raw.strip():
         print(f"warning: OMP_NUM_THREADS={raw!r} is not a whole number of threads above 0; ignored (torch's OpenMP "
@@ -104,8 +104,11 @@ def omp_threads() -> int | None:
     return None
 
 
-#: what :func:`auto_cpu_threads` chose in this process, in words (None: not run, or torch was already loaded)
-THREAD_CHOICE: str | None = None
+def thread_count(value: str | None) -> int | None:
+    """An OMP_NUM_THREADS value as a thread count (an OpenMP list ``4,2``: its first level); None when it is not a
+    whole number above 0, or unset."""
+    text = (value or "").strip().split(",")[0].strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def busy_cpus(interval: float = 0.1) -> float | None:
@@ -151,9 +154,9 @@ def thread_policy(busy: float | None, cores: int, env: Mapping[str, str]) -> tup
     each other (an LDM sample 10-20x slower on 2 threads than on 1, 2 cores under load; README). OMP_WAIT_POLICY
     is left alone: PASSIVE ends the stall but is up to 1.5x slower than 1 thread under load, 1.6-2x slower than 2
     threads on a quiet machine."""
-    user = env.get("OMP_NUM_THREADS", "").strip().split(",")[0].strip()
-    if user.isdigit() and int(user) > 0:
-        return int(user), {}, f"{int(user)} CPU threads (OMP_NUM_THREADS)"
+    user = thread_count(env.get("OMP_NUM_THREADS"))
+    if user is not None:
+        return user, {}, f"{user} CPU threads (OMP_NUM_THREADS)"
     if busy is None:
         return cores, {}, f"{cores} CPU threads (physical cores; the load could not be read)"
     threads = max(1, min(cores, cores - int(busy + 0.5)))
@@ -163,16 +166,16 @@ def thread_policy(busy: float | None, cores: int, env: Mapping[str, str]) -> tup
 
 def auto_cpu_threads() -> str | None:
     """Apply :func:`thread_policy` before torch loads (the CLI calls it first): fewer threads when other work
-    keeps cores busy, set as OMP_NUM_THREADS so that torch's OpenMP and child processes start with it. Nothing is
-    done (None) once torch is loaded: an in-process caller (a test, Slicer's Python) keeps its own threads."""
+    keeps cores busy, set as OMP_NUM_THREADS so that torch's OpenMP and child processes start with it; returns the
+    choice in words. Nothing is done (None) once torch is loaded: an in-process caller (a test, Slicer's Python)
+    keeps its own threads."""
     import sys
 
-    global THREAD_CHOICE
     if "torch" in sys.modules:
         return None
-    _, env, THREAD_CHOICE = thread_policy(busy_cpus(), physical_cores(), os.environ)
+    _, env, said = thread_policy(busy_cpus(), physical_cores(), os.environ)
     os.environ.update(env)
-    return THREAD_CHOICE
+    return said
 
 
 def configure_cpu_threads() -> int:
