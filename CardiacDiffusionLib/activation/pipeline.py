@@ -26,7 +26,9 @@ from ..errors import InputError
 from ..geometry.stack import SliceStack
 from ..utils.jsonfile import number_or_none, write_json
 from . import qa
-from .bullseye import DISCLAIMER, segment_of, segment_table, suggest_lead, write_bullseye_png, write_segments_csv
+from .bullseye import (
+    DISCLAIMER, check_scar, segment_of, segment_table, suggest_lead, write_bullseye_png, write_segments_csv,
+)  # fmt: skip
 from .mapping import (
     LATE_ARRAY, SEGMENT_ARRAY, TOS_ARRAY, add_point_array, mesh_points, myocardium_mesh, paint, sector_points,
     sector_polydata, write_stl, write_vtp,
@@ -215,6 +217,7 @@ def run_lma(
     if stack.labels is None:
         raise InputError(f"{stack.source}: has no labels; give the SAX labels (--slice-labels)")
     qa.require_slices(stack.n, stack.source)
+    scar = check_scar(scar)  # a wrong segment number: before the work, not after the 3D myocardium
     for option, point in (("--rv-insertion", rv_insertion), ("--base", base), ("--apex", apex)):
         if point is not None:
             check_in_view(stack, point, option)

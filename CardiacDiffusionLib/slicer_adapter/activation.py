@@ -108,15 +108,27 @@ def ras_words(node, index: int) -> str:
 
 
 def checked_markups(node, what: str):
-    """``node`` if it is None or a markups node (control points), else an InputError naming the field ``what``."""
-    if node is not None and not node.IsA("vtkMRMLMarkupsNode"):
+    """``node`` if it is None or a point list (``vtkMRMLMarkupsFiducialNode``) holding at least one point, every
+    one placed; else an InputError naming the field ``what`` and the node (a curve, line, plane or ROI has control
+    points too, which are not the point asked for)."""
+    if node is None:
+        return None
+    if not node.IsA("vtkMRMLMarkupsFiducialNode"):
         raise InputError(f"{what} '{node.GetName()}': is a {node.GetClassName()}, not a point list; "
                          "place the point(s) in a markups point list")  # fmt: skip
+    count = node.GetNumberOfControlPoints()
+    if count == 0:
+        raise InputError(f"{what} '{node.GetName()}': the point list holds no points; place one, or leave the "
+                         "field empty")  # fmt: skip
+    unplaced = [i + 1 for i in range(count) if node.GetNthControlPointPositionStatus(i) != node.PositionDefined]
+    if unplaced:
+        raise InputError(f"{what} '{node.GetName()}': point(s) {unplaced} of {count} of the list are not placed; "
+                         "place them or delete them")  # fmt: skip
     return node
 
 
 def _one_point(node, what: str):
-    """The LPS point of a markups node holding exactly one control point; None for no node."""
+    """The LPS point of a point list holding exactly one placed point; None for no node."""
     if checked_markups(node, f"{what} point") is None:
         return None
     count = node.GetNumberOfControlPoints()
@@ -277,7 +289,7 @@ class ActivationJob(CLIJob):
             arguments += ["--tos-method", self.tos_method]
         else:
             arguments += ["--tos-csv", str(self.tos_file)]
-        if self.rv_insertion is not None and self.rv_insertion.GetNumberOfControlPoints():
+        if self.rv_insertion is not None:
             points = mrml.points_from_markups(self.rv_insertion)
             arguments += ["--rv-insertion", *(",".join(repr(float(v)) for v in p) for p in points)]
             for index, point in enumerate(points):  # the command names a point in LPS as it parsed it (f"{v:g}")
