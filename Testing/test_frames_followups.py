@@ -134,8 +134,9 @@ def test_the_batch_script_names_the_files_given(off_grid, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done
     said = done.stderr.splitlines()
-    assert said == [f"error: SAX labels: {drawn} is not on the image's grid (size {labels.GetSize()}, origin, spacing "
-                    "or direction differ); give labels drawn on this series or resample them to it first"], said
+    assert said == [f"error: SAX labels: {drawn} is not on the image's grid (SAX volume {sax}: the labels' size "
+                    f"{labels.GetSize()}, origin, spacing or direction differ); give labels drawn on this series or "
+                    "resample them to it first"], said
     assert "node" not in done.stdout + done.stderr
 
 
@@ -155,6 +156,5 @@ def test_the_frames_log_names_no_temporary_folder(mrml_scene, frames):  # noqa: 
     lines = job.log + frames_summary(result)
     assert not [line for line in lines if "temporary" in line or "written" in line or "phase_" in line], lines
     assert [line for line in job.log if line.startswith("frame 3")] == [
-        "frame 3: reconstructing with shape, no SAX labels",
         "frame 3 of 3 (time 320 ms) of sequence 'cine': without SAX labels"], job.log
     assert lines[-4].startswith("new sequences 'cine shape' (3 frames) and 'cine shape labels' (2 frames) joined")

@@ -107,11 +107,11 @@ def test_a_frames_job_whose_child_fails_after_a_frame(mrml_scene):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert failed.value.returncode == 2  # an input refused (the batch script's and panel's cue), kept through the job
-    assert str(failed.value).startswith("frame 2 of 3: shape reconstruction failed with exit code 2: SAX labels node ")
-    assert failed.value.detail.startswith("frame 2 of 3: SAX labels node 'cine labels") and \
+    assert str(failed.value).startswith("frame 2 of 3: shape reconstruction failed with exit code 2: SAX labels frame 2 of sequence 'cine labels' (time ")
+    assert failed.value.detail.startswith("frame 2 of 3: SAX labels frame 2 of sequence 'cine labels' (time ") and \
         failed.value.detail.endswith("no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV cavity); label the "
                                      "stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip
-    assert job.log[-1].startswith("frame 2: error: SAX labels node 'cine labels"), job.log  # not "frame 2: ... phase 1"
+    assert job.log[-1].startswith("frame 2: error: SAX labels frame 2 of sequence 'cine labels' (time "), job.log  # not "frame 2: ... phase 1"
     assert not job.running and job.result is None and len(job._done) == 1  # frame 1 was read back, then dropped
     assert mrml_scene.GetNumberOfNodes() == nodes and items_state(cine, labels) == before
 

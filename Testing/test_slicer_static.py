@@ -442,6 +442,8 @@ PANEL_CLI = {
         "no_baselines": "the panel always shows the classical baselines beside the method (under a second); "
                         "ReconstructionLogic.run(baselines=False)",
         "phase": "a volume node holds one cardiac phase (pick the phase when loading a cine)",
+        "lax_phase": "the panel checks LAX labels on one reconstructed frame only (All cine frames refuses them), "
+                     "so the frame they were drawn at is the one shown",
         "frame_labels": "All cine frames: each frame's labels go into the frames manifest the job writes",
         "h5_spacing": "ACDC HDF5 files are not loaded as nodes; their volumes come with spacing",
         "progress": "the job always asks for JSON progress (the progress bar)",

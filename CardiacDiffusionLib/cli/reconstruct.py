@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sax-labels", help="labels of the SAX stack (same grid)")
     p.add_argument("--lax", nargs="*", default=[], help="LAX images (kept for reference; not needed for Dice)")
     p.add_argument("--lax-labels", nargs="*", default=[], help="LAX label images for the LAX Dice check")
+    p.add_argument("--lax-phase", type=int, metavar="PHASE",
+                   help="the cine phase 3D --lax-labels were drawn at (0-based, usually end-diastole): with several "
+                        "--phase only that phase is checked (a 4D LAX label file, one frame per phase, checks each "
+                        "phase against its own frame)")  # fmt: skip
     p.add_argument("--no-baselines", action="store_true",
                    help="with --lax-labels: check the chosen method only (by default the classical baselines "
                         "nearest, linear and shape are checked beside it: lax_dice_baselines.json)")  # fmt: skip
@@ -66,8 +70,18 @@ def run(args: argparse.Namespace) -> int:
 
         return run_frames(args)
     check_options(args)
+    phase = args.phase or 0
+    if getattr(args, "lax_phase", None) is not None and args.lax_phase != phase:
+        raise InputError(f"--lax-phase {args.lax_phase}: this run reconstructs phase {phase} only (--phase); check "
+                         f"it against LAX labels drawn at phase {phase}, or reconstruct phase {args.lax_phase} "
+                         f"(--phase {args.lax_phase}, or several: --phase {phase},{args.lax_phase})")  # fmt: skip
     out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
-    return reconstruct_into(args, out, args.phase, json_progress(args))
+    from .reconstruct_frames import remove_frames_run
+
+    earlier = (out / "geometry.json").is_file()  # before this run writes its own
+    reconstruct_into(args, out, args.phase, json_progress(args))
+    remove_frames_run(out, earlier)  # a multi-phase run's outputs there would pass for this run's
+    return 0
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -82,14 +96,18 @@ def check_options(args: argparse.Namespace) -> None:
     for path in args.lax:
         if not Path(path).exists():
             raise InputError(f"--lax {path}: file not found")
+    if getattr(args, "lax_phase", None) is not None and not args.lax_labels:
+        raise InputError(f"--lax-phase {args.lax_phase}: names the phase --lax-labels were drawn at; give the LAX "
+                         "labels too, or leave --lax-phase out")  # fmt: skip
 
 
 def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, progress=None, step=None,
-                     shown: Path | None = None, reader=None) -> int:  # fmt: skip
+                     shown: Path | None = None, reader=None, lax: dict | None = None) -> int:  # fmt: skip
     """Read ``args.sax`` at ``phase``, reconstruct it and write the outputs into ``out`` (checked by the caller).
     ``progress(fraction, text)``: dmcvr's steps; ``step(fraction, text)``: the stages (read, reconstruct, write) of
     a multi-phase run; ``shown``: the folder named in the closing line (default ``out``); ``reader``: the
-    ``io.volumes.StackReader`` of ``args.sax`` that a multi-phase run keeps (the cine read once)."""
+    ``io.volumes.StackReader`` of ``args.sax`` that a multi-phase run keeps (the cine read once); ``lax``: the LAX
+    labels to check against, keyed by file name (default: ``args.lax_labels`` read)."""
     from ..io.volumes import StackReader, read_labels, write_image
     from ..reconstruction.lax_check import lax_dice_table, lax_overview
     from ..reconstruction.volume import planned_targets, reconstruct
@@ -102,7 +120,8 @@ def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, pro
         raise InputError(f"--sax-labels {args.sax_labels}: no slice holds a label (1 LV cavity, 2 LV myocardium, 3 RV "
                          "cavity); label the stack, or give no SAX labels (dmcvr then segments it itself)")  # fmt: skip
     planned_targets(stack, args.spacing, args.method)  # an output grid that does not fit in memory: refused now
-    lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)  # read (and checked) before the work
+    if lax is None:  # read (and checked) before the work
+        lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)
     report = stack_report(stack)
     if lax:  # a plane the volume will not reach is refused now; labels that disagree at the crossings are said
         overview = lax_overview(stack, lax, args.spacing)

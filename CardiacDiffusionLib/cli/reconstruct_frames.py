@@ -10,6 +10,12 @@ run's status (running, complete, cancelled, failed), from the start (an earlier 
 complete run removes an earlier run's frame folders of phases it did not make. SAX labels: ``--frame-labels
 PHASE=FILE ...`` (some phases, e.g. ED and ES), a 4D ``--sax-labels`` file (every phase) or the manifest's. ``--progress json``: fractions over
 all frames, rising, each line naming its phase (``frame``, ``phase`` and ``frame_progress`` keys beside them).
+
+LAX labels are drawn at one phase: a 3D ``--lax-labels`` file is checked only at ``--lax-phase K`` (one of the run's
+phases; required with several phases), a 4D one (a frame per cine phase) at every phase against its own frame; the
+other phases get no lax_dice.json, and reconstruct_frames.json (``lax_check``, each frame's ``lax_labels``) says which
+phase was checked. Single- and multi-phase runs into one ``--out`` remove each other's earlier outputs
+(:func:`remove_frames_run`, :func:`remove_single_run`).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ def run_frames(args: argparse.Namespace) -> int:
     if not Path(args.sax).expanduser().exists():
         raise InputError(f"--sax: file not found: {args.sax}")
     check_options(args)
-    frames, reader = cine_frames(args)
+    frames, reader, cine_length = cine_frames(args)
+    lax_at = _lax_plan(args, [f.phase for f in frames], cine_length)
     inputs = [args.sax, args.sax_labels, *args.lax, *args.lax_labels, *(f.sax for f in frames)]
     out = output_folder(args.out, [*inputs, *(f.sax_labels for f in frames)], [SUMMARY])
     width = max(2, len(str(max(f.phase for f in frames))))
@@ -60,7 +67,10 @@ def run_frames(args: argparse.Namespace) -> int:
                              "choose another --out, or move it away")  # fmt: skip
     emit, count = json_progress(args), len(frames)
     summary = {"input": str(args.sax), "method": args.method, "phases": [f.phase for f in frames], "status": "running",
-               "frames": []}  # fmt: skip
+               **({"lax_check": lax_at.record} if args.lax_labels else {}), "frames": []}  # fmt: skip
+    for line in lax_at.said:
+        print(line, flush=True)
+    earlier_single = (out / "geometry.json").is_file()  # before anything is written
     make_folder(out)
     write_json(out / SUMMARY, summary)  # an earlier run's summary must not speak for this run while it works
     partial = None
@@ -76,9 +86,11 @@ def run_frames(args: argparse.Namespace) -> int:
             frame_args.sax, frame_args.sax_labels, frame_args.phase = frame.sax, frame.sax_labels, frame.phase
             partial = out / f".{folder}.partial"
             shutil.rmtree(partial, ignore_errors=True)  # a killed run's leftover
+            lax = lax_at(frame.phase)
+            frame_args.lax_labels = [path for path in args.lax_labels if Path(path).name in lax]
             try:
                 reconstruct_into(frame_args, partial, frame.read_phase, _dmcvr_within(say) if emit else None, say,
-                                 shown=out / folder, reader=reader)  # fmt: skip
+                                 shown=out / folder, reader=reader, lax=lax)  # fmt: skip
             except InputError as error:
                 raise InputError(f"{name}: {error}") from None
             shutil.rmtree(out / folder, ignore_errors=True)  # an earlier run's (checked above)
@@ -89,12 +101,14 @@ def run_frames(args: argparse.Namespace) -> int:
                 "phase": frame.phase, "folder": folder, "sax": frame.sax, "sax_labels": frame.sax_labels,
                 **({"trigger_time_ms": frame.trigger_time_ms} if frame.trigger_time_ms is not None else {}),
                 "labels_made": (out / folder / "reconstruction_labels.nii.gz").is_file(),
+                **({"lax_labels": sorted(lax)} if args.lax_labels else {}),
                 "warnings": geometry.get("warnings", []),
             })  # fmt: skip
             write_json(out / SUMMARY, summary)
             say(1.0, f"done: {folder}", folder=folder)
         summary["status"] = "complete"
         _remove_earlier_frames(out, folders)
+        remove_single_run(out, earlier_single)
         print(f"{args.method}: {count} phase{'s' * (count != 1)} written to {out} ({', '.join(folders)}; {SUMMARY})")
     except KeyboardInterrupt:
         summary["status"] = "cancelled"
@@ -120,9 +134,108 @@ def _remove_earlier_frames(out: Path, folders: list[str]) -> None:
             print(f"removed {folder.name} of an earlier run in {out} (this run does not make it)")
 
 
+def remove_single_run(out: Path, earlier_run: bool) -> None:
+    """A single-phase run's outputs beside this multi-phase run's: removed when ``out`` held that run's
+    geometry.json (``earlier_run``), else the user's own (kept, said), as ``reconstruct`` treats its own outputs."""
+    from .reconstruct import OUTPUTS
+
+    for name in OUTPUTS:
+        if (out / name).is_file():
+            if earlier_run:
+                (out / name).unlink()
+                print(f"removed {name} of an earlier single-phase run in {out} (this run writes phase folders)")
+            else:
+                print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
+
+
+def remove_frames_run(out: Path, earlier_run: bool) -> None:
+    """A multi-phase run's outputs beside a single-phase run's: its frame folders (``phase_KK`` with a
+    geometry.json) and its reconstruct_frames.json are removed when it is an earlier run's (``earlier_run``: ``out``
+    held a single run's geometry.json, or the summary is a multi-phase run's), else kept, and said."""
+    summary = out / SUMMARY
+    ours = summary.is_file() and _is_summary(summary)
+    for folder in sorted(out.glob("phase_*")):
+        if folder.is_dir() and folder.name[6:].isdigit() and (folder / "geometry.json").is_file() and (ours or earlier_run):
+            shutil.rmtree(folder)
+            print(f"removed {folder.name} of an earlier multi-phase run in {out} (this run does not make it)")
+        elif folder.name[6:].isdigit():
+            print(f"warning: {folder} is not from this run (kept; this run does not make it)")
+    if summary.is_file():
+        if ours:
+            summary.unlink()
+            print(f"removed {SUMMARY} of an earlier multi-phase run in {out} (this run does not make it)")
+        else:
+            print(f"warning: {summary} is not from this run (kept; this run does not make it)")
+
+
+def _is_summary(path: Path) -> bool:
+    """Whether ``path`` is a multi-phase run's reconstruct_frames.json (not a file of the user's of that name)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and {"phases", "status", "frames"} <= data.keys()
+
+
+@dataclass(frozen=True)
+class LaxPlan:
+    """Which LAX labels each phase of the run is checked against: ``plan(phase)`` -> {file name: labels image}."""
+
+    read: object  # read(path, frame or None) -> the labels image
+    files: tuple  # (path, frame of the cine it holds: None for every phase (4D), else the one phase (3D))
+    record: dict  # reconstruct_frames.json's "lax_check"
+    said: tuple  # the log's lines about it
+
+    def __call__(self, phase: int) -> dict:
+        return {Path(path).name: self.read(path, phase if at is None else None) for path, at in self.files
+                if at is None or at == phase}  # fmt: skip
+
+
+def _lax_plan(args: argparse.Namespace, phases: list[int], count: int) -> LaxPlan:
+    """The LAX check of a multi-phase run, refused now (before any work) when it cannot be done: 3D labels at
+    ``--lax-phase`` (needed with several phases, one of them), 4D labels a frame per phase of the cine."""
+    from ..io.volumes import labels_reader, volume_phases
+
+    text, given = args.phase, getattr(args, "lax_phase", None)
+    if given is not None and given not in phases:
+        raise InputError(f"--lax-phase {given}: not among --phase {text} ({', '.join(map(str, phases))}); name the "
+                         "phase the LAX labels were drawn at, and reconstruct it too")  # fmt: skip
+    files, flat = [], []
+    for path in args.lax_labels:
+        frames = volume_phases(path, f"--lax-labels {path}")
+        if frames > 1 and frames != count:
+            raise InputError(f"--lax-labels {path}: {frames} phases, but --sax {args.sax} has {count}; give a 4D LAX "
+                             "label file of this cine (one frame per phase), or the 3D labels of the phase they were "
+                             "drawn at with --lax-phase")  # fmt: skip
+        files.append((path, None if frames > 1 else given if given is not None else phases[0]))
+        if frames == 1:
+            flat.append(path)
+    if flat and given is None and len(phases) > 1:
+        raise InputError(f"--lax-labels {', '.join(flat)}: 3D LAX labels are drawn at one phase; name it with "
+                         f"--lax-phase (one of {', '.join(map(str, phases))}, usually end-diastole), or give a 4D LAX "
+                         "label file with a frame per cine phase")  # fmt: skip
+    if given is not None and not flat:
+        raise InputError(f"--lax-phase {given}: for 3D LAX labels; the 4D --lax-labels check each phase against "
+                         "its own frame (leave --lax-phase out)")  # fmt: skip
+    readers = {path: labels_reader(path, args.label_convention, f"--lax-labels {path}") for path in args.lax_labels}
+    at = given if given is not None else phases[0]
+    record = {"phase": at if flat else None, "labels": [Path(p).name for p in flat],
+              "labels_4d": [Path(p).name for p, a in files if a is None]}  # fmt: skip
+    said = []
+    if flat:
+        said.append(f"LAX check of phase {at} only (--lax-phase: {', '.join(Path(p).name for p in flat)} drawn at it); "
+                    "the other phases get no lax_dice.json")  # fmt: skip
+    if record["labels_4d"]:
+        said.append(f"LAX check of every phase against its own frame of {', '.join(record['labels_4d'])}")
+    for path in args.lax_labels:  # each read (and checked) now, before the work
+        readers[path](at if path not in flat else None)
+    return LaxPlan(lambda path, frame: readers[path](frame), tuple(files), record, tuple(said))
+
+
 def cine_frames(args: argparse.Namespace):
-    """The frames ``--phase`` selects of ``--sax``, each with its SAX labels (bad selections and labels refused), and
-    the ``StackReader`` that reads their stacks, the cine read once (None: a manifest, one file per frame)."""
+    """The frames ``--phase`` selects of ``--sax``, each with its SAX labels (bad selections and labels refused), the
+    ``StackReader`` that reads their stacks, the cine read once (None: a manifest, one file per frame), and the
+    cine's phase count."""
     sax, text = str(args.sax), args.phase
     manifest = sax.lower().endswith(".json")
     if manifest:
@@ -157,7 +270,7 @@ def cine_frames(args: argparse.Namespace):
             frames.append(CineFrame(k, entry["sax"], None, entry.get("sax_labels")))
         else:
             frames.append(CineFrame(k, sax, k, given.get(k, args.sax_labels), times[k]))
-    return frames, reader
+    return frames, reader, count
 
 
 def _phase_count(args: argparse.Namespace) -> tuple[int, list, object]:

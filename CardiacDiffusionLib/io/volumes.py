@@ -160,7 +160,7 @@ class StackReader:
             if key not in self._labels:
                 self._labels[key] = labels_reader(labels_path, convention=convention, name=f"{self.name} labels")
             labels = self._labels[key](phase)
-            stack = stack.with_labels(_labels_on_stack(labels, stack, self.name, labels_path))
+            stack = stack.with_labels(_labels_on_stack(labels, stack, self.name, labels_path, self.path))
         return stack
 
     def _acdc(self, phase: int | None) -> SliceStack:
@@ -346,8 +346,9 @@ def _check_finite(image: sitk.Image, name: str, path: Path, stored: np.ndarray |
         raise InputError(f"{name}: {path} holds {bad} NaN or infinite voxels; fill or mask them before use")
 
 
-def _labels_on_stack(labels: sitk.Image, stack: SliceStack, name: str, labels_path) -> np.ndarray:
-    """The label array, slice by slice in the stack's order, if ``labels`` lies on the stack's slices."""
+def _labels_on_stack(labels: sitk.Image, stack: SliceStack, name: str, labels_path, image_path) -> np.ndarray:
+    """The label array, slice by slice in the stack's order, if ``labels`` lies on the slices of the stack (read
+    from ``image_path``, named in the refusal)."""
     # sorted along the normal like ``stack``, and along the same axis (the coarsest, SliceStack.from_image)
     on_slices = SliceStack.from_image(labels, source=f"{name} labels", file=str(labels_path))
     tol = 1e-2  # mm, and direction cosines
@@ -364,7 +365,8 @@ def _labels_on_stack(labels: sitk.Image, stack: SliceStack, name: str, labels_pa
         matches = np.allclose(on_slices.origins, stack.origins, atol=tol)
     if not matches:
         raise InputError(
-            f"{name} labels: {labels_path} is not on the image's grid (size {labels.GetSize()}, origin, spacing "
-            "or direction differ); give labels drawn on this series or resample them to it first"
+            f"{name} labels: {labels_path} is not on the image's grid ({name} {image_path}: the labels' size "
+            f"{labels.GetSize()}, origin, spacing or direction differ); give labels drawn on this series or resample "
+            "them to it first"
         )
     return on_slices.pixels.astype(np.uint8)

@@ -134,17 +134,34 @@ class _CineChild(ReconstructionJob):
     def __init__(self, owner: "FramesJob", scene, sax_volume, **options):
         super().__init__(scene, sax_volume, **options)
         self.owner = owner
+        self.items: dict[Path, str] = {}  # an exported file -> the sequence item it holds, as messages name it
+
+    def _item(self, path: Path, proxy, item: int, cine_item: int) -> Path:
+        """Record that ``path`` holds item ``item`` of ``proxy``'s sequence, at cine frame ``cine_item`` (named so in
+        messages, not as the node outside the scene that exported it); returns ``path``."""
+        sequence = self.owner.browser.GetSequenceNode(proxy)
+        at = self.owner._frame(cine_item).index_text
+        self.items[Path(path)] = f"frame {item + 1} of sequence '{sequence.GetName()}' ({at})"
+        return path
+
+    def _panel_terms(self, text: str) -> str:
+        for path, said in self.items.items():
+            text = text.replace(str(path), said)
+        for path, said in self.items.items():
+            text = text.replace(path.name, said)
+        return super()._panel_terms(text)
 
     def _export(self, folder: Path) -> list[str]:
         owner, entries = self.owner, []
         for n, (item, _, label_item) in enumerate(owner.plan):
             image = sequences.frame_node(owner.sax_volume, item)
-            path = self._exported(folder / f"frame_{n:03d}.nrrd", image)
+            path = self._item(self._exported(folder / f"frame_{n:03d}.nrrd", image), owner.sax_volume, item, item)
             mrml.save_volume(image, path)
             entry = {"sax": path.name}
             if label_item is not None:
                 labels = sequences.frame_node(owner.sax_labels, label_item)
-                label_path = self._exported(folder / f"frame_{n:03d}_labels.nrrd", labels)
+                label_path = self._item(self._exported(folder / f"frame_{n:03d}_labels.nrrd", labels), owner.sax_labels,
+                                        label_item, item)  # fmt: skip
                 write_label_node(labels, label_path, mrml.image_from_volume_node(image), self.label_numbering)
                 entry["sax_labels"] = label_path.name
             entries.append(entry)
@@ -171,8 +188,10 @@ class _CineChild(ReconstructionJob):
 MANIFEST = "frames.json"
 _CHILD_FRAME = re.compile(r"phase \d+ \((\d+) of \d+ in this run\): ")
 #: the child's lines saying where it wrote a frame and the run (its temporary folder, read back into the sequences,
-#: which the log's summary names): not logged
-_CHILD_WROTE = re.compile(r"\w+: (wrote .+ to |\d+ phases? written to )")
+#: which the log's summary names), and that it starts a frame (naming the exported sequence item; the job's own line
+#: names the frame and its labels): not logged
+_NOT_LOGGED = re.compile(r"\w+: (wrote .+ to |\d+ phases? written to )|phase \d+ \(\d+ of \d+ in this run\): "
+                          r"reconstructing with ")
 
 
 class FramesJob:
@@ -237,7 +256,7 @@ class FramesJob:
         text = self.job._in_module_terms(message.text) if message.text else message.text
         n = message.data.get("frame") if message.kind == "progress" else None
         if n is None:
-            if text and not _CHILD_WROTE.match(message.text):
+            if text and not _NOT_LOGGED.match(message.text):
                 said = _CHILD_FRAME.search(text)  # also in its error line ("error: phase 1 (2 of 3 ...): ...")
                 where = self.plan[int(said[1]) - 1][0] if said else self.plan[self._current or 0][0]
                 self.log.append(f"frame {where + 1}: {text[:said.start()] + text[said.end():] if said else text}")
