@@ -99,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
               "(fewer slices, pairs, steps or a coarser --spacing), or --device cpu", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # `train` under torchrun: rank 0 speaks for all
+            print("cancelled", file=sys.stderr)
         return 130
 
 

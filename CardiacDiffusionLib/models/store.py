@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import yaml
 
 from ..errors import InputError, QualityWarning
+from ..utils.durable import replace_durably, write_durably
 from ..utils.jsonfile import dumps, non_finite
 
 if TYPE_CHECKING:  # torch and safetensors are imported where used: the CLI lists and registers models without them
@@ -168,9 +169,7 @@ def save_model(
     blob = struct.pack("<Q", len(text)) + text + bytes(weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    write_durably(path, blob)
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -584,8 +583,8 @@ def add_model(
         if sha256_file(tmp_model) != sha:
             raise InputError(f"--file {file}: changed while it was copied into {target}; add it again")
         tmp_registry.write_text(dumps({"models": entries}, str(registry), indent=2) + "\n")
-        os.replace(tmp_model, target)
-        os.replace(tmp_registry, registry)
+        replace_durably(tmp_model, target)
+        replace_durably(tmp_registry, registry)
     except OSError as error:
         raise _store_error(home, error) from None
     finally:

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..utils.durable import replace_durably
 from ..utils.jsonfile import dumps
 
 FORMAT = "cardiac-diffusion-checkpoint/1"
@@ -71,7 +72,8 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` atomically (temporary file, then rename: an interruption never leaves half a file)."""
+    """Write ``state`` atomically and durably (temporary file, flushed, then renamed: an interruption or a power loss
+    never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -81,7 +83,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         mode = _umask_mode(tmp)
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": dumps(skeleton, f"checkpoint {path}")})
         os.chmod(tmp, mode)  # safetensors writes 0600 through its own temporary file: the umask's, as other outputs
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:  # a failed write (disk full) leaves no partial file behind
         tmp.unlink(missing_ok=True)
     return path

@@ -177,5 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: the runner stops at once (the checkpoint of the last save stays)
-        print("cancelled", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for all
+            print("cancelled", file=sys.stderr)
         return 130

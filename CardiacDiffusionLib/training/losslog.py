@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..utils.durable import fsync_file, replace_durably
 from ..utils.jsonfile import dumps, number_or_none
 
 
@@ -58,6 +60,8 @@ class LossLog:
             f.truncate(keep)
             if not newline:  # a whole record whose newline the kill cut off
                 f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def append(self, record: dict) -> None:
         """One record; a NaN or infinite value (a validation Dice of a label in neither image) is logged null."""
@@ -90,8 +94,19 @@ class LossLog:
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(png)
-        return Path(png)
+        png = Path(png)
+        partial = png.with_name(f".partial_{png.name}")  # a crash mid-write leaves the last whole picture
+        try:
+            fig.savefig(partial, format="png")
+            replace_durably(partial, png)
+        finally:
+            partial.unlink(missing_ok=True)
+        return png
+
+    def sync(self) -> None:
+        """Flush the log to the disk (before a checkpoint: a power loss then keeps the records it resumes after)."""
+        if self.path.is_file():
+            fsync_file(self.path)
 
 
 def _line(record: dict) -> str:

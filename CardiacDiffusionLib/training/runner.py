@@ -202,10 +202,14 @@ def train(
         device = D.local_device(device, info)
         with _StopOnSignal() as stop:
             result = _run(task, cfg, Path(out_dir), device, info, report, stop, resume, command)
-        D.barrier(info)  # every rank done (rank 0 exports) before any tears the group down: see dist.barrier
+        try:
+            D.barrier(info)  # every rank done (rank 0 exports) before any tears the group down: see dist.barrier
+        except Exception as error:  # a rank gone after its work (a second signal killed it): this one's is done
+            if _peer_lost(error, info) is None:
+                raise
         return result
     except Exception as caught:
-        error = _out_of_memory(caught, Path(out_dir)) or caught
+        error = _out_of_memory(caught, Path(out_dir)) or _peer_lost(caught, info) or caught
         report.event("error", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
         error.reported = True  # the CLI does not say it again
         if error is caught:
@@ -237,6 +241,13 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
     dataset = _built(task, "data", cfg)
+    if D.any_flag(stop.requested, info, device):  # asked during the builds (the task's loops): no step is started
+        at = state["step"] if state is not None else 0
+        kept = f"the checkpoint of step {at} is kept, run the same command to resume" if last else \
+            "nothing trained, run the same command to start"  # fmt: skip
+        report.event("cancelled", step=at, total=t["steps"], checkpoint=str(last) if last else None,
+                     message=f"cancelled before training (while building the model and data); {kept}")  # fmt: skip
+        return TrainResult("cancelled", at, out, last, None, None)
     sampler = ResumableSampler(dataset, info.world_size, info.rank, int(t["seed"]))
     per_epoch = len(sampler) // t["batch_size"]
     if per_epoch < 1:
@@ -295,6 +306,7 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                  "config": cfg}  # fmt: skip
         with writing(out, f"the checkpoint of step {step}"):
+            log.sync()  # the records up to the checkpoint reach the disk first: a resume keeps them
             path = save_checkpoint(checkpoint_path(ckpt_dir, step), state)
         with writing(out, "loss.png"):
             prune_checkpoints(ckpt_dir, int(t["keep_checkpoints"]))
@@ -473,6 +485,19 @@ def _out_of_memory(error: Exception, out: Path) -> InputError | None:
     said = text.splitlines()[0][:160] if text else type(error).__name__
     return InputError(f"training: out of memory ({said}): lower train.batch_size or the model's size (model.*), "
                       f"or train where there is more memory{kept}")  # fmt: skip
+
+
+def _peer_lost(error: Exception, info: D.DistInfo) -> InputError | None:
+    """Under torchrun, a collective that failed because another process stopped (it ran out of memory, was
+    cancelled, crashed): one line pointing at that process's own message, not torch's traceback."""
+    text = str(error)
+    gloo = isinstance(error, RuntimeError) and any(s in text for s in ("by peer", "remote worker"))  # closed, reset
+    if not info.enabled or not (gloo or isinstance(error, getattr(torch.distributed, "DistError", ()))):
+        return None
+    said = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0][:120] if text else type(error).__name__
+    return InputError(f"training: process {info.rank} of {info.world_size} stopped because another process of the "
+                      f"run did ({said}); that process's own error says why: fix it and run the same command to "
+                      "resume from the newest checkpoint")  # fmt: skip
 
 
 def _check_weights(model: nn.Module, ema: nn.Module | None, step: int, loss: float, ckpt_dir: Path,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .durable import write_durably
+
 
 def number_or_none(value: Any, digits: int | None = None) -> float | None:
     """``value`` as a float (rounded to ``digits``), or None when it is None, NaN or infinite."""
@@ -63,17 +65,11 @@ def dumps(data: Any, name: str = "JSON", **options: Any) -> str:
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Write ``data`` to ``path`` as strict JSON with a final newline, whole or not at all (a temporary file
-    beside it, then renamed: an interrupted run never leaves half a file or replaces a good one)."""
+    """Write ``data`` to ``path`` as strict JSON with a final newline, whole or not at all (``utils.durable``: an
+    interrupted run or a power loss never leaves half a file or replaces a good one)."""
     path = Path(path)
     text = dumps(data, path.name, indent=indent) + "\n"  # refused before anything is written
-    partial = path.with_name(f".partial_{path.name}")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_durably(path, text.encode())
 
 
 def loads_strict(text: str | bytes) -> Any:
