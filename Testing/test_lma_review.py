@@ -181,7 +181,7 @@ def test_real_sunnybrook_segments_face_the_patients_anatomy(sunnybrook_run):
     lma = json.loads((folder / "lma" / "lma.json").read_text())
     axis = np.array(lma["frame"]["long_axis_lps"])
     assert axis @ stack.normal < -0.99  # base -> apex against the stored normal: apex first, as inspect says
-    assert [f["code"] for f in lma["qa"]] == ["slices_misaligned"]  # 5.0 mm off a straight axis (tolerance 4)
+    assert [f["code"] for f in lma["qa"]] == []  # largest LV-centre jump 3.8 mm (tolerance 4.5)
 
     class Mesh:  # the written surface, as _segment_directions reads a result
         mesh = _read_vtp(folder / "lma" / "myocardium_tos.vtp")
