@@ -8,12 +8,14 @@ the orientation, which end of the stack is the base, the spacing, and whether ``
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..labels import MR_LABELS
-from .common import add_label_convention, lax_inputs, output_file, stack_report, write_json_file
+from .common import add_label_convention, output_file, stack_report, write_json_file
+from .lax_dice import lax_frames
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(with --sax-labels) how the LAX and SAX labels agree where the planes cross")  # fmt: skip
     p.add_argument("--spacing", type=float,
                    help="with --lax-labels: through-plane spacing of a reconstruction, mm (default 1)")
-    p.add_argument("--phase", type=int, help="cine input: the phase to look at (default: the first)")
+    p.add_argument("--phase", type=int, help="cine input: the phase to look at (default: the first; a 4D LAX label "
+                   "file is looked at in its frame of that phase)")  # fmt: skip
+    p.add_argument("--lax-phase", type=int, metavar="FRAME",
+                   help="a 4D LAX label file (a frame per cine phase) beside a 3D --sax, without phases: its frame")
     p.add_argument("--out", help="also write the summary as a JSON file")
     add_label_convention(p)
     p.set_defaults(func=run)
@@ -143,8 +148,18 @@ def run(args: argparse.Namespace) -> int:
                        phase=phase)  # fmt: skip
     times = stack.meta.get("trigger_times_ms") or [None] * volume_phases(args.sax, name="--sax")  # DICOM: read once
     on_offer = [{"phase": k, "trigger_time_ms": t} for k, t in enumerate(times)]
-    lax = lax_inputs(args.lax_labels, args.label_convention, read_labels)
+    frames = lax_frames(args.lax_labels, len(on_offer), f"--sax {args.sax}", args.lax_phase)
+    if args.lax_phase is not None and (len(on_offer) > 1 or all(n == 1 for n in frames.values())):
+        why = "with a cine the 4D file's frame is that of --phase" if len(on_offer) > 1 else \
+            "no --lax-labels given" if not frames else "the --lax-labels are 3D"  # fmt: skip
+        raise InputError(f"--lax-phase {args.lax_phase}: names the frame of a 4D --lax-labels file beside a 3D --sax "
+                         f"(one phase); {why} (leave --lax-phase out)")  # fmt: skip
+    frame = {p: (phase if len(on_offer) > 1 else args.lax_phase) if n > 1 else None for p, n in frames.items()}
+    lax = {Path(p).name: read_labels(p, args.label_convention, f"--lax-labels {p}", frame[p]) for p in frames}
     info = summary(stack, on_offer, phase, lax, spacing)
+    for p, n in frames.items():  # a 4D file: which of its frames was looked at
+        if n > 1:
+            info["lax"][Path(p).name].update({"frames": n, "frame": frame[p]})
     times = [p["trigger_time_ms"] for p in on_offer]
     (rows, cols), (sx, sy) = info["rows_cols"], info["pixel_spacing_mm"]
     print(f"{info['source']}: {info['slices']} slices of {rows} x {cols} pixels ({sx:g} x {sy:g} mm), "
@@ -168,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
         agreement = row.get("agreement_with_sax_labels")
         said = "" if agreement is None else ", agreement with the SAX labels where the planes cross " + ", ".join(
             f"{k} {'n/a' if d is None else f'{d:.2f}'}" for k, d in agreement["dice"].items())  # fmt: skip
-        print(f"{name}: {row['angle_to_sax_deg']:g} deg to the SAX slices, {row['pixels_in_sax_extent']} pixels inside "
-              f"the reconstructed volume{said}")  # fmt: skip
+        frame = f" (frame {row['frame']} of its {row['frames']})" if "frames" in row else ""
+        print(f"{name}{frame}: {row['angle_to_sax_deg']:g} deg to the SAX slices, {row['pixels_in_sax_extent']} "
+              f"pixels inside the reconstructed volume{said}")  # fmt: skip
     for warning in info["warnings"]:
         print(f"warning: {warning}")
     if out is not None:

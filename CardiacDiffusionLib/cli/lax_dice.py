@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import InputError
-from .common import add_label_convention, lax_inputs, output_file, write_json_file
+from .common import add_label_convention, output_file, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="3D label volume, 1 LV cavity, 2 myocardium, 3 RV cavity "
                    "(e.g. reconstruction_labels.nii.gz; --label-convention is that of --lax-labels)")
     p.add_argument("--lax-labels", nargs="+", required=True, help="LAX label images")
+    p.add_argument("--lax-phase", type=int, metavar="FRAME",
+                   help="a 4D LAX label file (a frame per cine phase): the frame of the phase --labels is of")
     p.add_argument("--out", help="write the table as JSON here")
     add_label_convention(p)
     p.set_defaults(func=run)
@@ -32,8 +35,37 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--labels {args.labels}: looks ACDC-numbered (3 = LV cavity), but the volume is read as 1 = "
                          "LV cavity, 2 = LV myocardium, 3 = RV cavity, as `reconstruct` writes it; --label-convention "
                          "applies to --lax-labels only: swap labels 1 and 3 of the volume") from None  # fmt: skip
-    table = lax_dice_table(volume, lax_inputs(args.lax_labels, args.label_convention, read_labels))
+    frames = lax_frames(args.lax_labels, 1, f"--labels {args.labels}", args.lax_phase)
+    if args.lax_phase is not None and not any(n > 1 for n in frames.values()):
+        raise InputError(f"--lax-phase {args.lax_phase}: picks the frame of a 4D LAX label file; the --lax-labels are "
+                         "3D (leave --lax-phase out)")  # fmt: skip
+    lax = {Path(p).name: read_labels(p, args.label_convention, f"--lax-labels {p}", args.lax_phase if n > 1 else None)
+           for p, n in frames.items()}  # fmt: skip
+    table = lax_dice_table(volume, lax)
     print(format_table(table))
     if args.out:
         write_json_file(args.out, table, inputs=[args.labels, *args.lax_labels])
     return 0
+
+
+def lax_frames(paths: list[str], phases: int, sax: str, lax_phase: int | None) -> dict[str, int]:
+    """Each --lax-labels file's frame count (1: a 3D file), refused before any work where its frames cannot be
+    matched to the SAX input ``sax`` (words naming it) of ``phases`` cardiac phases: a 4D file of another frame
+    count than the cine's, or beside a SAX volume without phases (``phases`` 1) unless ``lax_phase`` names the
+    frame (one it holds)."""
+    from ..io.volumes import volume_phases
+
+    frames = {path: volume_phases(path, f"--lax-labels {path}") for path in paths}
+    for path, n in frames.items():
+        if n > 1 and phases > 1 and n != phases:
+            raise InputError(f"--lax-labels {path}: {n} phases, but {sax} has {phases}; give a 4D LAX label file of "
+                             "this cine (one frame per phase), or the 3D labels of the phase they were drawn at with "
+                             "--lax-phase")  # fmt: skip
+        if n > 1 and phases == 1 and lax_phase is None:
+            raise InputError(f"--lax-labels {path}: 4D, {n} frames (one per cine phase), but {sax} holds one phase: "
+                             f"which frame is its phase? name it with --lax-phase (0..{n - 1}), or give the 3D LAX "
+                             "labels of that phase")  # fmt: skip
+        if n > 1 and phases == 1 and not 0 <= lax_phase < n:
+            raise InputError(f"--lax-phase {lax_phase}: --lax-labels {path} has frames 0..{n - 1}; name the frame of "
+                             f"the phase {sax} holds")  # fmt: skip
+    return frames

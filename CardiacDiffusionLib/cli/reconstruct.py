@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lax-phase", type=int, metavar="PHASE",
                    help="the cine phase 3D --lax-labels were drawn at (0-based, usually end-diastole): with several "
                         "--phase only that phase is checked (a 4D LAX label file, one frame per phase, checks each "
-                        "phase against its own frame)")  # fmt: skip
+                        "phase against its own frame; beside a 3D --sax, without phases, --lax-phase names its "
+                        "frame)")  # fmt: skip
     p.add_argument("--no-baselines", action="store_true",
                    help="with --lax-labels: check the chosen method only (by default the classical baselines "
                         "nearest, linear and shape are checked beside it: lax_dice_baselines.json)")  # fmt: skip
@@ -70,16 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
         return run_frames(args)
     check_options(args)
-    phase = args.phase or 0
-    if getattr(args, "lax_phase", None) is not None and args.lax_phase != phase:
-        raise InputError(f"--lax-phase {args.lax_phase}: this run reconstructs phase {phase} only (--phase); check "
-                         f"it against LAX labels drawn at phase {phase}, or reconstruct phase {args.lax_phase} "
-                         f"(--phase {args.lax_phase}, or several: --phase {phase},{args.lax_phase})")  # fmt: skip
     out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
-    from .reconstruct_frames import remove_frames_run
+    from .reconstruct_frames import _phase_count, lax_plan, remove_frames_run
 
+    reader = lax = None
+    if args.lax_labels:  # a 4D LAX label file: its frame of this phase (a SAX volume without phases: --lax-phase)
+        count, _, reader = _phase_count(args)
+        phase = args.phase or 0
+        lax = lax_plan(args, [phase], count, single=True)(phase)
     earlier = (out / "geometry.json").is_file()  # before this run writes its own
-    reconstruct_into(args, out, args.phase, json_progress(args))
+    reconstruct_into(args, out, args.phase, json_progress(args), reader=reader, lax=lax)
     remove_frames_run(out, earlier)  # a multi-phase run's outputs there would pass for this run's
     return 0
 

@@ -12,9 +12,10 @@ PHASE=FILE ...`` (some phases, e.g. ED and ES), a 4D ``--sax-labels`` file (ever
 all frames, rising, each line naming its phase (``frame``, ``phase`` and ``frame_progress`` keys beside them).
 
 LAX labels are drawn at one phase: a 3D ``--lax-labels`` file is checked only at ``--lax-phase K`` (one of the run's
-phases; required with several phases), a 4D one (a frame per cine phase) at every phase against its own frame; the
-other phases get no lax_dice.json, and reconstruct_frames.json (``lax_check``, each frame's ``lax_labels``) says which
-phase was checked. Single- and multi-phase runs into one ``--out`` remove each other's earlier outputs
+phases; required with several phases), a 4D one (a frame per cine phase) at every phase against its own frame (beside
+a 3D --sax at the frame ``--lax-phase`` names: :func:`lax_plan`, which single-phase runs use too); the other phases get
+no lax_dice.json, and reconstruct_frames.json (``lax_check``, each frame's ``lax_labels``) says which phase was
+checked. A LAX plane that misses the SAX volume is refused before any phase's work (:func:`_lax_planes_reach`). Single- and multi-phase runs into one ``--out`` remove each other's earlier outputs
 (:func:`remove_frames_run`, :func:`remove_single_run`).
 """
 
@@ -55,7 +56,8 @@ def run_frames(args: argparse.Namespace) -> int:
         raise InputError(f"--sax: file not found: {args.sax}")
     check_options(args)
     frames, reader, cine_length = cine_frames(args)
-    lax_at = _lax_plan(args, [f.phase for f in frames], cine_length)
+    lax_at = lax_plan(args, [f.phase for f in frames], cine_length)
+    _lax_planes_reach(args, frames, reader, lax_at)  # now, not when the phase checked comes (minutes of work later)
     inputs = [args.sax, args.sax_labels, *args.lax, *args.lax_labels, *(f.sax for f in frames)]
     out = output_folder(args.out, [*inputs, *(f.sax_labels for f in frames)], [SUMMARY])
     width = max(2, len(str(max(f.phase for f in frames))))
@@ -177,59 +179,111 @@ def _is_summary(path: Path) -> bool:
     return isinstance(data, dict) and {"phases", "status", "frames"} <= data.keys()
 
 
+#: LaxPlan.files' frame of a 4D LAX label file of the cine: the frame of the phase checked
+OWN = -1
+
+
 @dataclass(frozen=True)
 class LaxPlan:
     """Which LAX labels each phase of the run is checked against: ``plan(phase)`` -> {file name: labels image}."""
 
     read: object  # read(path, frame or None) -> the labels image
-    files: tuple  # (path, frame of the cine it holds: None for every phase (4D), else the one phase (3D))
+    files: tuple  # (path, phase checked (None: every phase), frame read: None (3D), OWN or a fixed frame)
     record: dict  # reconstruct_frames.json's "lax_check"
     said: tuple  # the log's lines about it
 
     def __call__(self, phase: int) -> dict:
-        return {Path(path).name: self.read(path, phase if at is None else None) for path, at in self.files
+        return {Path(path).name: self.read(path, phase if frame == OWN else frame) for path, at, frame in self.files
                 if at is None or at == phase}  # fmt: skip
 
 
-def _lax_plan(args: argparse.Namespace, phases: list[int], count: int) -> LaxPlan:
-    """The LAX check of a multi-phase run, refused now (before any work) when it cannot be done: 3D labels at
-    ``--lax-phase`` (needed with several phases, one of them), 4D labels a frame per phase of the cine."""
-    from ..io.volumes import labels_reader, volume_phases
+def lax_plan(args: argparse.Namespace, phases: list[int], count: int, single: bool = False) -> LaxPlan:
+    """The LAX check of a run of ``phases`` of a ``count``-phase --sax (``single``: a run of one --phase), refused
+    now (before any work) when it cannot be done: 3D labels at ``--lax-phase`` (needed with several phases, one of
+    them), 4D labels a frame per phase of the cine, or, beside a SAX volume without phases, at the frame
+    ``--lax-phase`` names (:func:`lax_dice.lax_frames`)."""
+    from ..io.volumes import labels_reader
+    from .lax_dice import lax_frames
 
     text, given = args.phase, getattr(args, "lax_phase", None)
-    if given is not None and given not in phases:
+    sizes = lax_frames(args.lax_labels, count, f"--sax {args.sax}", given)
+    flat = [path for path in args.lax_labels if sizes[path] == 1]
+    fixed = count == 1 and len(flat) < len(sizes)  # 4D LAX labels beside a SAX volume: --lax-phase is their frame
+    if given is not None and given not in phases and not fixed:
+        if single:
+            raise InputError(f"--lax-phase {given}: this run reconstructs phase {phases[0]} only (--phase); check it "
+                             f"against LAX labels drawn at phase {phases[0]}, or reconstruct phase {given} (--phase "
+                             f"{given}, or several: --phase {phases[0]},{given})")  # fmt: skip
         raise InputError(f"--lax-phase {given}: not among --phase {text} ({', '.join(map(str, phases))}); name the "
                          "phase the LAX labels were drawn at, and reconstruct it too")  # fmt: skip
-    files, flat = [], []
-    for path in args.lax_labels:
-        frames = volume_phases(path, f"--lax-labels {path}")
-        if frames > 1 and frames != count:
-            raise InputError(f"--lax-labels {path}: {frames} phases, but --sax {args.sax} has {count}; give a 4D LAX "
-                             "label file of this cine (one frame per phase), or the 3D labels of the phase they were "
-                             "drawn at with --lax-phase")  # fmt: skip
-        files.append((path, None if frames > 1 else given if given is not None else phases[0]))
-        if frames == 1:
-            flat.append(path)
     if flat and given is None and len(phases) > 1:
         raise InputError(f"--lax-labels {', '.join(flat)}: 3D LAX labels are drawn at one phase; name it with "
                          f"--lax-phase (one of {', '.join(map(str, phases))}, usually end-diastole), or give a 4D LAX "
                          "label file with a frame per cine phase")  # fmt: skip
-    if given is not None and not flat:
+    if given is not None and not flat and not fixed:
         raise InputError(f"--lax-phase {given}: for 3D LAX labels; the 4D --lax-labels check each phase against "
                          "its own frame (leave --lax-phase out)")  # fmt: skip
+    at = given if given is not None and not fixed else phases[0]
+    files = tuple((path, at, None) if path in flat else (path, None, given if fixed else OWN) for path in args.lax_labels)
     readers = {path: labels_reader(path, args.label_convention, f"--lax-labels {path}") for path in args.lax_labels}
-    at = given if given is not None else phases[0]
-    record = {"phase": at if flat else None, "labels": [Path(p).name for p in flat],
-              "labels_4d": [Path(p).name for p, a in files if a is None]}  # fmt: skip
+    four = [Path(p).name for p in args.lax_labels if p not in flat]
+    record = {"phase": at if flat else None, "labels": [Path(p).name for p in flat], "labels_4d": four,
+              **({"labels_4d_frame": given} if fixed else {})}  # fmt: skip
     said = []
     if flat:
         said.append(f"LAX check of phase {at} only (--lax-phase: {', '.join(Path(p).name for p in flat)} drawn at it); "
                     "the other phases get no lax_dice.json")  # fmt: skip
-    if record["labels_4d"]:
-        said.append(f"LAX check of every phase against its own frame of {', '.join(record['labels_4d'])}")
-    for path in args.lax_labels:  # each read (and checked) now, before the work
-        readers[path](at if path not in flat else None)
-    return LaxPlan(lambda path, frame: readers[path](frame), tuple(files), record, tuple(said))
+    if four:
+        said.append(f"LAX check against frame {given} of {', '.join(four)} (--lax-phase; --sax holds one phase)" if fixed
+                    else f"LAX check of every phase against its own frame of {', '.join(four)}")  # fmt: skip
+    plan = LaxPlan(lambda path, frame: readers[path](frame), files, record, tuple(said))
+    for phase in {phases[0], at}:  # each file read (and checked) now, before the work
+        plan(phase)
+    return plan
+
+
+def _lax_planes_reach(args: argparse.Namespace, frames: list[CineFrame], reader, plan: LaxPlan) -> None:
+    """Each LAX plane meets the SAX volume of every phase it is checked at, else refused before any phase's work. A
+    cine's phases share one geometry: the first checked phase's stack stands for all; a manifest's frames are read
+    (without labels) one per geometry their file headers show (:func:`_geometry_key`)."""
+    from ..io.volumes import StackReader
+    from ..reconstruction.lax_check import lax_overview
+
+    done: set = set()
+    for n, frame in enumerate(frames):
+        key = "cine" if reader is not None else _geometry_key(frame.sax)
+        paths = [path for path, at, _ in plan.files if (at is None or at == frame.phase) and (key, path) not in done]
+        if not paths:
+            continue
+        done.update((key, path) for path in paths)
+        where = f"--sax {args.sax} (its phases share one geometry)" if reader is not None else \
+            f"phase {frame.phase} ({frame.sax})"  # fmt: skip
+        try:
+            stack = (reader or StackReader(frame.sax, "--sax", tuple(args.h5_spacing) if args.h5_spacing else None))(
+                frame.read_phase)
+        except InputError as error:
+            raise InputError(f"{FRAME_PREFIX.format(phase=frame.phase, number=n + 1, count=len(frames))}: {error}") from None
+        names = {Path(path).name for path in paths}
+        lax = {name: image for name, image in plan(frame.phase).items() if name in names}
+        for name, row in lax_overview(stack, lax, args.spacing).items():
+            if row["pixels_in_sax_extent"] == 0:
+                raise InputError(f"--lax-labels {name}: the LAX plane does not intersect the SAX volume of {where}; "
+                                 "check that both come from the same patient and study (same frame of reference); "
+                                 "no phase was reconstructed")  # fmt: skip
+
+
+def _geometry_key(path: str):
+    """A 3D file's grid as its header says (size, spacing, origin, direction), read without its voxels; the path
+    itself where no header says it (a DICOM folder)."""
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return str(path)
+    return info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection()
 
 
 def cine_frames(args: argparse.Namespace):
