@@ -60,6 +60,20 @@ def add_label_convention(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_lax_names(paths: list[str]) -> None:
+    """Refuse two --lax-labels of one file name: the LAX check names each plane by it (lax_dice.json), so one
+    plane would silently replace the other (e.g. 2ch/labels.nii.gz and 4ch/labels.nii.gz)."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        name = Path(path).name
+        if name in seen:
+            twice = "given twice" if Path(seen[name]).resolve() == Path(path).resolve() else f"both named {name}"
+            raise InputError(f"--lax-labels {seen[name]} and {path}: {twice}; each LAX plane is named by its file name "
+                             "(lax_dice.json): give each plane once, in files of different names (e.g. "
+                             "lax_2ch_labels.nii.gz, lax_4ch_labels.nii.gz)")  # fmt: skip
+        seen[name] = path
+
+
 def lax_inputs(paths: list[str], convention: str, read_labels) -> dict:
     """LAX label images keyed by file name (as they appear in lax_dice.json)."""
     return {Path(p).name: read_labels(p, convention=convention, name=f"--lax-labels {p}") for p in paths}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import MR_LABELS
-from .common import add_label_convention, output_file, stack_report, write_json_file
+from .common import add_label_convention, check_lax_names, output_file, stack_report, write_json_file
 from .lax_dice import lax_frames
 
 
@@ -138,6 +138,7 @@ def _gaps_words(gaps: list[float], uniform: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels, read_stack, volume_phases
 
+    check_lax_names(args.lax_labels)
     if args.spacing is not None and not args.lax_labels:
         raise InputError(f"--spacing {args.spacing}: only used with --lax-labels (what of each plane a reconstruction "
                          "reaches); give LAX labels or leave it out")  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .common import add_label_convention, output_file, write_json_file
+from .common import add_label_convention, check_lax_names, output_file, write_json_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volumes import read_labels
     from ..reconstruction.lax_check import format_table, lax_dice_table
 
+    check_lax_names(args.lax_labels)
     if args.out:  # refused before the work: a folder, an input, a place that cannot be written
         output_file(args.out, [args.labels, *args.lax_labels])
     try:

@@ -9,8 +9,8 @@ from typing import Callable
 
 from ..errors import InputError, quality_warnings
 from .common import (
-    add_label_convention, add_progress_argument, json_progress, lax_inputs, make_folder, output_folder, say_runs_on_cpu,
-    stack_report,
+    add_label_convention, add_progress_argument, check_lax_names, json_progress, lax_inputs, make_folder, output_folder,
+    say_runs_on_cpu, stack_report,
 )  # fmt: skip
 
 #: the classical methods; with LAX labels the chosen method's LAX Dice is shown beside theirs
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_options(args: argparse.Namespace) -> None:
     """The options refused before any input is read (dmcvr's numbers: ``_check_dmcvr_numbers``)."""
+    check_lax_names(args.lax_labels)
     if args.h5_spacing and not str(args.sax).lower().endswith((".h5", ".hdf5")):
         raise InputError(f"--h5-spacing: only for an ACDC HDF5 --sax (the other formats carry their spacing); got {args.sax}")
     dmcvr_only = [f"--{k.replace('_', '-')}" for k in ("steps", "strength", "model", "shape_prior", "roughness_guard")
