@@ -231,7 +231,8 @@ def test_cuda_absent_falls_back_to_cpu_with_a_message():
     device, note = deps.device_for("cuda", False, False)
     assert device == "cpu" and "CPU-only build" in note and "PyTorch Utils" in note
     device, note = deps.device_for("auto", False, True)
-    assert device == "cpu" and "no CUDA GPU or driver" in note
+    assert device == "cpu" and "no CUDA GPU or driver" in note and "slower for the diffusion models" in note
+    assert "slower for sampling." in deps.device_for("auto", False, True, "sampling")[1]  # the panel's own work
     # this machine: the CPU build of torch
     import torch
 

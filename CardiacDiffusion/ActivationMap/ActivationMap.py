@@ -191,7 +191,7 @@ class ActivationMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             device = p.device
             if p.method == "sadir":
-                device, note = dependencies.check_device(p.device)
+                device, note = dependencies.check_device(p.device, "the sadir myocardium")
                 if note:  # no CUDA: say so clearly and run on the CPU
                     self.ui.logTextEdit.appendPlainText(note)
                     logging.warning(note)

@@ -184,7 +184,7 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             device = p.device
             if p.method == "dmcvr":
-                device, note = dependencies.check_device(p.device)
+                device, note = dependencies.check_device(p.device, "the dmcvr method")
                 if note:  # no CUDA: say so clearly and run on the CPU
                     self.ui.logTextEdit.appendPlainText(note)
                     slicer.util.showStatusMessage(note, 15000)

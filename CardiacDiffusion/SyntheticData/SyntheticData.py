@@ -147,7 +147,7 @@ class SyntheticDataWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not start sampling."), waitCursor=True):
             if not self.logic.ensureDependencies():  # first use: offer to install what is missing
                 return
-            device, note = dependencies.check_device(p.device)
+            device, note = dependencies.check_device(p.device, "sampling")
             if note:  # no CUDA: say so clearly and run on the CPU
                 self.ui.logTextEdit.appendPlainText(note)
                 slicer.util.showStatusMessage(note, 15000)

@@ -265,8 +265,10 @@ def slicer_pip_install(requirements: list[str], constraints_file: Path) -> None:
 
 
 # ---- device -----------------------------------------------------------------------------------
-def device_for(requested: str, cuda_available: bool, cuda_built: bool) -> tuple[str, Optional[str]]:
-    """The device to run on and a message for the user when CUDA was wanted but cannot be used.
+def device_for(requested: str, cuda_available: bool, cuda_built: bool,
+               work: str = "the diffusion models") -> tuple[str, Optional[str]]:  # fmt: skip
+    """The device to run on and a message for the user when CUDA was wanted but cannot be used (``work``: what
+    runs slower on the CPU, in the panel's words).
 
     ``auto`` and ``cuda`` both fall back to the CPU without CUDA (the panel never fails for it).
     """
@@ -276,13 +278,13 @@ def device_for(requested: str, cuda_available: bool, cuda_built: bool) -> tuple[
         "the installed torch is a CPU-only build" if not cuda_built else "no CUDA GPU or driver was found"
     )
     return "cpu", (
-        f"No CUDA: {why}. Running on the CPU, which is much slower for the dmcvr method. To use an "
+        f"No CUDA: {why}. Running on the CPU, which is much slower for {work}. To use an "
         "NVIDIA GPU, install a CUDA build of torch in the PyTorch Utils module and restart Slicer."
     )
 
 
-def check_device(requested: str) -> tuple[str, Optional[str]]:
+def check_device(requested: str, work: str = "the diffusion models") -> tuple[str, Optional[str]]:
     """:func:`device_for` with the installed torch (imported here, so only on first use)."""
     import torch
 
-    return device_for(requested, torch.cuda.is_available(), torch.version.cuda is not None)
+    return device_for(requested, torch.cuda.is_available(), torch.version.cuda is not None, work)
