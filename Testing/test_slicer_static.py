@@ -134,6 +134,16 @@ def test_module_script_compiles_and_defines_the_four_classes(module, tmp_path):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_widget_never_points_an_output_field_at_a_result(module):
+    """A result set into an output field is filled by the next Apply: with another method "SAX shape" would hold
+    dmcvr's volume and the shape result be lost. The output fields are the user's alone."""
+    widget = _classes(_tree(module))[f"{module}Widget"]
+    assigned = [ast.unparse(t) for node in ast.walk(widget) if isinstance(node, ast.Assign) for t in node.targets]
+    outputs = [t for t in assigned if re.fullmatch(r"self\._parameterNode\.output\w*", t)]
+    assert outputs == [], f"{module}Widget sets {outputs}"
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_module_metadata(module):
     body = _classes(_tree(module))[module].body
     init = next(f for f in body if isinstance(f, ast.FunctionDef) and f.name == "__init__")

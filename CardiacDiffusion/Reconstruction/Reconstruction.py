@@ -225,9 +225,8 @@ class ReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.showStatusMessage(
                     _("Reconstruction done with {n} warning(s): see the log").format(n=len(job.result.warnings)), 15000
                 )
-            self._parameterNode.outputVolume = job.result.volume
-            # no labels this time: the previous run's segmentation is not this volume's, so it is not reused
-            self._parameterNode.outputSegmentation = job.result.segmentation
+            # the output fields stay as the user set them: a run with another method then makes its own nodes
+            # (filled into the previous result, "SAX shape" would hold dmcvr's volume and the shape result be lost)
 
     def onCancelButton(self) -> None:
         if self._job is not None:
