@@ -423,7 +423,7 @@ def test_sample_cli_odd_options_and_models_are_refused_before_the_work(tmp_path)
     for change, said in (({"n": -3}, "--n -3: give at least 1"), ({"seed": -1}, "--seed -1: give a seed from 0"),
                          ({"seed": 2**63 - 1}, "--seed"), ({"steps": 0}, "--steps 0"),
                          ({"steps": 1001}, "--steps 1001: at most 1000"),
-                         ({"n": 10**12}, r"--n 1000000000000: .* pairs may take up to .* GB free"),
+                         ({"n": 10**12}, r"--n 1000000000000: at most 10000 pairs a run"),
                          ({"out": str(tmp_path / "a_file")}, "is a file"),
                          ({"out": str(tmp_path / "a_file" / "out")}, "lies under the file"),
                          ({"model": str(vae_path)}, "a ldm_vae model; sample needs a latent diffusion model .* VAE stage"),
@@ -453,7 +453,7 @@ def test_sample_cli_json_progress_and_ctrl_c_in_a_real_process(tmp_path):
     assert done.returncode == 0, done.stderr
     fractions = [json.loads(line)["progress"] for line in done.stdout.splitlines()]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 3  # one chunk, 3 steps
-    child = subprocess.Popen([*command, "--n", "100000", "--out", str(tmp_path / "many")], stdout=subprocess.PIPE,
+    child = subprocess.Popen([*command, "--n", "10000", "--out", str(tmp_path / "many")], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
         while not child.stderr.readline().startswith("seed 10:"):  # the 11th pair is out of the sampler

@@ -206,18 +206,26 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 # ---- evaluate ldm (synthetic CT pairs; CardiacDiffusionLib/ldm/evaluate.py) ----------------------
+#: --repeats at most this many (each a full evaluation: three networks trained, ~3 min on one thread at the defaults)
+LDM_MAX_REPEATS = 100
+#: --ssl-steps / --finetune-steps at most this many (~0.1 s a step on one thread; the documented runs use 200-600)
+LDM_MAX_STEPS = 100_000
+
+
 def register_ldm(protocols: argparse._SubParsersAction) -> None:
     q = protocols.add_parser("ldm", help="LDM fidelity and downstream Dice of scratch / SSL / SSL + mixed fine-tuning")
     q.add_argument("--model", help="registered LDM name or .safetensors (default the shipped one)")
     q.add_argument("--real", type=int, default=8, help="real-role training phantoms (at least 2, default 8)")
     q.add_argument("--generated", type=int, default=24, help="generated pairs (at least 2, default 24 = 3x real)")
     q.add_argument("--test", type=int, default=8, help="held-out test phantoms (default 8)")
-    q.add_argument("--ssl-steps", type=int, default=200, help="masked-image pretraining steps (default 200)")
-    q.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps of every arm (default 200)")
+    q.add_argument("--ssl-steps", type=int, default=200,
+                   help=f"masked-image pretraining steps (1-{LDM_MAX_STEPS}, default 200)")
+    q.add_argument("--finetune-steps", type=int, default=200,
+                   help=f"fine-tuning steps of every arm (1-{LDM_MAX_STEPS}, default 200)")
     q.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps per generated batch (default 20)")
     q.add_argument("--seed", type=int, default=0, help="seed of the first repeat (0 to 1e9, default 0)")
     q.add_argument("--repeats", type=int, default=1,
-                   help="run seeds SEED..SEED+N-1 and report each arm's mean and sd (default 1)")
+                   help=f"run seeds SEED..SEED+N-1 and report each arm's mean and sd (1-{LDM_MAX_REPEATS}, default 1)")
     q.add_argument("--out", help="write the JSON result here too")
     q.set_defaults(func=run_ldm)
 
@@ -232,6 +240,14 @@ def run_ldm(args: argparse.Namespace) -> int:
     for name in ("test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    if args.repeats > LDM_MAX_REPEATS:
+        raise InputError(f"--repeats {args.repeats}: at most {LDM_MAX_REPEATS} (each repeat trains three networks, "
+                         "about 3 min on one CPU thread at the defaults; the mean's sd hardly changes beyond tens of "
+                         "seeds); run further seeds as another run with --seed")  # fmt: skip
+    for name in ("ssl_steps", "finetune_steps"):
+        if getattr(args, name) > LDM_MAX_STEPS:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: at most {LDM_MAX_STEPS} (about 0.1 s "
+                             "a step on one CPU thread: hours per arm already; the docs' runs use 200-600)")  # fmt: skip
     for name in ("real", "generated"):  # pairs for the diversity measure, batches of 2 in SSL and fine-tuning
         if getattr(args, name) < 2:
             raise InputError(f"--{name} {getattr(args, name)}: give at least 2 (diversity compares pairs of volumes; "

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image, name="--image")
     refuse_label_map(image, args.image)
     refuse_non_ct(image, args.image)
+    refuse_thin(image, args.image, data)
     progress(0.1, "read")
     with quality_warnings() as said:
         labels, info = segment(model.module, image, data, window, centre, progress)
@@ -171,6 +172,25 @@ def refuse_non_ct(image, path: str) -> None:
         raise InputError(f"--image {path}: values {low:.4g}..{high:.4g}, no air, lung or fat (a CT in HU reaches "
                          f"{CT_LOWEST_HU:g} HU or less: an MR image, or a CT without its rescale to HU?); give the CT "
                          "image in Hounsfield units")  # fmt: skip
+
+
+#: an image thinner than this many of the model's voxels along an axis (one slice, a thin slab) is refused
+THINNEST = 4
+
+
+def refuse_thin(image, path: str, data) -> None:
+    """A single slice or a slab thinner than :data:`THINNEST` model voxels (20 mm at 5 mm) is refused: the net would
+    see a sheet of tissue in a cube of air (-1000 HU) and label it as a whole heart."""
+    extent = [n * s for n, s in zip(image.GetSize(), image.GetSpacing())]
+    least = THINNEST * data.spacing_mm
+    thin = [axis for axis, e in zip("xyz", extent) if e < least]
+    if thin:
+        size = " x ".join(str(n) for n in image.GetSize())
+        what = ("its spacing in m or cm, not mm? give the spacing in mm" if len(thin) == 3 else
+                "a single slice or thin slab; give the whole series")  # fmt: skip
+        raise InputError(f"--image {path}: {size} voxels spanning {' x '.join(f'{e:g}' for e in extent)} mm, "
+                         f"thinner than {least:g} mm along {', '.join(thin)} ({what}); segment labels a 3D CT "
+                         "volume holding the heart")  # fmt: skip
 
 
 def segment(net, image, data, window, centre="auto", progress=None) -> tuple:
