@@ -179,3 +179,26 @@ def test_segment_keeps_the_real_cts_grid_and_refuses_a_slice_of_it(untrained_cts
     said = refused(capsys, ["segment", "--model", str(untrained_ctseg), "--image", str(tmp_path / "metres.nii.gz"),
                             "--out", str(tmp_path / "out_metres"), "--device", "cpu"])  # fmt: skip
     assert "thinner than 20 mm along x, y, z (its spacing in m or cm, not mm?" in said, said
+
+
+def test_evaluate_ldm_compares_a_real_ct_only_when_given_and_checks_it_first(tmp_path, capsys, monkeypatch):
+    """The real-CT comparison read a fixed /work/shared path (silently null elsewhere); now `--real-ct CT MASK`,
+    read and checked before any work, its heart HU the same as computed from the files directly."""
+    from CardiacDiffusionLib.ldm import evaluate as ldm_evaluate
+    from helpers import error_line
+
+    ct, mask = REAL_CT, REAL_CT.parent / "heart.nii.gz"
+    stats = ldm_evaluate.real_ct_heart((ct, mask))
+    # docs/models/ldm.md: heart mask HU median 466 (p5 93, p95 652), 669 ml (the mask is on its own grid: resampled)
+    assert (round(stats["p50"]), round(stats["p5"]), round(stats["p95"]), round(stats["volume_ml"])) == (466, 93, 652, 669)
+    assert ldm_evaluate.real_ct_heart(None) is None
+
+    monkeypatch.setattr(ldm_evaluate, "evaluate_ldm", lambda *a, **k: pytest.fail("the work started"))
+    away = tmp_path / "away.nii.gz"
+    image = sitk.ReadImage(str(mask))
+    image.SetOrigin((5000.0, 5000.0, 5000.0))
+    sitk.WriteImage(image, str(away))
+    line = error_line(["evaluate", "ldm", "--real-ct", str(ct), str(away)], capsys)
+    assert "no voxel of the heart mask lies on" in line
+    line = error_line(["evaluate", "ldm", "--real-ct", str(ct), str(tmp_path / "missing.nii.gz")], capsys)
+    assert "missing.nii.gz" in line

@@ -226,17 +226,20 @@ def register_ldm(protocols: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the first repeat (0 to 1e9, default 0)")
     q.add_argument("--repeats", type=int, default=1,
                    help=f"run seeds SEED..SEED+N-1 and report each arm's mean and sd (1-{LDM_MAX_REPEATS}, default 1)")
+    q.add_argument("--real-ct", nargs=2, metavar=("CT", "HEART_MASK"),
+                   help="a real CT and its heart mask (e.g. TotalSegmentator's heart.nii.gz): its heart HU shown beside "
+                        "the phantoms' and the generated pairs' (default: not compared)")  # fmt: skip
     q.add_argument("--out", help="write the JSON result here too")
     q.set_defaults(func=run_ldm)
 
 
 def run_ldm(args: argparse.Namespace) -> int:
-    from ..ldm.evaluate import evaluate_ldm, format_repeats, format_table, summarise_repeats
+    from ..ldm.evaluate import evaluate_ldm, format_repeats, format_table, real_ct_heart, summarise_repeats
     from ..ldm.generate import DEFAULT_MODEL, load_ldm
     from ..models.store import model_provenance
 
     if args.out:
-        output_file(args.out, [args.model])
+        output_file(args.out, [args.model, *(args.real_ct or [])])
     for name in ("test", "ssl_steps", "finetune_steps", "ddim_steps", "repeats"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
@@ -254,6 +257,7 @@ def run_ldm(args: argparse.Namespace) -> int:
                              "the networks train on batches of 2)")  # fmt: skip
     if not 0 <= args.seed <= 10**9:  # numpy's and MONAI's seeds are 32-bit; samples use seed + 10000 + i
         raise InputError(f"--seed {args.seed}: give a seed from 0 to {10**9}")
+    real_heart = real_ct_heart(args.real_ct) if args.real_ct else None  # read (and checked) before the work
     model = load_ldm(args.model or DEFAULT_MODEL, command="evaluate ldm")
     if args.ddim_steps > model.scheduler.num_train_timesteps:
         raise InputError(f"--ddim-steps {args.ddim_steps}: at most {model.scheduler.num_train_timesteps}")
@@ -261,7 +265,8 @@ def run_ldm(args: argparse.Namespace) -> int:
     runs = []
     for seed in range(args.seed, args.seed + args.repeats):
         runs.append(evaluate_ldm(model, args.real, args.generated, args.test, args.ssl_steps, args.finetune_steps,
-                                 args.ddim_steps, seed, log=lambda m: print(m, file=sys.stderr)))  # fmt: skip
+                                 args.ddim_steps, seed, log=lambda m: print(m, file=sys.stderr),
+                                 real_heart=real_heart))  # fmt: skip
         print(format_table(runs[-1]))
     result = runs[0]
     if args.repeats > 1:
@@ -269,7 +274,7 @@ def run_ldm(args: argparse.Namespace) -> int:
         print(format_repeats(result["repeats"]))
     result["model"] = model_provenance(model)  # name, version, sha256 of the LDM evaluated
     if args.out:
-        write_json_file(args.out, result, inputs=[args.model])
+        write_json_file(args.out, result, inputs=[args.model, *(args.real_ct or [])])
     return 0
 
 

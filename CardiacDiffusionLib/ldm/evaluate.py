@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import MultiScaleSSIMMetric
 
+from ..errors import InputError
 from ..labels import CT_LABELS
 from ..metrics import dice, psnr, ssim
 from .cleanup import noise_report
@@ -31,7 +32,6 @@ from .diffusion import LatentDiffusion
 from .generate import sample_pairs
 from .ssl import build_unet, finetune, predict, pretrain, transfer_encoder
 
-REAL_CT = Path("/work/shared/data/totalseg-ct")
 HEART = (1, 2, 3, 4, 5, 8)  # labels inside a TotalSegmentator "heart" mask (no AO/PA)
 
 
@@ -97,13 +97,18 @@ def heart_hu(hu: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     return {"mean": float(v.mean()), "p5": float(q[0]), "p50": float(q[1]), "p95": float(q[2])}
 
 
-def real_ct_heart() -> dict | None:
-    """HU in the heart mask of the TotalSegmentator CT fixture (window-clipped like our data), or None."""
-    ct, mask = REAL_CT / "ct_cropped.nii.gz", REAL_CT / "heart.nii.gz"
-    if not (ct.is_file() and mask.is_file()):
+def real_ct_heart(real_ct: tuple[str | Path, str | Path] | None) -> dict | None:
+    """HU in the heart mask of a real CT (``(ct, heart_mask)``, e.g. a TotalSegmentator ``heart`` mask; window-clipped
+    like our data), or None without one."""
+    if real_ct is None:
         return None
-    image = sitk.ReadImage(str(ct))
-    m = sitk.Resample(sitk.ReadImage(str(mask)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    from ..io.volumes import read_image
+
+    ct, mask = real_ct
+    image = read_image(ct, name="--real-ct")
+    m = sitk.Resample(read_image(mask, name="--real-ct heart mask"), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if not sitk.GetArrayViewFromImage(m).any():
+        raise InputError(f"--real-ct {mask}: no voxel of the heart mask lies on {ct}; give the mask of this CT")
     hu = unit_to_hu(hu_to_unit(sitk.GetArrayFromImage(image).astype(np.float32)))
     out = heart_hu(hu, sitk.GetArrayFromImage(m) > 0)
     out["volume_ml"] = float((sitk.GetArrayFromImage(m) > 0).sum() * np.prod(image.GetSpacing()) / 1000)
@@ -119,7 +124,10 @@ def _heart_stats(images: torch.Tensor, labels: torch.Tensor, spacing_mm: float) 
 
 
 def evaluate_ldm(model: LatentDiffusion, real: int = 8, generated: int = 24, test: int = 8, ssl_steps: int = 200,
-                 finetune_steps: int = 200, ddim_steps: int = 20, seed: int = 0, log=print) -> dict:  # fmt: skip
+                 finetune_steps: int = 200, ddim_steps: int = 20, seed: int = 0, log=print,
+                 real_heart: dict | None = None) -> dict:  # fmt: skip
+    """One evaluation (seed ``seed``); ``real_heart``: :func:`real_ct_heart` of a real CT, shown beside the
+    phantoms' and the generated pairs' heart HU (None: not compared)."""
     size, spacing = int(model.config["image_size"]), float(model.config["spacing_mm"])
     t0 = time.perf_counter()
     real_x, real_y = stack(CTPhantomPairs(real, 0, size, augment=False))
@@ -140,7 +148,7 @@ def evaluate_ldm(model: LatentDiffusion, real: int = 8, generated: int = 24, tes
     log(f"sampled {generated} pairs ({time.perf_counter() - t0:.0f} s)")
     result["volumes_ml"] = {"real_role": volumes_ml(real_y, spacing), "generated": volumes_ml(gen_y, spacing)}
     result["diversity_ms_ssim"] = {"generated": pairwise_ms_ssim(gen_x), "real_role": pairwise_ms_ssim(real_x)}
-    result["heart_hu"] = {"real_ct_totalseg": real_ct_heart(), "phantom_real_role": _heart_stats(real_x, real_y, spacing),
+    result["heart_hu"] = {"real_ct_totalseg": real_heart, "phantom_real_role": _heart_stats(real_x, real_y, spacing),
                           "generated": _heart_stats(gen_x, gen_y, spacing)}  # fmt: skip
 
     arms = {}
