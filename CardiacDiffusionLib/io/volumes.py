@@ -246,8 +246,8 @@ def _pick_phase(image: sitk.Image, phase: int | None, name: str, path: Path) -> 
         phase = 0
     if phase is None:
         raise InputError(
-            f"{name}: {path} is 4D with {phases} cardiac phases; choose one (phase 0..{phases - 1}: the commands' "
-            "--phase) or save that phase as a 3D file"
+            f"{name}: {path} is 4D with {phases} cardiac phases; choose one (phase 0..{phases - 1}: "
+            "--phase of reconstruct, inspect or lma) or save that phase as a 3D file"
         )
     if not 0 <= phase < phases:
         raise InputError(f"{name}: phase {phase} does not exist in {path}; it has phases 0..{phases - 1}")
