@@ -297,7 +297,7 @@ def test_evaluate_ldm_cli_runs_every_arm_on_tiny_settings(tmp_path, capsys):
     model = LatentDiffusion({"vae": TINY_VAE, "unet": TINY_UNET, "image_size": 32, "spacing_mm": 5.0})
     save_model(model, path, model.config, architecture="ldm")
     args = argparse.Namespace(model=str(path), real=2, generated=2, test=1, ssl_steps=2, finetune_steps=2, ddim_steps=2,
-                              seed=0, repeats=2, out=str(tmp_path / "eval.json"))  # fmt: skip
+                              seed=0, repeats=2, real_ct=None, out=str(tmp_path / "eval.json"))  # fmt: skip
     assert run_ldm(args) == 0
     both = json.loads((tmp_path / "eval.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert both["repeats"]["seeds"] == [0, 1] and [r["setup"]["seed"] for r in both["runs"]] == [0, 1]
@@ -479,7 +479,7 @@ def test_evaluate_ldm_odd_options_are_refused_and_absent_labels_are_null(tmp_pat
 
     path, vae_path = _ldm_and_vae_files(tmp_path)
     good = dict(model=str(path), real=2, generated=2, test=1, ssl_steps=1, finetune_steps=1, ddim_steps=1, seed=0,
-                repeats=1, out=None)  # fmt: skip
+                repeats=1, real_ct=None, out=None)  # fmt: skip
     for change, said in (({"real": 1}, "--real 1: give at least 2"), ({"generated": 1}, "--generated 1: give at least 2"),
                          ({"test": 0}, "--test 0"), ({"ddim_steps": 5000}, "--ddim-steps 5000: at most 1000"),
                          ({"seed": -1}, "--seed -1: give a seed from 0"), ({"out": str(tmp_path)}, "is a folder"),

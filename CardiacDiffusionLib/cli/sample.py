@@ -30,25 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ldm.generate import DEFAULT_MODEL, bytes_per_pair, earlier_run, iter_pairs, load_ldm, write_pairs
+    from ..ldm.generate import (
+        DEFAULT_MODEL, bytes_per_pair, check_sampling, earlier_run, iter_pairs, load_ldm, write_pairs,
+    )  # fmt: skip
     from ..models.store import model_provenance
     from ..utils.device import prepare_device
 
-    if args.n < 1:
-        raise InputError(f"--n {args.n}: give at least 1 pair")
     if args.n > MAX_PAIRS:  # before the seed's range, which depends on --n
         raise InputError(f"--n {args.n}: at most {MAX_PAIRS} pairs a run (about 3 h at 50 DDIM steps on one CPU "
                          f"thread); sample more in further runs, each with --seed {MAX_PAIRS} higher")  # fmt: skip
-    if not 0 <= args.seed <= 2**63 - 1 - args.n:  # torch seeds are 64-bit; pair i uses seed + i
-        raise InputError(f"--seed {args.seed}: give a seed from 0 to {2**63 - 1 - args.n}")
-    if args.steps < 1:
-        raise InputError(f"--steps {args.steps}: give at least 1 DDIM step")
+    check_sampling(args.n, args.seed, args.steps)  # before the model loads; its step limit after
     out = output_folder(args.out)
     earlier_run(out)  # a user's own labels.json or sample files in --out: refused before any work
     model = load_ldm(args.model or DEFAULT_MODEL, prepare_device(args.device))
-    if args.steps > model.scheduler.num_train_timesteps:
-        raise InputError(f"--steps {args.steps}: at most {model.scheduler.num_train_timesteps} DDIM steps (the model's "
-                         "diffusion timesteps)")  # fmt: skip
+    check_sampling(args.n, args.seed, args.steps, model.scheduler.num_train_timesteps)
     _check_space(out, args.n, bytes_per_pair(model))
     make_folder(out)
     meta = {"model": model_provenance(model), "seed": args.seed, "steps": args.steps, "cleanup": not args.no_cleanup}

@@ -47,10 +47,29 @@ def sample_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50,
     return list(iter_pairs(model, n, seed, steps, cleanup))
 
 
+def check_sampling(n: int, seed: int, steps: int, timesteps: int | None = None) -> None:
+    """InputError for a pair count, seed or DDIM step count that cannot be sampled (``timesteps``: the model's
+    diffusion timesteps, the most DDIM steps), named as `sample`'s options."""
+    if n < 1:
+        raise InputError(f"--n {n}: give at least 1 pair")
+    if not 0 <= seed <= 2**63 - 1 - n:  # torch seeds are 64-bit; pair i uses seed + i
+        raise InputError(f"--seed {seed}: give a seed from 0 to {2**63 - 1 - n}")
+    if steps < 1:
+        raise InputError(f"--steps {steps}: give at least 1 DDIM step")
+    if timesteps is not None and steps > timesteps:
+        raise InputError(f"--steps {steps}: at most {timesteps} DDIM steps (the model's diffusion timesteps)")
+
+
 def iter_pairs(model: LatentDiffusion, n: int, seed: int = 0, steps: int = 50, cleanup: bool = True,
                chunk: int = 8, progress: Callable[[float, str], None] | None = None) -> Iterator[dict]:  # fmt: skip
     """:func:`sample_pairs` one at a time, sampled ``chunk`` at a time: memory stays that of a chunk, whatever ``n``.
-    ``progress(fraction of all n pairs, message)`` is called after every DDIM step."""
+    ``progress(fraction of all n pairs, message)`` is called after every DDIM step. Bad counts are refused on the
+    call (:func:`check_sampling`), not at the first pair."""
+    check_sampling(n, seed, steps, model.scheduler.num_train_timesteps)
+    return _pairs(model, n, seed, steps, cleanup, chunk, progress)
+
+
+def _pairs(model, n, seed, steps, cleanup, chunk, progress) -> Iterator[dict]:
     device = model.latent_scale.device
     if device.type == "cpu":  # every DDIM step allocates the same activations: reuse them (1.10x less CPU)
         keep_freed_memory()

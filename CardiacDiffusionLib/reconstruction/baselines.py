@@ -204,6 +204,6 @@ def register_method(name: str, method: Method) -> None:
 def get_method(name: str) -> Method:
     if name not in METHODS and name == "dmcvr":
         from ..dmcvr import reconstruction  # noqa: F401  (registers "dmcvr")
-    if name not in METHODS:
-        raise InputError(f"unknown reconstruction method {name!r}; choose one of {sorted(METHODS)}")
+    if name not in METHODS:  # dmcvr registers itself on first use: named here too
+        raise InputError(f"unknown reconstruction method {name!r}; choose one of {sorted({*METHODS, 'dmcvr'})}")
     return METHODS[name]

@@ -8,6 +8,7 @@ the memory this machine has available is refused before anything is allocated (:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +112,14 @@ def reconstruct(stack: SliceStack, method: str = "shape", spacing: float = 1.0, 
     targets = planned_targets(stack, spacing, method)
     from .baselines import get_method  # here: SciPy, which the grid functions above do not need (`inspect`)
 
-    images, labels = get_method(method)(stack, targets, **options)
+    run = get_method(method)
+    takes = inspect.signature(run).parameters
+    unknown = sorted(set(options) - set(takes)) if not any(p.kind is p.VAR_KEYWORD for p in takes.values()) else []
+    if unknown:  # e.g. dmcvr's steps or device given to shape: a clear refusal, not Python's TypeError
+        known = [name for name in takes if name not in ("stack", "targets")]
+        raise InputError(f"{', '.join(unknown)}: not an option of the {method} method (its options: "
+                         f"{', '.join(known) or 'none'}); leave it out")  # fmt: skip
+    images, labels = run(stack, targets, **options)
     return Reconstruction(  # copy=False: a method's float32/uint8 arrays are not copied once more
         image=_on_grid(images.astype(np.float32, copy=False), stack, spacing),
         labels=None if labels is None else _on_grid(labels.astype(np.uint8, copy=False), stack, spacing),
