@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import InputError
 from .common import (
-    add_label_convention, add_progress_argument, json_progress, keep_users_files, output_folder, say_runs_on_cpu,
+    add_label_convention, add_progress_argument, json_progress, keep_users_files, make_folder, output_folder,
+    say_runs_on_cpu,
 )  # fmt: skip
 
 #: --sadir-refine at most this many steps (the library's default: 20; each a forward and backward pass, no progress)
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     result.lma["input"] = {"slices": args.slices, "slice_labels": args.slice_labels, "phase": args.phase or 0}
     if report:
         report(0.9, "writing the outputs")
-    paths = write_outputs(result, args.out)
+    paths = write_outputs(result, make_folder(Path(args.out)))  # a folder that cannot be made: said as --out's
     for item in result.lma["qa"]:
         print(f"{item['severity']}: {item['message']}")
     lead = result.lead
