@@ -123,7 +123,7 @@ def write_segments_csv(path, table: list[dict], lead: dict | None = None) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = ["segment", "name", "tos_median_ms", "tos_mean_ms", "points", "late_fraction", "late", "septal", "scar"]
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(keys + ["suggested_lead"])
         for r in table:

@@ -239,7 +239,7 @@ def _tos_row(row: dict[str, str], path: Path, name: str, i: int) -> tuple[int, i
 def write_tos_csv(path, tos_by_slice: dict[int, np.ndarray]) -> Path:
     """Write ``{slice: TOS (18,)}`` in the format :func:`read_tos_csv` reads."""
     path = Path(path)
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["slice", "sector", "tos_ms"])
         for k, values in tos_by_slice.items():

@@ -26,7 +26,7 @@ import json
 import shutil
 import signal
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from ..errors import InputError
 from .common import json_progress, make_folder, output_folder
@@ -379,7 +379,7 @@ def _frame_labels(pairs: list[str], phases: list[int], text: str) -> dict[int, s
 def _manifest(path: Path) -> list[dict]:
     form = '{"frames": [{"sax": FILE, "sax_labels": FILE (optional)}, ...]} (paths relative to the manifest)'
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # not Windows' ANSI code page; Notepad's BOM
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise InputError(f"--sax {path}: cannot read it as a frames manifest ({error}); give {form}") from None
     entries = data.get("frames") if isinstance(data, dict) else None
@@ -389,8 +389,17 @@ def _manifest(path: Path) -> list[dict]:
     if not good:
         raise InputError(f"--sax {path}: not a frames manifest; give {form}")
     here = path.parent
-    return [{"sax": str(here / e["sax"]), "sax_labels": str(here / e["sax_labels"]) if e.get("sax_labels") else None}
+    return [{"sax": _entry(here, e["sax"]), "sax_labels": _entry(here, e["sax_labels"]) if e.get("sax_labels") else None}
             for e in entries]  # fmt: skip
+
+
+def _entry(here: Path, text: str) -> str:
+    """A manifest entry as a path: relative to the manifest's folder; ``sub\\f.nii.gz`` (written on Windows) read as
+    ``sub/f.nii.gz`` on macOS and Linux, where a backslash is a letter of a file name."""
+    path = here / text
+    if "\\" in text and not path.exists():
+        path = here / PureWindowsPath(text).as_posix()
+    return str(path)
 
 
 def _frame_progress(emit, n: int, count: int, name: str, phase: int):

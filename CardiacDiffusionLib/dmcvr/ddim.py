@@ -63,7 +63,7 @@ def _loop(
     clip_x0: bool = False,
 ) -> torch.Tensor:
     ts = ddim_timesteps(len(alphas_cumprod), steps).tolist()
-    abar = alphas_cumprod.double().tolist()  # Python floats: no float64 needed on the device
+    abar = alphas_cumprod.tolist()  # Python floats (exact); .double() on the device fails on MPS (no float64)
     one = 1.0
     # (eval timestep, alpha_bar from, alpha_bar to) for every step, in execution order
     if encode:

@@ -438,7 +438,7 @@ def read_registry(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except ValueError as error:
         raise InputError(f"model registry {path}: not valid JSON ({error}); fix or delete it") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
@@ -515,7 +515,7 @@ def _read_card(card: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"--card {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # not the ANSI code page (Windows)
     except (yaml.YAMLError, UnicodeDecodeError):  # not YAML, or not text at all
         data = None
     if not isinstance(data, dict):
@@ -558,6 +558,10 @@ def add_model(
     entries = read_registry(registry)
     if any(e["name"] == name for e in entries) and not force:
         raise InputError(f"--name {name}: already registered in {registry}; use --force to replace it")
+    twin = next((e["name"] for e in entries if e["name"] != name and e["name"].lower() == name.lower()), None)
+    if twin:  # models/<name>.safetensors: one file on macOS and Windows, whose file names ignore case
+        raise InputError(f"--name {name}: model '{twin}' differs only in capitals, and macOS and Windows would store "
+                         f"both in one file; choose another --name (or --name {twin} --force to replace it)")
     if not path.is_file():
         raise InputError(f"--file {file}: {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
     card_fields = _read_card(card) if card else {}

@@ -117,7 +117,7 @@ class SadirModel(nn.Module):
         """DDIM over ``timesteps`` (default ddim_timesteps(T, steps)); returns (v0 coefficients, moved, disp)."""
         steps = int(steps or self.config["sample_steps"])
         ts = list(timesteps) if timesteps is not None else ddim_timesteps(len(self.alphas_cumprod), steps).tolist()
-        abar = self.alphas_cumprod.double().tolist()
+        abar = self.alphas_cumprod.tolist()  # Python floats (exact); .double() on the device fails on MPS
         g = torch.Generator(device="cpu").manual_seed(seed)
         n = self.atlas.shape[-1]
         x = torch.randn((cond.shape[0], 1, n, n, n), generator=g).to(cond)

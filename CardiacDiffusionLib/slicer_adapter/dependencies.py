@@ -270,10 +270,13 @@ def device_for(requested: str, cuda_available: bool, cuda_built: bool,
     """The device to run on and a message for the user when CUDA was wanted but cannot be used (``work``: what
     runs slower on the CPU, in the panel's words).
 
-    ``auto`` and ``cuda`` both fall back to the CPU without CUDA (the panel never fails for it).
+    ``auto`` and ``cuda`` both fall back to the CPU without CUDA (the panel never fails for it); on macOS silently
+    for ``auto`` (the panels offer no MPS: see docs/ARCHITECTURE.md, Platforms).
     """
     if requested not in ("auto", "cuda") or cuda_available:
         return requested, None
+    if sys.platform == "darwin":  # no CUDA build of torch exists for macOS: advice to install one would mislead
+        return "cpu", None if requested == "auto" else f"No CUDA on macOS: running on the CPU, which is slower for {work}."
     why = (
         "the installed torch is a CPU-only build" if not cuda_built else "no CUDA GPU or driver was found"
     )

@@ -68,6 +68,15 @@ def emit_progress(progress: float, message: str = "", file=None, **extra) -> Non
     print(dumps(record, "progress line"), file=file or sys.stdout, flush=True)
 
 
+def popen_options() -> dict:
+    """POSIX: the child leads its own process group (cancel reaches grandchildren). Windows: its own process group
+    and no console window (Slicer has no console: a console child such as PythonSlicer.exe would open one for the
+    whole run, as ``slicer.util.launchConsoleProcess`` avoids too)."""
+    if os.name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+
+
 class ChildProcess:
     """A started child process whose output is read in background threads."""
 
@@ -82,14 +91,13 @@ class ChildProcess:
         self._stderr_tail: deque[str] = deque(maxlen=tail_lines)
         child_env = dict(os.environ if env is None else env)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
-        options = {}
-        if os.name == "posix":
-            options["start_new_session"] = True  # own process group: cancel reaches grandchildren
-        else:
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        # read below as UTF-8: a Python child would write its pipes in the ANSI code page on Windows (cp1252: a
+        # node or folder name outside it, e.g. Greek or CJK, would end the child with UnicodeEncodeError)
+        child_env["PYTHONIOENCODING"] = "utf-8:backslashreplace"
+        child_env.setdefault("PYTHONUTF8", "1")  # and its open()/read_text() default to UTF-8 there too
         self.process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=child_env, cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **options,
+            env=child_env, cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **popen_options(),
         )  # fmt: skip
         self._readers = [
             threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), daemon=True),
@@ -226,7 +234,7 @@ def kill_tree(pid: int, grace: float = 3.0, popen: subprocess.Popen | None = Non
         except ProcessLookupError:
             pass
     else:
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False, **popen_options())
 
 
 def _group_alive(pgid: int) -> bool:

@@ -130,7 +130,7 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # YAML is a superset of JSON; -sig: Notepad's BOM
     except yaml.YAMLError as error:
         raise InputError(f"--config {path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError as error:

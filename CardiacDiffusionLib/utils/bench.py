@@ -13,7 +13,6 @@ import gc
 import importlib
 import os
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -57,7 +56,7 @@ def measure(
     """Median/min wall seconds of ``fn()`` over ``repeats`` runs after ``warmup``, and its peak memory.
 
     Peak memory: the process's peak RSS during the timed runs (Linux VmHWM, reset before; elsewhere
-    ru_maxrss, which only grows, so run each case in its own process there), and
+    ru_maxrss, which only grows, so run each case in its own process there; None on Windows), and
     ``torch.cuda.max_memory_allocated`` when ``device`` is CUDA.
     """
     device = torch.device(device) if device is not None else None
@@ -82,10 +81,14 @@ def measure(
         out["peak_rss_mib"] = _proc_status_mib("VmHWM")
         out["peak_rss_increase_mib"] = out["peak_rss_mib"] - rss_before
         out["peak_rss_kind"] = "VmHWM after clear_refs (peak RSS during the timed runs)"
-    else:  # ru_maxrss: KiB on Linux, bytes on macOS
+    else:  # ru_maxrss: KiB on Linux, bytes on macOS; Windows has no ``resource`` module
+        try:
+            import resource
+        except ImportError:
+            resource = None
         scale = 1 / 2**20 if platform.system() == "Darwin" else 1 / 1024
-        out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        out["peak_rss_kind"] = "ru_maxrss (process lifetime peak)"
+        out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale if resource else None
+        out["peak_rss_kind"] = "ru_maxrss (process lifetime peak)" if resource else "not measured (no resource module)"
     if device is not None and device.type == "cuda":
         out["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -178,6 +178,18 @@ def auto_cpu_threads() -> str | None:
     return said
 
 
+def mps_cpu_fallback() -> bool:
+    """On macOS, before torch loads: PYTORCH_ENABLE_MPS_FALLBACK=1 (unless the user set it), so an operation the
+    installed torch lacks on the Apple GPU (e.g. 3D ``grid_sample``, SADIR's warp, before torch 2.9) runs on the
+    CPU instead of ending an ``auto``/``mps`` run; torch reads it only when it loads. True when set here."""
+    import sys
+
+    if sys.platform != "darwin" or "torch" in sys.modules or "PYTORCH_ENABLE_MPS_FALLBACK" in os.environ:
+        return False
+    os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
+    return True
+
+
 def configure_cpu_threads() -> int:
     """Set torch's intra-op threads: OMP_NUM_THREADS when set (by the user, or by :func:`auto_cpu_threads` on a
     busy machine; :func:`omp_threads`), else the physical cores."""
