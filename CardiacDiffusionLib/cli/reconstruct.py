@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         phase = args.phase or 0
         lax = lax_plan(args, [phase], count, single=True)(phase)
     earlier = (out / "geometry.json").is_file()  # before this run writes its own
-    reconstruct_into(args, out, args.phase, json_progress(args), reader=reader, lax=lax)
-    remove_frames_run(out, earlier)  # a multi-phase run's outputs there would pass for this run's
+    # a multi-phase run's outputs there would pass for this run's: removed after success, said before the closing line
+    reconstruct_into(args, out, args.phase, json_progress(args), reader=reader, lax=lax,
+                     tidy=lambda: remove_frames_run(out, earlier))  # fmt: skip
     return 0
 
 
@@ -104,12 +105,13 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, progress=None, step=None,
-                     shown: Path | None = None, reader=None, lax: dict | None = None) -> int:  # fmt: skip
+                     shown: Path | None = None, reader=None, lax: dict | None = None, tidy=None) -> int:  # fmt: skip
     """Read ``args.sax`` at ``phase``, reconstruct it and write the outputs into ``out`` (checked by the caller).
     ``progress(fraction, text)``: dmcvr's steps; ``step(fraction, text)``: the stages (read, reconstruct, write) of
     a multi-phase run; ``shown``: the folder named in the closing line (default ``out``); ``reader``: the
     ``io.volumes.StackReader`` of ``args.sax`` that a multi-phase run keeps (the cine read once); ``lax``: the LAX
-    labels to check against, keyed by file name (default: ``args.lax_labels`` read)."""
+    labels to check against, keyed by file name (default: ``args.lax_labels`` read); ``tidy()``: run once the
+    outputs are written, before the closing line (removals said before it)."""
     from ..io.volumes import StackReader, read_labels, write_image
     from ..reconstruction.lax_check import lax_dice_table, lax_overview
     from ..reconstruction.volume import planned_targets, reconstruct
@@ -174,6 +176,8 @@ def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, pro
                 print(f"removed {name} of an earlier run in {out} (this run does not make it)")
             else:  # no geometry.json: not a reconstruct run's folder, so the file is the user's
                 print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
+    if tidy is not None:
+        tidy()
     print(f"{args.method}: wrote {', '.join(written)} to {shown or out}")
     return 0
 

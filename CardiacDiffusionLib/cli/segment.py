@@ -144,15 +144,29 @@ def load_ctseg(name_or_path: str, device):
     return model, data, window
 
 
+#: a non-negative image of at most this many whole numbers (0 among them) is a label map, not a CT (measured: the
+#: shared CT 3773 values, the Sunnybrook MR DICOM 701; a CT without its rescale to HU holds thousands)
+LABEL_VALUES_MOST = 128
+
+
 def refuse_label_map(image, path: str) -> None:
-    """A label map or mask given as the CT (integer values within 0..8 only) is refused."""
+    """A label map or mask given as the CT (whole numbers within 0..8, or at most :data:`LABEL_VALUES_MOST` whole
+    numbers >= 0 with 0 among them, e.g. a multi-label map or a mask times 255) is refused, saying so."""
     import SimpleITK as sitk
+
+    from .inspect_input import label_like_values
 
     values = sitk.GetArrayViewFromImage(image)
     low, high = float(values.min()), float(values.max())
-    if low >= 0 and high <= 8 and np.array_equal(values, np.round(values)):
+    if low < 0:  # a CT in HU (air) or a z-scored image: not labels
+        return
+    if high <= 8 and np.array_equal(values, np.round(values)):
         raise InputError(f"--image {path}: holds only the values {low:g}..{high:g} (a label map or mask?); give the "
                          "CT image in Hounsfield units")  # fmt: skip
+    coarse = values[tuple(slice(None, None, 2) for _ in values.shape)]  # a quick look first: an image has many values
+    if len(np.unique(coarse)) <= LABEL_VALUES_MOST and (found := label_like_values(values, LABEL_VALUES_MOST)):
+        raise InputError(f"--image {path}: holds only {len(found)} whole numbers, {low:g}..{high:g} (a label map or "
+                         "mask?); give the CT image in Hounsfield units")  # fmt: skip
 
 
 #: the lowest value a CT in HU reaches at least: air is -1000 HU, lung -900..-500, fat -190..-30, and a heart CT's

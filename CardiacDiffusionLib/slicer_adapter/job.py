@@ -136,7 +136,7 @@ class CLIJob:
         """Forward the child's messages; when it has finished load the outputs. True when done."""
         if self.result is not None:
             return True
-        self.child.poll(self._on_message)
+        self.child.poll(self._forward)
         if not self.child.finished:
             return False
         self.finish()
@@ -144,13 +144,15 @@ class CLIJob:
 
     def wait(self, timeout: float | None = None):
         """Block until the job is done (the console/batch path); ``None`` on timeout."""
-        if self.child.wait(timeout, self._on_message) is None:
+        if self.child.wait(timeout, self._forward) is None:
             return None
         return self.finish()
 
     def cancel(self) -> None:
-        """Kill the child and its children; the scene is left as it was."""
+        """Kill the child and its children; the scene is left as it was. The child's lines queued until now are
+        said before "cancelled"; what it says while dying is dropped (no work line after "cancelled")."""
         if self.child is not None:
+            self.child.poll(self._forward)
             self.child.cancel()
         self._cancelled = True  # also when the child had already exited: its outputs are gone with the folder
         self._cleanup()
@@ -161,7 +163,7 @@ class CLIJob:
         if self.result is not None:
             return self.result
         try:
-            self.child.poll(self._on_message)
+            self.child.poll(self._forward)
             if self.child.cancelled or self._cancelled:
                 raise InputError(f"the {self.title} was cancelled")
             try:
@@ -243,6 +245,11 @@ class CLIJob:
         text = re.sub(rf"\b(?:use|pass|give) {option} (?!node ')([\w.:,-]+)", lambda m: f"set {options[m[1]]} to {m[2]}", text)
         text = re.sub(rf"\({option}\)", lambda m: f"(the panel's {options[m[1]]})", text)
         return re.sub(option, lambda m: options[m[1]], text)
+
+    def _forward(self, message: Message) -> None:
+        """The child's message to :meth:`_on_message`, unless the job was cancelled (nothing is said after that)."""
+        if not self._cancelled:
+            self._on_message(message)
 
     def _on_message(self, message: Message) -> None:
         """The child's progress and log lines, in the panel's terms (its warnings and 'wrote ... to' lines name
