@@ -193,6 +193,7 @@ def test_progress_json_stdout_is_json_events_and_plain_lines(tmp_path):
     events, plain = _stdout_contract(["lma", "--slices", str(folder / "labels.nii.gz"), "--strain",
                                       str(folder / "strain.npy"), "--out", str(tmp_path / "lma_out")])  # fmt: skip
     assert len(events) >= 2 and [e["event"] for e in events] == ["progress"] * len(events)  # its stages
+    assert events[-1]["progress"] == 1.0  # was 0.9 ("writing the outputs"): the bar never filled
     assert any(line.startswith("decision support: suggested LV lead segment") for line in plain), plain
     events, plain = _stdout_contract(["sample", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "pairs")])
     assert events and events[-1]["progress"] == 1.0, plain

@@ -185,4 +185,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"decision support: suggested LV lead segment {lead['segment']} ({lead['name']}, "
               f"median TOS {lead['tos_median_ms']:.0f} ms{ties}); not a diagnosis")  # fmt: skip
     print(f"lma: wrote {', '.join(p.name for p in paths.values())} to {args.out}")
+    if report:  # the bar ends full, as reconstruct's and sample's do
+        report(1.0, "done")
     return 0
