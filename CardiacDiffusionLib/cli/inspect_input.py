@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..labels import MR_LABELS
 from .common import add_label_convention, check_lax_names, output_file, stack_report, write_json_file
-from .lax_dice import lax_frames
+from .lax_phases import lax_frames
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import add_label_convention, check_lax_names, output_file, write_json_file
+from .lax_phases import lax_frames
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,26 +48,3 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json_file(args.out, table, inputs=[args.labels, *args.lax_labels])
     return 0
-
-
-def lax_frames(paths: list[str], phases: int, sax: str, lax_phase: int | None) -> dict[str, int]:
-    """Each --lax-labels file's frame count (1: a 3D file), refused before any work where its frames cannot be
-    matched to the SAX input ``sax`` (words naming it) of ``phases`` cardiac phases: a 4D file of another frame
-    count than the cine's, or beside a SAX volume without phases (``phases`` 1) unless ``lax_phase`` names the
-    frame (one it holds)."""
-    from ..io.volumes import volume_phases
-
-    frames = {path: volume_phases(path, f"--lax-labels {path}") for path in paths}
-    for path, n in frames.items():
-        if n > 1 and phases > 1 and n != phases:
-            raise InputError(f"--lax-labels {path}: {n} phases, but {sax} has {phases}; give a 4D LAX label file of "
-                             "this cine (one frame per phase), or the 3D labels of the phase they were drawn at with "
-                             "--lax-phase")  # fmt: skip
-        if n > 1 and phases == 1 and lax_phase is None:
-            raise InputError(f"--lax-labels {path}: 4D, {n} frames (one per cine phase), but {sax} holds one phase: "
-                             f"which frame is its phase? name it with --lax-phase (0..{n - 1}), or give the 3D LAX "
-                             "labels of that phase")  # fmt: skip
-        if n > 1 and phases == 1 and not 0 <= lax_phase < n:
-            raise InputError(f"--lax-phase {lax_phase}: --lax-labels {path} has frames 0..{n - 1}; name the frame of "
-                             f"the phase {sax} holds")  # fmt: skip
-    return frames

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return run_frames(args)
     check_options(args)
     out = output_folder(args.out, [args.sax, args.sax_labels, *args.lax, *args.lax_labels], OUTPUTS)
-    from .reconstruct_frames import _phase_count, lax_plan, remove_frames_run
+    from .lax_phases import lax_plan
+    from .reconstruct_frames import _phase_count, remove_frames_run
 
     reader = lax = None
     if args.lax_labels:  # a 4D LAX label file: its frame of this phase (a SAX volume without phases: --lax-phase)
