@@ -233,7 +233,7 @@ class SaxSliceDataset(Dataset):
     ``phantoms``: number of MR phantom subjects (2 phases each); ``labelled_only``: keep only
     slices with a label (segmentation stage); ``augment``: rotation (deg), scale, shift (mm), gamma;
     ``packed``: a :func:`pack_volumes` file read instead of ``root`` and ``phantoms``; ``repeat``: each
-    slice that many times per epoch (long epochs: fewer DataLoader worker restarts on a GPU).
+    slice that many times per epoch (longer epochs).
     """
 
     def __init__(

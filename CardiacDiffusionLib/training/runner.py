@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import InputError
 from ..utils.device import prepare_device
@@ -57,15 +57,54 @@ class TrainResult:
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (shuffled per epoch from the seed, split over ranks) that can start mid-epoch."""
 
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, seeded: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0  # index into this epoch's order (batches done x batch size)
+        self.seeded = seeded  # yield (index, item seed) for SeededItems
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start :])
+        order = list(super().__iter__())[self.start :]
+        if not self.seeded:
+            return iter(order)
+        return iter([(i, item_seed(self.seed, self.rank, self.epoch, self.start + k)) for k, i in enumerate(order)])
 
     def __len__(self) -> int:
         return super().__len__() - self.start
+
+
+def item_seed(seed: int, rank: int, epoch: int, position: int) -> int:
+    """The RNG seed of the item at ``position`` of ``epoch`` on ``rank`` (DataLoader workers: SeededItems)."""
+    return int(np.random.SeedSequence([seed, rank, epoch, position]).generate_state(1)[0])
+
+
+class SeededItems(Dataset):
+    """``dataset`` indexed by ``(index, seed)``: python/numpy/torch's global generators are seeded before each item.
+
+    With ``train.num_workers > 0`` the augmentation a dataset draws from the global generators is then a function
+    of (train.seed, rank, epoch, position): the same for any worker count, fork or spawn, and after any resume,
+    and the (persistent) workers need no re-seeding per epoch. Module-level: it pickles for spawned workers.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+def _close_workers(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent worker processes now (each holds a copy of the dataset)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        loader._iterator = None
+        iterator._shutdown_workers()  # what its __del__ would do, later
 
 
 class _LossModule(nn.Module):
@@ -248,7 +287,8 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
         report.event("cancelled", step=at, total=t["steps"], checkpoint=str(last) if last else None,
                      message=f"cancelled before training (while building the model and data); {kept}")  # fmt: skip
         return TrainResult("cancelled", at, out, last, None, None)
-    sampler = ResumableSampler(dataset, info.world_size, info.rank, int(t["seed"]))
+    workers = int(t["num_workers"])
+    sampler = ResumableSampler(dataset, info.world_size, info.rank, int(t["seed"]), seeded=workers > 0)
     per_epoch = len(sampler) // t["batch_size"]
     if per_epoch < 1:
         raise InputError(
@@ -318,57 +358,63 @@ def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainRe
                  precision=str(dtype).replace("torch.", "") if dtype else "fp32", out=str(out))  # fmt: skip
     t0, loss_value, saved, cancelled = time.perf_counter(), None, None, False
     model.train()
-    while step < t["steps"] and not cancelled:
-        sampler.set_epoch(epoch)
-        sampler.start = in_epoch * t["batch_size"]
-        loader = DataLoader(
-            dataset, batch_size=t["batch_size"], sampler=sampler, drop_last=True, num_workers=int(t["num_workers"]),
-            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(int(t["seed"]) + epoch),
-        )  # the generator seeds workers without drawing from the global RNG (which resume restores)
-        for batch in loader:
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, terms = _split_loss(net(to_device(batch, device)))
-            loss_value = D.all_mean(float(loss.detach()), info, device)
-            if not math.isfinite(loss_value):  # before the update: the weights and checkpoints stay good
-                raise InputError(_diverged(loss_value, step + 1, ckpt_dir, dtype))
-            scaler.scale(loss).backward()
-            if float(cfg["optim"]["grad_clip"]) > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, float(cfg["optim"]["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step, in_epoch = step + 1, in_epoch + 1
-            with torch.no_grad():
-                extra = task.after_step(model, step, ema.module if ema is not None else None)
-            if extra and info.is_main:
-                extra = {k: float(v) if isinstance(v, (torch.Tensor, np.generic)) else v for k, v in extra.items()}
-                log.append({"step": step, "stage": "after_step", **extra})
-                report.event("after_step", step=step, **extra)
-            if info.is_main:
-                with writing(out, "train_log.jsonl"):
-                    log.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                                "time_s": round(time.perf_counter() - t0, 4), **terms})  # fmt: skip
-                report.step(step, loss_value, **terms)
-            if t["validate_every"] and step % t["validate_every"] == 0 and info.is_main:
-                _validate(task, ema.module if ema is not None else model, step, log, report)
-                model.train()
-            cancelled = D.any_flag(stop.requested, info, device)  # every rank stops at the same step
-            if step % t["checkpoint_every"] == 0 or step == t["steps"] or cancelled:
-                _check_weights(model, ema, step, loss_value, ckpt_dir, dtype)  # every rank: DDP keeps them equal
-                saved = save() or saved
-            if cancelled:
-                break
-            if step >= t["steps"]:
-                break
-        else:
-            epoch, in_epoch = epoch + 1, 0
-        if in_epoch >= per_epoch:  # the loop above stopped at an epoch end
-            epoch, in_epoch = epoch + 1, 0
+    loader = None
+    try:
+        while step < t["steps"] and not cancelled:
+            sampler.set_epoch(epoch)
+            sampler.start = in_epoch * t["batch_size"]
+            if loader is None or not workers:  # workers: one loader, its workers kept over epochs (spawn: seconds each)
+                loader = DataLoader(
+                    SeededItems(dataset) if workers else dataset, batch_size=t["batch_size"], sampler=sampler,
+                    drop_last=True, num_workers=workers, persistent_workers=workers > 0,
+                    pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(int(t["seed"]) + epoch),
+                )  # the generator seeds workers without drawing from the global RNG (which resume restores)
+            for batch in loader:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss, terms = _split_loss(net(to_device(batch, device)))
+                loss_value = D.all_mean(float(loss.detach()), info, device)
+                if not math.isfinite(loss_value):  # before the update: the weights and checkpoints stay good
+                    raise InputError(_diverged(loss_value, step + 1, ckpt_dir, dtype))
+                scaler.scale(loss).backward()
+                if float(cfg["optim"]["grad_clip"]) > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, float(cfg["optim"]["grad_clip"]))
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                step, in_epoch = step + 1, in_epoch + 1
+                with torch.no_grad():
+                    extra = task.after_step(model, step, ema.module if ema is not None else None)
+                if extra and info.is_main:
+                    extra = {k: float(v) if isinstance(v, (torch.Tensor, np.generic)) else v for k, v in extra.items()}
+                    log.append({"step": step, "stage": "after_step", **extra})
+                    report.event("after_step", step=step, **extra)
+                if info.is_main:
+                    with writing(out, "train_log.jsonl"):
+                        log.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                                    "time_s": round(time.perf_counter() - t0, 4), **terms})  # fmt: skip
+                    report.step(step, loss_value, **terms)
+                if t["validate_every"] and step % t["validate_every"] == 0 and info.is_main:
+                    _validate(task, ema.module if ema is not None else model, step, log, report)
+                    model.train()
+                cancelled = D.any_flag(stop.requested, info, device)  # every rank stops at the same step
+                if step % t["checkpoint_every"] == 0 or step == t["steps"] or cancelled:
+                    _check_weights(model, ema, step, loss_value, ckpt_dir, dtype)  # every rank: DDP keeps them equal
+                    saved = save() or saved
+                if cancelled:
+                    break
+                if step >= t["steps"]:
+                    break
+            else:
+                epoch, in_epoch = epoch + 1, 0
+            if in_epoch >= per_epoch:  # the loop above stopped at an epoch end
+                epoch, in_epoch = epoch + 1, 0
+    finally:  # persistent workers end with the run, not when the garbage collector finds the loader
+        _close_workers(loader)
 
     if cancelled and step < t["steps"]:
         report.event("cancelled", step=step, total=t["steps"], checkpoint=str(saved),
