@@ -174,3 +174,31 @@ def test_runner_workers_persist_under_spawn_and_draw_as_under_fork_and_after_a_r
     assert plain.pids == {os.getpid()}
     w0 = final_state(tmp_path / "w0")["model"]
     assert not all(torch.equal(w0[k], reference["model"][k]) for k in w0)  # no workers: the global RNG's stream
+
+
+def test_a_finished_run_leaves_no_model_behind(tmp_path):
+    """matplotlib's tight_layout and the optimiser's construction leave cycles through _run's frame: the model,
+    optimiser and data stayed (GPU memory too) until the garbage collector ran, e.g. into a recipe's next stage."""
+    import gc
+    import weakref
+
+    from CardiacDiffusionLib.training import runner
+
+    alive = []
+    build = runner._LossModule.__init__
+
+    def spy(self, task, model):
+        build(self, task, model)
+        alive.append(weakref.ref(model))
+
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()  # the run must free it itself, not a collection that happens to come
+    try:
+        runner._LossModule.__init__ = spy
+        train("toy", {"task": "toy", "train": {"steps": 4, "checkpoint_every": 2}}, tmp_path / "run", progress="none")
+        assert alive and alive[0]() is None
+    finally:
+        runner._LossModule.__init__ = build
+        if enabled:
+            gc.enable()

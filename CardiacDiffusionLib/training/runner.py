@@ -11,6 +11,7 @@ Out folder: ``config.json``, ``checkpoints/step_*.safetensors``, ``train_log.jso
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -257,6 +258,10 @@ def train(
     finally:
         report.close()
         D.cleanup(info)
+        # matplotlib's tight_layout (loss.png) and the optimiser's construction leave reference cycles through
+        # _run's frame: its model, optimiser, EMA and data would stay (GPU memory too) until the collector ran,
+        # e.g. into the next stage of a recipe
+        gc.collect()
 
 
 def _run(task, cfg, out, device, info, report, stop, resume, command) -> TrainResult:
