@@ -400,3 +400,20 @@ def test_lma_output_folder_that_cannot_be_made_is_said_as_out(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: --out {out}: "), err
     assert "choose another place" in err[0]
+
+
+def test_ctseg_mixing_table_is_its_results_json():
+    """docs/TRAINING.md's real + synthetic fine-tuning table and README's two means: the eval script's results.json."""
+    data = json.loads((ROOT / "docs/models/ctseg_eval/mix_300steps_seeds0-1.json").read_text())
+    text = (ROOT / "docs/TRAINING.md").read_text()
+    rows = {"a_real_only": "| real only (", "b_ssl_then_real_plus_syn": "| SSL, then real + synthetic (the preset)",
+            "c_ssl_then_real_only": "| SSL, then real only ("}  # fmt: skip
+    means = {}
+    for arm, start in rows.items():
+        line = next(line for line in text.splitlines() if line.startswith(start))
+        cells = [c.strip().strip("*") for c in line.split("|")[-4:-1]]
+        seeds = [data["arms"][arm][f"seed{s}"]["dice"]["mean"] for s in data["seeds"]]
+        means[arm] = np.mean(seeds)
+        assert cells == [f"{seeds[0]:.3f}", f"{seeds[1]:.3f}", f"{means[arm]:.3f}"], (arm, cells)
+    readme = (ROOT / "README.md").read_text()
+    assert f"mean Dice yours only {means['a_real_only']:.3f}, the default {means['b_ssl_then_real_plus_syn']:.3f}" in readme
