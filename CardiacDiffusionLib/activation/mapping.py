@@ -28,6 +28,7 @@ from .tos import N_SECTORS, TOS_RANGE_MS
 TOS_ARRAY = "TOS_ms"
 LATE_ARRAY = "late_activation"
 SEGMENT_ARRAY = "aha_segment"
+MYOCARDIUM_ARRAY = "has_myocardium"
 SECTOR_WIDTH = 2 * np.pi / N_SECTORS
 
 
@@ -36,9 +37,16 @@ def sector_centres(frame: LVFrame) -> np.ndarray:
     return frame.insertion_angles[:, None] + (np.arange(N_SECTORS) + 0.5) * SECTOR_WIDTH
 
 
-def sector_points(stack: SliceStack, frame: LVFrame) -> np.ndarray:
-    """Mid-wall LPS point of every sector, ``(n_slices, 18, 3)``: mean radius of its myocardium pixels."""
+def sector_points(stack: SliceStack, frame: LVFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(mid-wall LPS point of every sector ``(n_slices, 18, 3)``, has myocardium ``(n_slices, 18)`` bool).
+
+    The point lies at the sector's centre angle and the mean radius of its myocardium pixels; where that falls
+    outside them (a sector the contour covers in part), at its pixel nearest to it. A sector
+    without myocardium pixels (a gap in the contour) keeps a point at the slice's median radius, marked False:
+    not a position anything was measured at (:func:`sector_polydata` does not draw it).
+    """
     out = np.zeros((len(frame.slices), N_SECTORS, 3))
+    has = np.zeros((len(frame.slices), N_SECTORS), bool)
     centres = sector_centres(frame)
     for i, k in enumerate(frame.slices):
         points = pixel_points(stack, k, np.argwhere(stack.labels[k] == MYO))
@@ -46,11 +54,17 @@ def sector_points(stack: SliceStack, frame: LVFrame) -> np.ndarray:
         angle = np.mod(np.arctan2(d @ frame.e1, d @ frame.e0) - frame.insertion_angles[i], 2 * np.pi)
         sector = np.minimum((angle / SECTOR_WIDTH).astype(int), N_SECTORS - 1)
         radius = np.linalg.norm(d, axis=1)
-        mean_r = np.bincount(sector, radius, N_SECTORS) / np.maximum(np.bincount(sector, minlength=N_SECTORS), 1)
-        mean_r[mean_r == 0] = np.median(radius)
+        count = np.bincount(sector, minlength=N_SECTORS)
+        has[i] = count > 0
+        mean_r = np.where(has[i], np.bincount(sector, radius, N_SECTORS) / np.maximum(count, 1), np.median(radius))
         a = centres[i]
         out[i] = frame.centres[i] + mean_r[:, None] * (np.cos(a)[:, None] * frame.e0 + np.sin(a)[:, None] * frame.e1)
-    return out
+        for j in np.flatnonzero(has[i]):
+            mine = points[sector == j]
+            gap = np.linalg.norm(mine - out[i, j], axis=1)
+            if gap.min() > 0.75 * max(stack.pixel_spacing):  # beyond its pixel (half a diagonal is 0.71)
+                out[i, j] = mine[np.argmin(gap)]
+    return out, has
 
 
 def interpolate_tos(frame: LVFrame, tos: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -137,50 +151,60 @@ def add_point_array(mesh: vtkPolyData, name: str, values: np.ndarray, active: bo
         mesh.GetPointData().SetActiveScalars(name)
 
 
-def late_mask(
-    tos: np.ndarray, percentile: float | None = 75.0, threshold_ms: float | None = None
-) -> tuple[np.ndarray, float]:
-    """(late?, threshold used): TOS >= ``threshold_ms`` when given, else >= the ``percentile`` of ``tos`` (> it
-    where the percentile is the earliest TOS of the map, so that a uniform map has no late region, not all late)."""
+def late_threshold(tos: np.ndarray, percentile: float | None = 75.0, threshold_ms: float | None = None) -> float:
+    """The TOS (ms) at and above which a point is late: ``threshold_ms`` when given, else the ``percentile`` of
+    ``tos`` (1 µs above it where it is the earliest TOS of the map, so that a uniform map has no late region)."""
     if threshold_ms is not None:
         low, high = TOS_RANGE_MS
         if not low < threshold_ms <= high:  # NaN too: outside the range it marks all or none late
             raise InputError(f"late-activation threshold (--late-threshold) {threshold_ms:g} ms: give a TOS above "
                              f"{low:g} and at most {high:g} ms (the physiological range), e.g. 110")  # fmt: skip
-        return tos >= threshold_ms, float(threshold_ms)
+        return float(threshold_ms)
     if percentile is None or not 0 < percentile < 100:
         raise InputError(f"late-activation percentile must be in (0, 100), got {percentile}")
     cut = float(np.percentile(tos, percentile))
-    if cut - float(np.min(tos)) < 1e-3:  # a map as early everywhere as at its percentile (all equal): none is late
-        return tos > cut + 1e-3, cut
-    return tos >= cut, cut
+    return cut + 1e-3 if cut - float(np.min(tos)) < 1e-3 else cut
+
+
+def late_mask(
+    tos: np.ndarray, percentile: float | None = 75.0, threshold_ms: float | None = None
+) -> tuple[np.ndarray, float]:
+    """(late: TOS >= :func:`late_threshold`, the given threshold or the ``percentile`` of ``tos``)."""
+    applied = late_threshold(tos, percentile, threshold_ms)
+    cut = applied if threshold_ms is not None else float(np.percentile(tos, percentile))
+    return np.asarray(tos, float) >= applied, cut
 
 
 def paint(mesh: vtkPolyData, frame: LVFrame, tos: np.ndarray, percentile: float | None = 75.0,
           threshold_ms: float | None = None) -> dict:  # fmt: skip
-    """Add ``TOS_ms`` (float32, active scalars) and ``late_activation`` (uint8 0/1) point arrays."""
-    values = interpolate_tos(frame, tos, mesh_points(mesh))
-    late, cut = late_mask(values, percentile, threshold_ms)
-    add_point_array(mesh, TOS_ARRAY, values.astype(np.float32), active=True)
+    """Add ``TOS_ms`` (float32, active scalars) and ``late_activation`` (uint8 0/1) point arrays; the returned
+    ``threshold_ms`` is the exact one applied: ``late_activation == (TOS_ms >= threshold_ms)`` at every point."""
+    values = interpolate_tos(frame, tos, mesh_points(mesh)).astype(np.float32)  # the values the mesh keeps
+    cut = late_threshold(values, percentile, threshold_ms)
+    late = values.astype(float) >= cut
+    add_point_array(mesh, TOS_ARRAY, values, active=True)
     add_point_array(mesh, LATE_ARRAY, late.astype(np.uint8))
     rule = f"TOS >= {threshold_ms:g} ms" if threshold_ms is not None else f"TOS >= {percentile:g}th percentile"
     if threshold_ms is None and not late.any():
         rule += f" (none: the {percentile:g}th percentile is the map's earliest TOS)"
-    return {"rule": rule, "threshold_ms": round(cut, 2), "late_fraction_of_points": round(float(late.mean()), 4)}
+    return {"rule": rule, "threshold_ms": cut, "late_fraction_of_points": round(float(late.mean()), 4)}
 
 
-def sector_polydata(points: np.ndarray, tos: np.ndarray) -> vtkPolyData:
-    """The sector mid-wall points as vertices with ``TOS_ms`` (what was measured, before interpolation)."""
+def sector_polydata(points: np.ndarray, tos: np.ndarray, has_myocardium: np.ndarray | None = None) -> vtkPolyData:
+    """The sector mid-wall points with ``TOS_ms`` (what was measured, before interpolation) and ``has_myocardium``
+    (0/1); a vertex (what is drawn) only where the sector has myocardium, so no dot sits where there is none."""
     pts = vtkPoints()
     pts.SetData(numpy_to_vtk(points.reshape(-1, 3).astype(float), deep=True))
     poly = vtkPolyData()
     poly.SetPoints(pts)
+    has = np.ones(pts.GetNumberOfPoints(), bool) if has_myocardium is None else np.asarray(has_myocardium).ravel()
     verts = vtkCellArray()
-    for i in range(pts.GetNumberOfPoints()):
+    for i in np.flatnonzero(has):
         verts.InsertNextCell(1)
-        verts.InsertCellPoint(i)
+        verts.InsertCellPoint(int(i))
     poly.SetVerts(verts)
     add_point_array(poly, TOS_ARRAY, np.asarray(tos, np.float32).ravel(), active=True)
+    add_point_array(poly, MYOCARDIUM_ARRAY, has.astype(np.uint8))
     return poly
 
 

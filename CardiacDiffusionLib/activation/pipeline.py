@@ -49,6 +49,7 @@ class LMAResult:
     segments: list[dict]
     lead: dict
     lma: dict = field(default_factory=dict)
+    sector_has_myocardium: np.ndarray | None = None  # (n_tos_slices, 18): False where the contour has a gap
 
 
 def _tos_input(frame: LVFrame, strain, tos_csv, tos, frame_ms, tos_method, strain_slices, flags):
@@ -272,8 +273,15 @@ def run_lma(
         "qa": flags,
         "stack": stack.geometry_report(),
     }
-    points = sector_points(stack, frame)
-    return LMAResult(myo, mesh, frame, values, points, table, lead, lma)
+    points, has_myo = sector_points(stack, frame)
+    lma["sector_points"] = {
+        "sectors_without_myocardium": {str(int(k)): (np.flatnonzero(~row) + 1).tolist()
+                                       for k, row in zip(frame.slices, has_myo) if not row.all()},
+        "note": "no myocardium pixel in these sectors of these slices (a gap in the contour): sector_points.vtp "
+                "does not draw them (has_myocardium 0); their TOS is in sector_tos.csv and still enters the map, "
+                "which interpolates by angle, not by these points",
+    }  # fmt: skip
+    return LMAResult(myo, mesh, frame, values, points, table, lead, lma, has_myo)
 
 
 _RAS = "in LPS mm (Slicer shows RAS: negate x and y)"
@@ -364,7 +372,7 @@ def write_outputs(result: LMAResult, out_dir) -> dict[str, Path]:
     write_bullseye_png(paths["bullseye"], result.segments, result.lead, late_rule=late_rule)
     write_segments_csv(paths["segments"], result.segments, result.lead)
     write_tos_csv(paths["sector_tos"], dict(zip(result.frame.slices.tolist(), result.tos)))
-    write_vtp(sector_polydata(result.sector_points, result.tos), paths["sector_points"])
+    write_vtp(sector_polydata(result.sector_points, result.tos, result.sector_has_myocardium), paths["sector_points"])
     lma = dict(result.lma, segments=json_segments(result.lma["segments"]), outputs={k: v for k, v in OUTPUTS.items()})
     write_json(paths["json"], lma)
     return paths

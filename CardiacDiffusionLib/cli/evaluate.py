@@ -97,7 +97,7 @@ def dmcvr_settings(dmcvr: dict) -> dict:
 def read_volumes(folders: list[Path], patients: str | None, limit: int | None) -> list:
     """The labelled stacks of the chosen patients, every file checked before the long run."""
     from ..io.acdc import list_acdc
-    from ..reconstruction.gap import acdc_stacks
+    from ..reconstruction.gap import acdc_entries, acdc_stacks, unreadable_volumes
 
     chosen = parse_range(patients)
     for folder in folders:
@@ -108,6 +108,12 @@ def read_volumes(folders: list[Path], patients: str | None, limit: int | None) -
         except InputError:
             raise InputError(f"--data {folder}: no ACDC-layout patientNNN_frameFF.h5 volumes in it; give the folder "
                              "that holds them") from None  # fmt: skip
+    entries = acdc_entries(folders, chosen, limit)
+    bad = unreadable_volumes(path for _, _, path in entries)  # headers only: every bad file named before any work
+    if bad:
+        them = ("that patient", "the file") if len(bad) == 1 else ("those patients", "the files")
+        raise InputError(f"--data: {len(bad)} of {len(entries)} volume file(s) cannot be read: {'; '.join(bad)}; "
+                         f"leave {them[0]} out with --patients, or move {them[1]} out of the folder")  # fmt: skip
     try:
         stacks = list(acdc_stacks(folders, chosen, limit))
     except InputError as e:  # a file without labels or unreadable: name it and say how to go on without it

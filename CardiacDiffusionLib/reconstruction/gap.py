@@ -15,6 +15,7 @@ methods that segment on their own (dmcvr) then give labels; the others are score
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable
@@ -206,13 +207,43 @@ def _is_row(row) -> bool:
             and all(score(row["dice"].get(k, "")) for k in MR_LABELS.values()))  # fmt: skip
 
 
-def acdc_stacks(folders, patients: Iterable[int] | None = None, limit: int | None = None):
-    """Labelled SAX stacks of one ACDC-layout folder or several (nominal spacing; the protocol is in slice
-    units), in (patient, frame, path) order."""
-    from ..io.acdc import list_acdc, read_acdc
+def acdc_entries(folders, patients: Iterable[int] | None = None, limit: int | None = None) -> list:
+    """The chosen ``(patient, frame, path)`` entries of one ACDC-layout folder or several, sorted."""
+    from ..io.acdc import list_acdc
 
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     wanted = None if patients is None else set(patients)
-    entries = sorted(e for f in folders for e in list_acdc(f) if wanted is None or e[0] in wanted)
-    for patient, frame, path in entries[:limit]:
+    return sorted(e for f in folders for e in list_acdc(f) if wanted is None or e[0] in wanted)[:limit]
+
+
+def acdc_stacks(folders, patients: Iterable[int] | None = None, limit: int | None = None):
+    """Labelled SAX stacks of one ACDC-layout folder or several (nominal spacing; the protocol is in slice
+    units), in (patient, frame, path) order."""
+    from ..io.acdc import read_acdc
+
+    for patient, frame, path in acdc_entries(folders, patients, limit):
         yield read_acdc(path)
+
+
+def unreadable_volumes(paths: Iterable[Path]) -> list[str]:
+    """``"name (why)"`` of each ACDC HDF5 file that does not open (truncated, not HDF5) or lacks 3D ``image`` and
+    ``label`` datasets of one shape: the header only, no voxel read, so every file is checked before any work."""
+    import h5py
+
+    bad = []
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        name = path.name if [p.name for p in paths].count(path.name) == 1 else str(path)  # one name, two folders
+        try:
+            with h5py.File(path, "r") as f:
+                shapes = [f[k].shape if isinstance(f.get(k), h5py.Dataset) else None for k in ("image", "label")]
+        except (OSError, RuntimeError, KeyError, ValueError) as error:  # h5py's cause: its last parentheses
+            why = re.findall(r"\(([^()]*)\)", str(error))  # e.g. "truncated file: eof = ..."
+            bad.append(f"{name} (not readable as HDF5: {why[-1] if why else error})")
+            continue
+        if None in shapes:
+            missing = [k for k, v in zip(("image", "label"), shapes) if v is None]
+            bad.append(f"{name} (has no {' or '.join(missing)} dataset)")
+        elif len(shapes[0]) != 3 or shapes[0] != shapes[1]:
+            bad.append(f"{name} (image {shapes[0]} and label {shapes[1]}: expected one (slices, H, W) shape)")
+    return bad
