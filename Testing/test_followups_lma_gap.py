@@ -18,38 +18,19 @@ SUNNYBROOK = SHARED / "sunnybrook-SC-HF-I-1"
 ACDC = SHARED / "acdc"
 
 
-def _unit_in_plane(v, *normals):
-    for n in normals:
-        v = v - (v @ n) * n
-    return v / np.linalg.norm(v)
-
-
 @pytest.fixture(scope="module")
 def sunnybrook(tmp_path_factory):
     """`lma` on the real Sunnybrook DICOM with its expert contours (basal slice 9: a gap at the anterior
     insertion), a random TOS table and an anatomical anterior RV insertion (as test_lma_review builds it).
     Returns (out folder, stack with labels, frame of the TOS slices, the table's TOS by slice)."""
-    import SimpleITK as sitk
-
-    from CardiacDiffusionLib.activation.sectors import lv_frame, pixel_points
+    from CardiacDiffusionLib.activation.sectors import lv_frame
     from CardiacDiffusionLib.activation.tos import write_tos_csv
     from CardiacDiffusionLib.cli.main import main
-    from CardiacDiffusionLib.io.contours import sunnybrook_labels
-    from CardiacDiffusionLib.io.dicom import read_dicom_stack
+    from test_lma_review import sunnybrook_case
 
-    if not (SUNNYBROOK / "dicom").is_dir():
-        pytest.skip("shared Sunnybrook data missing")
     folder = tmp_path_factory.mktemp("followups_lma")
-    stack = read_dicom_stack(SUNNYBROOK / "dicom", phase=1, name="sunnybrook")
-    stack = stack.with_labels(sunnybrook_labels(stack, SUNNYBROOK / "contours")[0])
-    sitk.WriteImage(stack.to_image(labels=True), str(folder / "labels.nii.gz"))
-    normal = stack.normal / np.linalg.norm(stack.normal)
-    right = _unit_in_plane(np.array([-1.0, 0.0, 0.0]), normal)
-    anterior = _unit_in_plane(np.array([0.0, -1.0, 0.0]), normal, right)
-    k = int(np.median([k for k in range(stack.n) if (stack.labels[k] == 2).any()]))
-    centre = pixel_points(stack, k, np.argwhere(stack.labels[k] == 1)).mean(0)
-    radius = np.linalg.norm(pixel_points(stack, k, np.argwhere(stack.labels[k] == 2)) - centre, axis=1).max()
-    point = centre + (radius + 2.0) * (np.cos(np.radians(60)) * right + np.sin(np.radians(60)) * anterior)
+    stack, at, _, _ = sunnybrook_case(folder)
+    point = at(60.0)
     frame = lv_frame(stack, point)
     rng = np.random.default_rng(0)
     tos = {int(s): np.round(rng.uniform(30, 200, 18), 1) for s in frame.slices}

@@ -111,24 +111,18 @@ def test_real_acdc_septum_lands_in_septal_segments_as_stored_mirrored_or_reverse
         assert late and late <= set(SEPTAL), (how, late)
 
 
-@pytest.fixture(scope="module")
-def sunnybrook_run(tmp_path_factory):
-    """``cardiac-diffusion lma`` on the real Sunnybrook DICOM (oblique, apex first) with its expert contours as a
-    NIfTI label file, a random TOS table, scar 5 and 11 and an anterior RV insertion placed by anatomy: 60 deg from
-    the patient's right towards anterior in the SAX plane, 2 mm outside the mid slice's epicardium. Returns
-    (folder, stack with labels, the point, the in-plane patient right and anterior, the command's exit code)."""
+def sunnybrook_case(folder: Path):
+    """The real Sunnybrook DICOM (oblique, apex first, phase 1) with its expert contours, the labels written to
+    ``folder/labels.nii.gz``, and ``at(deg)``: an anterior-ish point 2 mm outside the mid slice's epicardium, deg from
+    the patient's right towards anterior in the SAX plane. Returns (stack with labels, at, right, anterior)."""
     import SimpleITK as sitk
 
     from CardiacDiffusionLib.activation.mapping import pixel_points
-    from CardiacDiffusionLib.activation.sectors import lv_frame
-    from CardiacDiffusionLib.activation.tos import write_tos_csv
-    from CardiacDiffusionLib.cli.main import main
     from CardiacDiffusionLib.io.contours import sunnybrook_labels
     from CardiacDiffusionLib.io.dicom import read_dicom_stack
 
     if not (SUNNYBROOK / "dicom").is_dir():
         pytest.skip("shared Sunnybrook data missing")
-    folder = tmp_path_factory.mktemp("sunnybrook_lma")
     stack = read_dicom_stack(SUNNYBROOK / "dicom", phase=1, name="sunnybrook")
     stack = stack.with_labels(sunnybrook_labels(stack, SUNNYBROOK / "contours")[0])
     sitk.WriteImage(stack.to_image(labels=True), str(folder / "labels.nii.gz"))
@@ -138,9 +132,24 @@ def sunnybrook_run(tmp_path_factory):
     k = int(np.median([k for k in range(stack.n) if (stack.labels[k] == 2).any()]))
     centre = pixel_points(stack, k, np.argwhere(stack.labels[k] == 1)).mean(0)
     radius = np.linalg.norm(pixel_points(stack, k, np.argwhere(stack.labels[k] == 2)) - centre, axis=1).max()
-    def at(deg):  # a point 2 mm outside the epicardium, deg from the patient's right towards anterior
+
+    def at(deg):
         return centre + (radius + 2.0) * (np.cos(np.radians(deg)) * right + np.sin(np.radians(deg)) * anterior)
 
+    return stack, at, right, anterior
+
+
+@pytest.fixture(scope="module")
+def sunnybrook_run(tmp_path_factory):
+    """``cardiac-diffusion lma`` on :func:`sunnybrook_case` as a NIfTI label file, a random TOS table, scar 5 and 11
+    and an anterior RV insertion placed by anatomy (60 deg). Returns (folder, stack with labels, the points, the
+    in-plane patient right and anterior, the command's exit code)."""
+    from CardiacDiffusionLib.activation.sectors import lv_frame
+    from CardiacDiffusionLib.activation.tos import write_tos_csv
+    from CardiacDiffusionLib.cli.main import main
+
+    folder = tmp_path_factory.mktemp("sunnybrook_lma")
+    stack, at, right, anterior = sunnybrook_case(folder)
     point = at(60.0)
     frame = lv_frame(stack, point)
     rng = np.random.default_rng(0)
