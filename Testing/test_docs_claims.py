@@ -417,3 +417,22 @@ def test_ctseg_mixing_table_is_its_results_json():
         assert cells == [f"{seeds[0]:.3f}", f"{seeds[1]:.3f}", f"{means[arm]:.3f}"], (arm, cells)
     readme = (ROOT / "README.md").read_text()
     assert f"mean Dice yours only {means['a_real_only']:.3f}, the default {means['b_ssl_then_real_plus_syn']:.3f}" in readme
+
+
+def test_ctseg_flips_table_is_its_results_jsons():
+    """docs/TRAINING.md's mirroring table (per seed: mean, LA, RA, LV, RV with and without flips; their means)."""
+    runs = {flips: json.loads((ROOT / f"docs/models/ctseg_eval/flips_{flips}_300steps_seeds0-4.json").read_text())
+            for flips in ("true", "false")}  # fmt: skip
+    text = (ROOT / "docs/TRAINING.md").read_text()
+    start = text.index("| real only, seed | flips: mean |")
+    lines = text[start:].splitlines()[2:8]
+    keys = ("mean", "LA", "RA", "LV", "RV")
+    for line, seed in zip(lines, [*range(5), "mean"]):
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        assert cells[0] == str(seed), line
+        expect = []
+        for flips in ("true", "false"):
+            arm = runs[flips]["arms"]["a_real_only"]
+            dice = [arm[f"seed{s}"]["dice"] for s in range(5)]
+            expect += [np.mean([d[k] for d in dice]) if seed == "mean" else dice[seed][k] for k in keys]
+        assert cells[1:] == [f"{v:.3f}" for v in expect], line
