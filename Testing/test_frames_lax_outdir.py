@@ -5,6 +5,7 @@ naming an exported sequence item, and an off-grid refusal names the image."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from test_reconstruct_frames import cine, phantom_frames  # noqa: F401  (the 4-p
 
 SINGLE = {"reconstruction_image.nii.gz", "reconstruction_labels.nii.gz", "geometry.json", "lax_dice.json",
           "lax_dice_baselines.json"}  # fmt: skip
+#: the phantom's ED, ES subjects and cine stacks, made once a session (here and in test_lax_phase_followups; read only)
+frames_once = functools.cache(phantom_frames)
 
 
 def run(capsys, *arguments) -> tuple[int, list[str], list[str]]:
@@ -30,7 +33,7 @@ def labelled(cine, tmp_path_factory):  # noqa: F811
     """4D SAX labels of the cine (ED, ES, ES, ED), its ED and ES 4ch LAX labels as 3D files of one name in two
     folders, and a 4D LAX label file (ED, ED, ES, ED: phase 2 is ES) of that name too."""
     folder = tmp_path_factory.mktemp("labelled")
-    ed, es, _ = phantom_frames()
+    ed, es, _ = frames_once()
     sax = [sitk.ReadImage(str(cine[n])) for n in ("ed", "es", "es", "ed")]
     paths = {"sax4d": folder / "sax_labels4d.nii.gz"}
     sitk.WriteImage(sitk.JoinSeries(sax), str(paths["sax4d"]))

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from CardiacDiffusionLib.cli.main import main
-from test_frames_lax_outdir import labelled  # noqa: F401  (4D SAX labels, ED/ES 3D and 4D LAX labels of the cine)
+from test_frames_lax_outdir import frames_once, labelled  # noqa: F401  (4D SAX and ED/ES 3D and 4D LAX labels)
 from test_reconstruct_frames import cine, phantom_frames  # noqa: F401  (the 4-phase DICOM and 4D phantom cine)
 
 
@@ -34,7 +34,7 @@ def refused(result, pattern: str) -> None:
 def volume3d(tmp_path_factory) -> Path:
     """The ED phase of the cine as a 3D SAX volume (no phases)."""
     path = tmp_path_factory.mktemp("sax3d") / "ed_sax.nii.gz"
-    sitk.WriteImage(phantom_frames()[0].sax.to_image(), str(path))
+    sitk.WriteImage(frames_once()[0].sax.to_image(), str(path))
     return path
 
 

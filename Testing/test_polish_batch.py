@@ -157,14 +157,25 @@ def test_images_that_are_not_labels_keep_their_own_refusal(ctseg_model, tmp_path
 
 
 # ---- 4. --progress json: JSON lines and lines for people on one stdout ----------------------------------------------
-def _stdout_contract(command: list[str]) -> tuple[list[dict], list[str]]:
-    """Run the command as Slicer does (a child, its real stdout); (its events, its plain lines). Every line is either a
-    JSON object with an "event" or does not start with "{"."""
-    done = subprocess.run([sys.executable, "-m", "CardiacDiffusionLib.cli.main", *command, "--progress", "json"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+def _start(command: list[str]) -> subprocess.Popen:
+    """Start the command as Slicer does (a child, its real stdout, `--progress json`)."""
+    return subprocess.Popen([sys.executable, "-m", "CardiacDiffusionLib.cli.main", *command, "--progress", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def _stdout_contract(child: subprocess.Popen) -> tuple[list[dict], list[str]]:
+    """(The child's events, its plain lines) once it ends. Every line is either a JSON object with an "event" or does
+    not start with "{"."""
+    try:
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, stderr[-2000:]
     events, plain = [], []
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("{"):
             record = json.loads(line)
             assert isinstance(record, dict) and "event" in record, line
@@ -175,6 +186,7 @@ def _stdout_contract(command: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def test_progress_json_stdout_is_json_events_and_plain_lines(tmp_path):
+    """Three commands' children (reconstruct dmcvr, lma, sample), run at once to share the cores."""
     from CardiacDiffusionLib.phantoms.mr import MRPhantom
     from CardiacDiffusionLib.phantoms.scanner import acquire_lax, acquire_sax
     from helpers import lma_phantom_files
@@ -183,17 +195,26 @@ def test_progress_json_stdout_is_json_events_and_plain_lines(tmp_path):
     sitk.WriteImage(stack.to_image(), str(tmp_path / "sax.nii.gz"))
     sitk.WriteImage(stack.to_image(labels=True), str(tmp_path / "sax_labels.nii.gz"))
     sitk.WriteImage(acquire_lax(MRPhantom(3, "ED"), "4ch", pixel_mm=3.0, matrix=48)[1], str(tmp_path / "4ch.nii.gz"))
-    events, plain = _stdout_contract(["reconstruct", "--method", "dmcvr", "--steps", "2", "--device", "cpu",
-                                      "--sax", str(tmp_path / "sax.nii.gz"), "--sax-labels", str(tmp_path / "sax_labels.nii.gz"),
-                                      "--lax-labels", str(tmp_path / "4ch.nii.gz"), "--out", str(tmp_path / "rec")])  # fmt: skip
-    assert events and events[-1]["progress"] == 1.0 and all(e["event"] == "progress" for e in events)
-    assert any("LAX Dice" in line for line in plain) and plain[-1].startswith("dmcvr: wrote "), plain
     (tmp_path / "lma").mkdir()
     folder, _ = lma_phantom_files(tmp_path / "lma")
-    events, plain = _stdout_contract(["lma", "--slices", str(folder / "labels.nii.gz"), "--strain",
-                                      str(folder / "strain.npy"), "--out", str(tmp_path / "lma_out")])  # fmt: skip
-    assert len(events) >= 2 and [e["event"] for e in events] == ["progress"] * len(events)  # its stages
-    assert events[-1]["progress"] == 1.0  # was 0.9 ("writing the outputs"): the bar never filled
-    assert any(line.startswith("decision support: suggested LV lead segment") for line in plain), plain
-    events, plain = _stdout_contract(["sample", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "pairs")])
-    assert events and events[-1]["progress"] == 1.0, plain
+    children = [_start(["reconstruct", "--method", "dmcvr", "--steps", "2", "--device", "cpu",
+                        "--sax", str(tmp_path / "sax.nii.gz"), "--sax-labels", str(tmp_path / "sax_labels.nii.gz"),
+                        "--lax-labels", str(tmp_path / "4ch.nii.gz"), "--out", str(tmp_path / "rec")]),
+                _start(["lma", "--slices", str(folder / "labels.nii.gz"), "--strain", str(folder / "strain.npy"),
+                        "--out", str(tmp_path / "lma_out")]),
+                _start(["sample", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "pairs")])]  # fmt: skip
+    try:
+        events, plain = _stdout_contract(children[0])
+        assert events and events[-1]["progress"] == 1.0 and all(e["event"] == "progress" for e in events)
+        assert any("LAX Dice" in line for line in plain) and plain[-1].startswith("dmcvr: wrote "), plain
+        events, plain = _stdout_contract(children[1])
+        assert len(events) >= 2 and [e["event"] for e in events] == ["progress"] * len(events)  # its stages
+        assert events[-1]["progress"] == 1.0  # was 0.9 ("writing the outputs"): the bar never filled
+        assert any(line.startswith("decision support: suggested LV lead segment") for line in plain), plain
+        events, plain = _stdout_contract(children[2])
+        assert events and events[-1]["progress"] == 1.0, plain
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
