@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
-from ..utils.durable import replace_durably
+from ..utils.durable import replacing
 from ..utils.jsonfile import dumps
 
 FORMAT = "cardiac-diffusion-checkpoint/1"
@@ -78,14 +78,10 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "s")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with replacing(path, path.with_name(path.name + ".tmp")) as tmp:  # a failed write (disk full) leaves none
         mode = _umask_mode(tmp)
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": dumps(skeleton, f"checkpoint {path}")})
         os.chmod(tmp, mode)  # safetensors writes 0600 through its own temporary file: the umask's, as other outputs
-        replace_durably(tmp, path)
-    finally:  # a failed write (disk full) leaves no partial file behind
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..utils.durable import fsync_file, replace_durably
+from ..utils.durable import fsync_file, replacing
 from ..utils.jsonfile import dumps, number_or_none
 
 
@@ -94,14 +94,9 @@ class LossLog:
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        png = Path(png)
-        partial = png.with_name(f".partial_{png.name}")  # a crash mid-write leaves the last whole picture
-        try:
+        with replacing(png) as partial:  # a crash mid-write leaves the last whole picture
             fig.savefig(partial, format="png")
-            replace_durably(partial, png)
-        finally:
-            partial.unlink(missing_ok=True)
-        return png
+        return Path(png)
 
     def sync(self) -> None:
         """Flush the log to the disk (before a checkpoint: a power loss then keeps the records it resumes after)."""

@@ -5,7 +5,9 @@ empty or partial one (a rename alone may reach the disk before the data)."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def fsync_file(path: str | Path) -> None:
@@ -39,13 +41,21 @@ def replace_durably(tmp: str | Path, path: str | Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def write_durably(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` whole or not at all (``.partial_NAME`` beside it, flushed, then renamed)."""
+@contextmanager
+def replacing(path: str | Path, partial: str | Path | None = None) -> Iterator[Path]:
+    """The temporary file to write (default ``.partial_NAME`` beside ``path``): renamed onto ``path`` durably when
+    the block ends without an error, removed either way (a failed write leaves the old file and no partial one)."""
     path = Path(path)
-    partial = path.with_name(f".partial_{path.name}")
+    partial = Path(partial) if partial is not None else path.with_name(f".partial_{path.name}")
     try:
-        partial.write_bytes(data)
+        yield partial
         replace_durably(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
+
+
+def write_durably(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (:func:`replacing`)."""
+    with replacing(path) as partial:
+        partial.write_bytes(data)
+    return Path(path)
