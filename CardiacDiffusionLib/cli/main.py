@@ -16,7 +16,7 @@ import warnings
 
 from ..errors import InputError, QualityWarning
 from ..training.cli import Parser, command_line, parse
-from ..utils.device import auto_cpu_threads, mps_cpu_fallback, omp_threads
+from ..utils.device import before_torch_loads, omp_threads
 
 #: modules of this package that register sub-commands, in help order
 COMMAND_MODULES = ("demo", "phantom", "inspect_input", "reconstruct", "lax_dice", "evaluate", "lma", "sample", "segment",
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args.training_command = command_line("cardiac-diffusion", argv)  # what `train` records in its model: this command
     omp_threads()  # a bad OMP_NUM_THREADS said in one line, before torch loads (and OpenMP says it its way)
     if _loads_torch(args):  # the load is sampled for 0.1 s: not for the commands that never load torch
-        auto_cpu_threads()  # fewer CPU threads when other work keeps cores busy, before torch's OpenMP starts
-        mps_cpu_fallback()  # macOS: an operation missing on the Apple GPU runs on the CPU, not an error
+        before_torch_loads()  # fewer CPU threads when other work keeps cores busy; macOS: the Apple GPU's CPU fallback
     with warnings.catch_warnings():  # restores the process's warning display on return
         warnings.showwarning = _quality_warnings_as_lines(warnings.showwarning)
         return _run(args)

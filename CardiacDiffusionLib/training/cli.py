@@ -167,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(parser, argv)
     args.training_command = command_line(parser.prog, argv)
-    from ..utils.device import auto_cpu_threads, mps_cpu_fallback, omp_threads
+    from ..utils.device import before_torch_loads, omp_threads
 
     omp_threads()
-    auto_cpu_threads()  # as `cardiac-diffusion train`: fewer CPU threads when other work keeps cores busy
-    mps_cpu_fallback()
+    before_torch_loads()  # as `cardiac-diffusion train`
     try:
         return run(args)
     except InputError as error:

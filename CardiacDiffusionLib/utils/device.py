@@ -190,6 +190,13 @@ def mps_cpu_fallback() -> bool:
     return True
 
 
+def before_torch_loads() -> None:
+    """What a command that will load torch sets first (both command lines call it): CPU threads by the machine's
+    load (:func:`auto_cpu_threads`) and, on macOS, the CPU fallback of the Apple GPU (:func:`mps_cpu_fallback`)."""
+    auto_cpu_threads()
+    mps_cpu_fallback()
+
+
 def configure_cpu_threads() -> int:
     """Set torch's intra-op threads: OMP_NUM_THREADS when set (by the user, or by :func:`auto_cpu_threads` on a
     busy machine; :func:`omp_threads`), else the physical cores."""
