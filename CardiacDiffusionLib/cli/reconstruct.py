@@ -87,6 +87,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def remove_earlier_outputs(out: Path, names, earlier_run: bool, run: str = "an earlier run",
+                           why: str = "this run does not make it") -> None:  # fmt: skip
+    """``out``'s files of these ``names``: removed when ``out`` held an earlier run's geometry.json (``earlier_run``;
+    ``run`` and ``why`` say whose and why), else the user's own: kept, and said."""
+    for name in names:
+        if (out / name).is_file():
+            if earlier_run:
+                (out / name).unlink()
+                print(f"removed {name} of {run} in {out} ({why})")
+            else:  # no geometry.json: not a reconstruct run's folder, so the file is the user's
+                print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
+
+
 def check_options(args: argparse.Namespace) -> None:
     """The options refused before any input is read (dmcvr's numbers: ``_check_dmcvr_numbers``)."""
     check_lax_names(args.lax_labels)
@@ -170,13 +183,8 @@ def reconstruct_into(args: argparse.Namespace, out: Path, phase: int | None, pro
         written.append("lax_dice.json")
         del result  # the baselines' volumes are made one at a time: the grid's memory check covers them
         written += _lax_baselines(stack, args, lax, table, out, earlier_run)
-    for name in OUTPUTS:  # an earlier run's outputs that this run does not make would pass for its own
-        if name not in written and (out / name).is_file():
-            if earlier_run:
-                (out / name).unlink()
-                print(f"removed {name} of an earlier run in {out} (this run does not make it)")
-            else:  # no geometry.json: not a reconstruct run's folder, so the file is the user's
-                print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
+    # an earlier run's outputs that this run does not make would pass for its own
+    remove_earlier_outputs(out, [name for name in OUTPUTS if name not in written], earlier_run)
     if tidy is not None:
         tidy()
     print(f"{args.method}: wrote {', '.join(written)} to {shown or out}")

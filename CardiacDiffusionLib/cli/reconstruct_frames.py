@@ -16,7 +16,7 @@ phases; required with several phases), a 4D one (a frame per cine phase) at ever
 a 3D --sax at the frame ``--lax-phase`` names: :func:`lax_phases.lax_plan`, which single-phase runs use too); the other phases get
 no lax_dice.json, and reconstruct_frames.json (``lax_check``, each frame's ``lax_labels``) says which phase was
 checked. A LAX plane that misses the SAX volume is refused before any phase's work (:func:`_lax_planes_reach`). Single- and multi-phase runs into one ``--out`` remove each other's earlier outputs
-(:func:`remove_frames_run`, :func:`remove_single_run`).
+(:func:`remove_frames_run`, ``reconstruct.remove_earlier_outputs``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class CineFrame:
 
 def run_frames(args: argparse.Namespace) -> int:
     from ..utils.jsonfile import write_json
-    from .reconstruct import check_options, reconstruct_into
+    from .reconstruct import OUTPUTS, check_options, reconstruct_into, remove_earlier_outputs
 
     if not isinstance(args.phase, str):
         raise InputError("--frame-labels: for several phases (--phase all or a list such as 0,9); with one --phase "
@@ -111,7 +111,9 @@ def run_frames(args: argparse.Namespace) -> int:
             say(1.0, f"done: {folder}", folder=folder)
         summary["status"] = "complete"
         _remove_earlier_frames(out, folders)
-        remove_single_run(out, earlier_single)
+        # a single-phase run's outputs beside these phase folders: removed as reconstruct removes its own
+        remove_earlier_outputs(out, OUTPUTS, earlier_single, "an earlier single-phase run",
+                               "this run writes phase folders")
         print(f"{args.method}: {count} phase{'s' * (count != 1)} written to {out} ({', '.join(folders)}; {SUMMARY})")
     except KeyboardInterrupt:
         summary["status"] = "cancelled"
@@ -135,20 +137,6 @@ def _remove_earlier_frames(out: Path, folders: list[str]) -> None:
         if folder.name not in folders and folder.name[6:].isdigit() and (folder / "geometry.json").is_file():
             shutil.rmtree(folder)
             print(f"removed {folder.name} of an earlier run in {out} (this run does not make it)")
-
-
-def remove_single_run(out: Path, earlier_run: bool) -> None:
-    """A single-phase run's outputs beside this multi-phase run's: removed when ``out`` held that run's
-    geometry.json (``earlier_run``), else the user's own (kept, said), as ``reconstruct`` treats its own outputs."""
-    from .reconstruct import OUTPUTS
-
-    for name in OUTPUTS:
-        if (out / name).is_file():
-            if earlier_run:
-                (out / name).unlink()
-                print(f"removed {name} of an earlier single-phase run in {out} (this run writes phase folders)")
-            else:
-                print(f"warning: {out / name} is not from this run (kept; this run does not make it)")
 
 
 def remove_frames_run(out: Path, earlier_run: bool) -> None:
